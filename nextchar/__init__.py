@@ -1,0 +1,8 @@
+"""nextchar: character-level recurrent models for autocomplete, after MIT 6.036's RNN lecture.
+
+Data flows one way through the package:
+text (corpus → characters) → data (characters → index tensors) → models → checkpoint →
+training / evaluation / sampling → completion → service and CLI.
+"""
+
+__version__ = "0.1.0"

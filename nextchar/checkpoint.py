@@ -1,0 +1,152 @@
+"""Checkpoints: weights in safetensors, everything else in readable JSON, written atomically.
+
+A checkpoint is a directory:
+
+    config.json                       format version, model settings, vocabulary, corpus format,
+                                      training settings, metrics, and the name + SHA-256 of …
+    model-<sha256[:16]>.safetensors   … the weights (no pickle anywhere)
+
+Why content-addressed weight files: a checkpoint is two files, and a kill between writing
+them must not pair new weights with an old description. New weights go to a new file name,
+then config.json is replaced atomically (temp file + rename) to point at them, and only then
+are the old weights deleted. At every instant config.json names a whole, matching file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from nextchar import __version__
+from nextchar.errors import UserError
+from nextchar.models import CharModel, ModelConfig, build_model
+from nextchar.text import Vocabulary
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that a kill at any moment leaves either the old or the new file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def write_bundle(directory: Path, meta: dict, tensors: dict[str, torch.Tensor],
+                 json_name: str = CONFIG_NAME, stem: str = "model") -> None:
+    """Write tensors (content-addressed) and then the JSON that names them, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    digest = hashlib.sha256(blob).hexdigest()
+    weights_name = f"{stem}-{digest[:16]}.safetensors"
+    if not (directory / weights_name).exists():
+        atomic_write_bytes(directory / weights_name, blob)
+    atomic_write_json(directory / json_name, {**meta, "weights": {"file": weights_name, "sha256": digest}})
+    for stale in directory.glob(f"{stem}-*.safetensors"):
+        if stale.name != weights_name:
+            stale.unlink(missing_ok=True)
+
+
+def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read the JSON and the tensors it names; any damage becomes one clear UserError."""
+    directory = Path(directory)
+    where = directory / json_name
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such checkpoint directory; train one with `nextchar train`")
+    if not where.is_file():
+        raise UserError(f"{directory}: not a nextchar checkpoint (no {json_name}); check the path")
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+        weights = meta["weights"]
+        blob_path = directory / Path(weights["file"]).name
+        expected = weights["sha256"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{where}: damaged checkpoint description ({exc}); retrain or restore it") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{where}: checkpoint format {meta.get('format_version')!r} is not supported by this "
+            f"nextchar (format {FORMAT_VERSION}); retrain with this version"
+        )
+    if not blob_path.is_file():
+        raise UserError(f"{directory}: weights file {blob_path.name} is missing; retrain or restore it")
+    blob = blob_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != expected:
+        raise UserError(f"{blob_path}: weights are truncated or were modified (checksum mismatch); retrain or restore it")
+    try:
+        tensors = load_safetensors(blob)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{blob_path}: unreadable weights ({exc})") from None
+    return meta, tensors
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything needed to use it."""
+
+    model: CharModel
+    vocab: Vocabulary
+    format: str  # "text" or "lines": how the training corpus was framed
+    meta: dict = field(default_factory=dict)  # the whole config.json (training settings, metrics)
+    path: Path | None = None
+
+
+def save_checkpoint(directory: Path, model: CharModel, vocab: Vocabulary, corpus_format: str,
+                    training: dict | None = None, metrics: dict | None = None) -> None:
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "nextchar_version": __version__,
+        "model": model.config.to_json(),
+        "vocabulary": vocab.to_json(),
+        "format": corpus_format,
+        "training": training or {},
+        "metrics": metrics or {},
+    }
+    write_bundle(directory, meta, dict(model.state_dict()))
+
+
+def load_checkpoint(directory: str | Path | None = None, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint directory (the bundled default model when `directory` is None)."""
+    directory = Path(directory) if directory is not None else BUNDLED_DIR
+    meta, tensors = read_bundle(directory)
+    where = directory / CONFIG_NAME
+    try:
+        config = ModelConfig.from_json(meta["model"])
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+        corpus_format = meta["format"]
+        if corpus_format not in ("text", "lines"):
+            raise ValueError(f"unknown corpus format {corpus_format!r}")
+        if config.vocab_size != len(vocab):
+            raise ValueError(f"model expects {config.vocab_size} symbols, vocabulary has {len(vocab)}")
+        model = build_model(config)
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{where}: incompatible checkpoint ({message}); retrain with this version") from None
+    model.to(device).eval()
+    return Checkpoint(model, vocab, corpus_format, meta, directory)

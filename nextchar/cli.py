@@ -1,0 +1,292 @@
+"""The `nextchar` command: train, eval, sample, predict (and the commands later modules add).
+
+Every command that uses a model takes it as -m/--model DIR and defaults to the bundled
+model. User mistakes raise UserError, printed here as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nextchar.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (not the whole usage block) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", metavar="DIR", default=None,
+                        help="checkpoint directory (default: the bundled model)")
+
+
+# ---------------------------------------------------------------------------------- train
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from nextchar.models import KINDS, ModelConfig
+    from nextchar.training import TrainConfig
+
+    m, t = ModelConfig(), TrainConfig()
+    p = sub.add_parser("train", help="train a model on a corpus",
+                       description="Train a character-level model. With no CORPUS, trains on the embedded "
+                                   "default corpus (CPython's pydoc topics). Defaults are the measured best "
+                                   "for a 2-core CPU and 10 minutes (see README).")
+    p.add_argument("corpus", nargs="?", metavar="CORPUS", help="UTF-8 text file (default: embedded corpus)")
+    p.add_argument("--out", metavar="DIR", default="model", help="output directory (default: ./model)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    g = p.add_argument_group("data")
+    g.add_argument("--val", metavar="FILE", help="validation corpus (default: last --val-fraction of CORPUS)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of CORPUS (default 0.1)")
+    g.add_argument("--format", choices=("auto", "text", "lines"), default="auto",
+                   help="text: one stream; lines: each line a sequence; auto: lines for lists "
+                        "(no blank lines, short lines), else text (default auto)")
+    g.add_argument("--alphabet", choices=("corpus", "lecture"), default="corpus",
+                   help="corpus: every character seen; lecture: a-z and space (default corpus)")
+    g.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
+                   help="on invalid UTF-8: stop (strict) or use U+FFFD (replace)")
+    g = p.add_argument_group("model")
+    g.add_argument("--kind", choices=KINDS, default=m.kind, help=f"model kind (default {m.kind})")
+    g.add_argument("--hidden", type=_positive_int, default=m.hidden_size, help=f"state size m (default {m.hidden_size})")
+    g.add_argument("--layers", type=_positive_int, default=m.num_layers, help=f"lstm/gru layers (default {m.num_layers})")
+    g.add_argument("--embedding", type=_positive_int, default=m.embedding_size,
+                   help=f"lstm/gru embedding size (default {m.embedding_size})")
+    g.add_argument("--dropout", type=float, default=m.dropout, help=f"lstm/gru dropout (default {m.dropout})")
+    g.add_argument("--context", type=_positive_int, default=m.context,
+                   help=f"window model: characters of context c (default {m.context})")
+    g.add_argument("--nonlinearity", choices=("tanh", "relu"), default=m.nonlinearity,
+                   help="rnn model: f1 (default tanh)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=_positive_int, default=t.batch_size, help=f"B (default {t.batch_size})")
+    g.add_argument("--seq-len", type=_positive_int, default=t.seq_len, help=f"BPTT window T (default {t.seq_len})")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), default=t.optimizer, help="default adamw")
+    g.add_argument("--lr", type=_positive_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
+    g.add_argument("--warmup", type=int, default=t.warmup_steps, help=f"warm-up steps (default {t.warmup_steps})")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"AdamW decay (default {t.weight_decay})")
+    g.add_argument("--clip", type=float, default=t.grad_clip, help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
+    g = p.add_argument_group("duration and system")
+    g.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
+    g.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+                   help=f"stop after this wall-clock time, evaluation included (default {t.time_budget:.0f} "
+                        "when --steps is not given)")
+    g.add_argument("--eval-interval", type=_positive_int, default=t.eval_interval,
+                   help=f"evaluate every N steps (default {t.eval_interval})")
+    g.add_argument("--seed", type=int, default=t.seed, help=f"random seed (default {t.seed})")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=t.precision,
+                   help="auto: bf16 autocast where the CPU has bf16 units (default auto)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_train)
+
+
+def _load_corpus(path: str | None, encoding_errors: str) -> tuple[str, str]:
+    from nextchar.text import embedded_corpus, read_corpus
+
+    if path is None:
+        return embedded_corpus(), "embedded:pydoc_data.topics"
+    return read_corpus(path, encoding_errors), str(Path(path).resolve())
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from nextchar.data import split_validation
+    from nextchar.models import ModelConfig
+    from nextchar.text import choose_format, read_corpus
+    from nextchar.training import RESUME_DIR, TrainConfig, train
+
+    if args.resume:
+        state_file = Path(args.resume) / RESUME_DIR / "state.json"
+        if not state_file.is_file():
+            raise UserError(f"{args.resume}: nothing to resume (no {RESUME_DIR}/state.json); check the path")
+        try:
+            source = json.loads(state_file.read_text(encoding="utf-8")).get("source", {})
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{state_file}: damaged resume state; start a new run") from None
+        corpus = args.corpus or (None if source.get("corpus", "").startswith("embedded:") else source.get("corpus"))
+        val = args.val or source.get("val")
+        text, name = _load_corpus(corpus, source.get("encoding_errors", args.encoding_errors))
+        corpus_format, val_fraction = source.get("format", "text"), source.get("val_fraction", 0.1)
+        out = Path(args.resume)
+    else:
+        text, name = _load_corpus(args.corpus, args.encoding_errors)
+        corpus_format = choose_format(text) if args.format == "auto" else args.format
+        val, val_fraction, out = args.val, args.val_fraction, Path(args.out)
+    if val:
+        train_text, val_text = text, read_corpus(val, args.encoding_errors)
+    else:
+        train_text, val_text = split_validation(text, corpus_format, val_fraction)
+    config = TrainConfig(
+        batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
+        warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.clip, steps=args.steps,
+        time_budget=args.time_budget if (args.time_budget or args.steps) else TrainConfig.time_budget,
+        eval_interval=args.eval_interval, seed=args.seed, precision=args.precision,
+    )
+    model_config = ModelConfig(kind=args.kind, hidden_size=args.hidden, num_layers=args.layers,
+                               embedding_size=args.embedding, dropout=args.dropout, context=args.context,
+                               nonlinearity=args.nonlinearity)
+    if not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), not {args.dropout}")
+    source = {"corpus": name, "val": str(Path(val).resolve()) if val else None, "format": corpus_format,
+              "val_fraction": val_fraction, "encoding_errors": args.encoding_errors}
+    print(f"corpus {name}: {len(train_text):,} training and {len(val_text):,} validation characters, "
+          f"format {corpus_format}", file=sys.stderr)
+    result = train(train_text, val_text, out, config, model_config, corpus_format, args.alphabet,
+                   resume=bool(args.resume), source=source, progress=not args.quiet)
+    best = result.best_val
+    print(f"trained {result.steps} steps in {result.elapsed:.0f} s ({result.chars_per_second:,.0f} chars/s); "
+          f"best validation BPC {best.bpc:.4f}" if best else f"trained {result.steps} steps")
+    print(f"checkpoint: {out}  (metrics: {out / 'metrics.jsonl'}, plot: {out / 'bpc.png'})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- eval
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="bits per character and accuracy on a corpus",
+                       description="Evaluate a model on a corpus: bits per character (BPC), top-1 and top-5 "
+                                   "next-character accuracy, and the number of predicted characters.")
+    p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file")
+    add_model_option(p)
+    p.add_argument("--format", choices=("text", "lines"), default=None,
+                   help="how to frame the corpus (default: as the model was trained)")
+    p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.data import count_targets, encode_corpus
+    from nextchar.evaluate import evaluate_encoded
+    from nextchar.text import read_corpus
+
+    ckpt = load_checkpoint(args.model)
+    text = read_corpus(args.corpus, args.encoding_errors)
+    encoded = encode_corpus(text, ckpt.vocab, args.format or ckpt.format)
+    if count_targets(encoded) == 0:
+        raise UserError(f"{args.corpus}: nothing to evaluate after mapping onto the model's alphabet")
+    result = evaluate_encoded(ckpt.model, encoded)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"bpc   {result.bpc:.4f}\ntop1  {result.top1:.4f}\ntop5  {result.top5:.4f}\nchars {result.chars}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- sample
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate text from a model",
+                       description="Generate text by sampling one character at a time.")
+    add_model_option(p)
+    p.add_argument("--prefix", default="", help="text to continue (default: none)")
+    p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
+    p.add_argument("--temperature", type=_positive_float, default=0.8, help="softmax temperature (default 0.8)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample only among the k most likely")
+    p.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
+    p.add_argument("-n", "--num", type=_positive_int, default=1, help="number of samples (default 1)")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.sampling import sample
+
+    ckpt = load_checkpoint(args.model)
+    for i in range(args.num):
+        seed = None if args.seed is None else args.seed + i
+        print(args.prefix + sample(ckpt, args.prefix, args.length, args.temperature, args.top_k, seed))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- predict
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="the next-character distribution after a text",
+                       description="Print the k most likely next characters after TEXT with their "
+                                   "probabilities ($ is the end of a line, ␣ a space, ⏎ a newline).")
+    p.add_argument("text", metavar="TEXT", help="what has been typed so far (may be empty)")
+    add_model_option(p)
+    p.add_argument("-k", type=_positive_int, default=10, help="how many characters (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{char, prob}, ...]")
+    p.set_defaults(run=_run_predict)
+
+
+def _visible(symbol: str) -> str:
+    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(symbol, symbol)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.sampling import predict
+
+    ckpt = load_checkpoint(args.model)
+    top = predict(ckpt, args.text, args.k)
+    if args.json:
+        print(json.dumps([{"char": c, "prob": p} for c, p in top], ensure_ascii=False))
+    else:
+        for char, prob in top:
+            print(f"{_visible(char)!s:>3}  {prob:6.3f}  {'█' * round(prob * 40)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- main
+
+COMMANDS = [_add_train, _add_eval, _add_sample, _add_predict]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nextchar import __version__
+
+    parser = _Parser(prog="nextchar", description="Character-level recurrent models for autocomplete "
+                                                  "(after MIT 6.036's lecture on RNNs).")
+    parser.add_argument("--version", action="version", version=f"nextchar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"nextchar: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nextchar: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,227 @@
+"""The models: the lecture's window classifier, the lecture's RNN, and LSTM/GRU for quality.
+
+All of them share one small interface (makemore's lesson), so that training, evaluation,
+sampling and completion never ask which model they hold:
+
+    state = model.initial_state(batch_size)          # a tuple of tensors, batch first
+    logits, state = model(idx, state)                # idx: (B, T) indices → logits (B, T, V)
+
+A state is always a tuple of tensors whose first dimension is the batch, so generic code can
+pick rows out of it (`select_state`) or stack states together (`stack_states`) without
+knowing what is inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nextchar.text import START
+
+State = tuple[Tensor, ...]
+KINDS = ("window", "rnn", "lstm", "gru")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "lstm"  # window | rnn | lstm | gru
+    vocab_size: int = 0  # v (= ℓ): characters plus <start>, <end>, <unk>
+    hidden_size: int = 384  # m, the size of the state s_t (rnn/lstm/gru)
+    num_layers: int = 2  # stacked recurrent layers (lstm/gru; rnn is the lecture's single layer)
+    embedding_size: int = 128  # input embedding (lstm/gru); the lecture's rnn uses one-hot x_t
+    dropout: float = 0.1  # between layers and before the output layer (lstm/gru)
+    context: int = 8  # c, characters of context of the window model
+    nonlinearity: str = "tanh"  # f1 of the lecture's rnn: tanh | relu
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}")
+        return cls(**obj)
+
+
+class CharModel(nn.Module):
+    """Base class: a next-character model over a vocabulary of `config.vocab_size` symbols."""
+
+    config: ModelConfig
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        raise NotImplementedError
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def flops_per_char(self) -> int:
+        """Multiply-adds ×2 of one forward step (for MFU: training costs about 3× this)."""
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class WindowModel(CharModel):
+    """The lecture's first model: state = the last c characters, p_t = softmax(W^o s_t + W0^o).
+
+    s_t is the concatenation of c one-hot vectors (oldest first), m = c·ℓ; the classifier is
+    multi-class linear (softmax regression). Multiplying W^o by a concatenation of one-hots
+    is a sum of c of its columns, which is how it is computed here.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c, v = config.context, config.vocab_size
+        if c < 1:
+            raise ValueError("the window model needs a context of at least 1 character")
+        self.W_o = nn.Parameter(torch.zeros(v, c * v))  # v × m with m = c·ℓ (ℓ = v here)
+        self.W0_o = nn.Parameter(torch.zeros(v))
+        self.register_buffer("offsets", torch.arange(c) * v, persistent=False)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        # s_0 = c start characters (the lecture's ^^^ for c = 3).
+        return (torch.full((batch_size, self.config.context), START, dtype=torch.long, device=device),)
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        c = self.config.context
+        if state is None:
+            state = self.initial_state(idx.shape[0], idx.device)
+        history = torch.cat([state[0], idx], dim=1)  # (B, c + T)
+        windows = history.unfold(1, c, 1)[:, 1:, :]  # (B, T, c): s_t ends with x_t
+        columns = F.embedding(windows + self.offsets, self.W_o.t())  # (B, T, c, v)
+        logits = columns.sum(dim=2) + self.W0_o
+        return logits, (history[:, -c:],)
+
+    def flops_per_char(self) -> int:
+        return 2 * self.config.context * self.config.vocab_size
+
+
+class LectureRNN(CharModel):
+    """The lecture's RNN, exactly:
+
+        s_t = f1(W^sx x_t + W^ss s_{t-1} + W0^ss)      x_t one-hot (ℓ), s_t (m)
+        p_t = f2(W^o s_t + W0^o)                       f2 = softmax (applied by the loss)
+
+    The recurrence runs in PyTorch's fused RNN kernel, which computes this very function
+    (it has a second bias b_hh, fixed here at zero so that W0^ss is the only one).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"f1 must be tanh or relu, not {config.nonlinearity!r}")
+        self.config = config
+        m, v = config.hidden_size, config.vocab_size
+        bound = 1.0 / m**0.5
+        self.W_sx = nn.Parameter(torch.empty(m, v).uniform_(-bound, bound))  # m × ℓ
+        self.W_ss = nn.Parameter(torch.empty(m, m).uniform_(-bound, bound))  # m × m
+        self.W0_ss = nn.Parameter(torch.zeros(m))  # m
+        self.W_o = nn.Parameter(torch.empty(v, m).uniform_(-bound, bound))  # v × m
+        self.W0_o = nn.Parameter(torch.zeros(v))  # v
+        self.register_buffer("zero_bias", torch.zeros(m), persistent=False)
+        self._kernel = torch.rnn_tanh if config.nonlinearity == "tanh" else torch.rnn_relu
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        return (torch.zeros(batch_size, self.config.hidden_size, device=device),)
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self.initial_state(idx.shape[0], idx.device)
+        x = F.one_hot(idx, self.config.vocab_size).to(self.W_sx.dtype)  # (B, T, ℓ)
+        if torch.is_autocast_cpu_enabled():
+            x = x.to(torch.get_autocast_cpu_dtype())
+        s0 = state[0].unsqueeze(0).to(x.dtype)  # (1, B, m)
+        params = [self.W_sx, self.W_ss, self.W0_ss, self.zero_bias]
+        s, s_last = self._kernel(x, s0, params, True, 1, 0.0, self.training, False, True)
+        logits = F.linear(s, self.W_o, self.W0_o)  # z_t^2 = W^o s_t + W0^o
+        return logits, (s_last.squeeze(0).float(),)
+
+    def flops_per_char(self) -> int:
+        m, v = self.config.hidden_size, self.config.vocab_size
+        return 2 * (m * v + m * m + v * m)
+
+
+class GatedRNN(CharModel):
+    """Embedding → stacked LSTM or GRU (dropout between layers) → dropout → linear → logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        cell = {"lstm": nn.LSTM, "gru": nn.GRU}[config.kind]
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.rnn = cell(
+            config.embedding_size,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        shape = (batch_size, self.config.num_layers, self.config.hidden_size)
+        count = 2 if self.config.kind == "lstm" else 1  # LSTM carries (h, c)
+        return tuple(torch.zeros(shape, device=device) for _ in range(count))
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self.initial_state(idx.shape[0], idx.device)
+        # nn.LSTM/GRU keep layers first; our states keep the batch first (see module docstring).
+        layers_first = tuple(s.transpose(0, 1).contiguous() for s in state)
+        x = self.embedding(idx)
+        if torch.is_autocast_cpu_enabled():
+            x = x.to(torch.get_autocast_cpu_dtype())
+            layers_first = tuple(s.to(x.dtype) for s in layers_first)
+        out, new = self.rnn(x, layers_first if self.config.kind == "lstm" else layers_first[0])
+        new = new if isinstance(new, tuple) else (new,)
+        logits = self.head(self.drop(out))
+        return logits, tuple(s.transpose(0, 1).float() for s in new)
+
+    def flops_per_char(self) -> int:
+        c = self.config
+        gates = 4 if c.kind == "lstm" else 3
+        per_layer = [gates * c.hidden_size * ((c.embedding_size if i == 0 else c.hidden_size) + c.hidden_size)
+                     for i in range(c.num_layers)]
+        return 2 * (sum(per_layer) + c.hidden_size * c.vocab_size)
+
+
+def build_model(config: ModelConfig) -> CharModel:
+    """A freshly initialised model of `config.kind`."""
+    if config.kind not in KINDS:
+        raise ValueError(f"unknown model kind {config.kind!r}; choose one of {', '.join(KINDS)}")
+    if config.vocab_size < 4:
+        raise ValueError("vocabulary too small")
+    if config.kind == "window":
+        return WindowModel(config)
+    if config.kind == "rnn":
+        return LectureRNN(config)
+    return GatedRNN(config)
+
+
+def select_state(state: State, index: Tensor | int | slice) -> State:
+    """Rows of a batch of states (e.g. the surviving hypotheses of a beam)."""
+    if isinstance(index, int):
+        index = slice(index, index + 1)
+    return tuple(s[index] for s in state)
+
+
+def stack_states(states: list[State]) -> State:
+    """One batch of states from several (each with batch size ≥ 1)."""
+    return tuple(torch.cat(parts, dim=0) for parts in zip(*states, strict=True))
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT windows, keeping the values (why: memory/time)."""
+    return tuple(s.detach() for s in state)

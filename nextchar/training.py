@@ -1,0 +1,374 @@
+"""Training: minibatch optimisation of J with truncated BPTT, schedules, evaluation, resuming.
+
+One function, `train`, does the whole job: it builds the vocabulary from the training split,
+encodes both splits, optimises (AdamW or SGD, warm-up + cosine learning rate, gradient-norm
+clipping), evaluates on the validation text every `eval_interval` steps, keeps the best
+checkpoint by validation BPC in `out`, and keeps the latest full training state in
+`out/resume/` so that `resume=True` continues exactly where the run stopped.
+
+Output directory:
+    config.json + model-*.safetensors    best checkpoint (usable as `-m out`)
+    resume/state.json + state-*.safetensors   weights, optimizer, RNG, carried state, position
+    metrics.jsonl                        one JSON object per evaluation
+    bpc.png                              train/validation BPC over steps
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nextchar.checkpoint import FORMAT_VERSION, read_bundle, save_checkpoint, write_bundle
+from nextchar.data import IGNORE, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.errors import UserError
+from nextchar.evaluate import EvalResult, evaluate_encoded
+from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
+from nextchar.text import Vocabulary
+
+RESUME_DIR = "resume"
+
+
+@dataclass
+class TrainConfig:
+    # data
+    batch_size: int = 64  # B: parallel streams (text) or lines (lines) per step
+    seq_len: int = 128  # T: characters per truncated-BPTT window (text format)
+    max_line_len: int = 256  # lines longer than this are cut for training (lines format)
+    # optimisation
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.05  # the cosine ends at lr × this
+    warmup_steps: int = 100  # linear warm-up from 0
+    weight_decay: float = 0.01  # AdamW's decoupled decay
+    momentum: float = 0.9  # SGD only
+    grad_clip: float = 1.0  # max global gradient norm (exploding gradients); 0 disables
+    # duration: whichever comes first
+    steps: int | None = None  # stop after this many optimiser steps
+    time_budget: float | None = 600.0  # seconds of wall clock, evaluation included
+    eval_interval: int = 200  # evaluate on the validation text every this many steps
+    # system
+    seed: int = 1337
+    precision: str = "auto"  # auto | bf16 | fp32 (bf16 autocast where the CPU has bf16 units)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), i.e. autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    return precision == "bf16"
+
+
+def learning_rate(config: TrainConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up, then cosine decay to lr·min_lr_ratio over the run.
+
+    Progress through the run is step/steps when --steps is set, else elapsed/time_budget
+    (a time-budgeted run cannot know its step count in advance).
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.steps:
+        progress = step / config.steps
+    elif config.time_budget:
+        progress = elapsed / config.time_budget
+    else:
+        progress = 0.0
+    progress = min(max(progress, 0.0), 1.0)
+    low = config.lr * config.min_lr_ratio
+    return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: CharModel, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    raise UserError(f"--optimizer must be adamw or sgd, not {config.optimizer!r}")
+
+
+def sequence_loss(model: CharModel, x: torch.Tensor, y: torch.Tensor, state: State | None,
+                  bf16: bool) -> tuple[torch.Tensor, State]:
+    """Mean L_elt (cross-entropy, nats) over the predicted positions of a batch."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits, new_state = model(x, state)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
+    return loss, new_state
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    elapsed: float
+    best_val: EvalResult | None
+    final_val: EvalResult | None
+    chars_per_second: float
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for pid, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = value
+            elif value is not None:
+                scalars.setdefault(str(pid), {})[name] = value
+    return {"param_groups": state["param_groups"], "scalars": scalars}, tensors
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            slots.setdefault(int(pid), {})[name] = value
+    for pid, values in meta["scalars"].items():
+        slots.setdefault(int(pid), {}).update(values)
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+
+
+def _plot(out: Path, history: list[dict]) -> None:
+    """bpc.png: train and validation BPC over steps (written atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nextchar.checkpoint import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["train_bpc"] for h in history], label="train")
+    ax.plot(steps, [h["val_bpc"] for h in history], label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per character")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out / "bpc.png", buffer.getvalue())
+
+
+def train(
+    train_text: str,
+    val_text: str,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    model_config: ModelConfig | None = None,
+    corpus_format: str = "text",
+    alphabet: str = "corpus",
+    resume: bool = False,
+    source: dict | None = None,
+    progress: bool = True,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainResult:
+    """Train a model on `train_text`, validating on `val_text`, into directory `out`.
+
+    With `resume=True`, `out/resume/` supplies the model, optimizer, RNG, data position and
+    carried state; `config` may then change only how long to go on (steps, time_budget).
+    `should_stop(step)` is polled after every step (a test's stand-in for Ctrl-C).
+    `source` (e.g. corpus paths) is recorded in the checkpoint for reproducibility.
+    """
+    out = Path(out)
+    device = torch.device("cpu")
+    resume_meta: dict | None = None
+    resume_tensors: dict[str, torch.Tensor] = {}
+    if resume:
+        resume_meta, resume_tensors = read_bundle(out / RESUME_DIR, json_name="state.json")
+        saved = TrainConfig.from_json(resume_meta["train_config"])
+        if config is not None:  # only the duration may change on resume
+            saved.steps, saved.time_budget = config.steps, config.time_budget
+        config = saved
+        model_config = ModelConfig.from_json(resume_meta["model"])
+        corpus_format = resume_meta["format"]
+        vocab = Vocabulary.from_json(resume_meta["vocabulary"])
+        if resume_meta["train_sha256"] != _text_digest(train_text):
+            raise UserError(f"{out}: the training text differs from the one this run started on; "
+                            "resume with the same corpus")
+    else:
+        config = config or TrainConfig()
+        model_config = model_config or ModelConfig()
+        vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
+    if not config.steps and not config.time_budget:
+        raise UserError("give --steps or --time-budget (or both) so that training ends")
+
+    train_data = encode_corpus(train_text, vocab, corpus_format)
+    val_data = encode_corpus(val_text, vocab, corpus_format)
+    if count_targets(val_data) == 0:
+        raise UserError("the validation text is empty; give --val FILE or a larger --val-fraction")
+    if corpus_format == "text":
+        batches: StreamBatches | LineBatches = StreamBatches(train_data, config.batch_size, config.seq_len)
+    else:
+        batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
+
+    model_config.vocab_size = len(vocab)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    optimizer = make_optimizer(model, config)
+    bf16 = use_bf16(config.precision, device)
+
+    step, elapsed, best_bpc, history = 0, 0.0, math.inf, []
+    carry: State | None = None
+    if resume_meta is not None:
+        model.load_state_dict({k[6:]: v for k, v in resume_tensors.items() if k.startswith("model.")})
+        _load_optimizer(optimizer, resume_meta["optimizer"], resume_tensors)
+        torch.set_rng_state(resume_tensors["rng.torch"])
+        carry_keys = sorted(k for k in resume_tensors if k.startswith("carry."))
+        carry = tuple(resume_tensors[k] for k in carry_keys) if carry_keys else None
+        step, elapsed, best_bpc = resume_meta["step"], resume_meta["elapsed"], resume_meta["best_val_bpc"]
+        history = resume_meta["history"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("")
+
+    training_record = {"config": config.to_json(), "source": source or {}, "alphabet": alphabet}
+
+    def save_resume_state() -> None:
+        optim_meta, optim_tensors = _optimizer_tensors(optimizer)
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(optim_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        for i, part in enumerate(carry or ()):
+            tensors[f"carry.{i}"] = part
+        meta = {
+            "format_version": FORMAT_VERSION, "step": step, "elapsed": elapsed, "best_val_bpc": best_bpc,
+            "train_config": config.to_json(), "model": model_config.to_json(), "format": corpus_format,
+            "vocabulary": vocab.to_json(), "train_sha256": _text_digest(train_text),
+            "optimizer": optim_meta, "history": history, "source": source or {},
+        }
+        write_bundle(out / RESUME_DIR, meta, tensors, json_name="state.json", stem="state")
+
+    best_val: EvalResult | None = None
+    last_val: EvalResult | None = None
+    eval_seconds = 0.0
+    window_loss, window_steps, window_chars, window_time = 0.0, 0, 0, 0.0
+
+    def run_evaluation() -> None:
+        nonlocal best_bpc, best_val, last_val, eval_seconds, window_loss, window_steps, window_chars, window_time
+        started = time.perf_counter()
+        last_val = evaluate_encoded(model, val_data)
+        eval_seconds = time.perf_counter() - started
+        record = {
+            "step": step,
+            "elapsed": round(elapsed + eval_seconds, 3),
+            "train_bpc": window_loss / max(window_steps, 1) / math.log(2),
+            "val_bpc": last_val.bpc,
+            "val_top1": last_val.top1,
+            "lr": learning_rate(config, max(step - 1, 0), elapsed),
+            "chars_per_s": window_chars / window_time if window_time > 0 else 0.0,
+        }
+        history.append(record)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if last_val.bpc < best_bpc:
+            best_bpc, best_val = last_val.bpc, last_val
+            save_checkpoint(out, model, vocab, corpus_format, training_record,
+                            {"val": last_val.to_json(), "step": step, "elapsed": record["elapsed"]})
+        _plot(out, history)
+        window_loss, window_steps, window_chars, window_time = 0.0, 0, 0, 0.0
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = config.steps if config.steps else int(config.time_budget or 0)
+        bar = tqdm(total=total, initial=min(step if config.steps else int(elapsed), total),
+                   unit="step" if config.steps else "s", dynamic_ncols=True, leave=True,
+                   mininterval=0.5)
+
+    def finished() -> bool:
+        if config.steps and step >= config.steps:
+            return True
+        # Stop early enough that the final evaluation also fits in the budget.
+        return bool(config.time_budget and elapsed + eval_seconds >= config.time_budget)
+
+    total_chars, total_time = 0, 0.0
+    model.train()
+    interrupted = False
+    try:
+        while not finished():
+            started = time.perf_counter()
+            batch = batches(step)
+            if batch.reset or carry is None:
+                carry = model.initial_state(batch.x.shape[0], device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, elapsed)
+            loss, new_state = sequence_loss(model, batch.x, batch.y, carry, bf16)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            carry = detach_state(new_state)
+            step += 1
+            spent = time.perf_counter() - started
+            elapsed += spent
+            chars = int((batch.y != IGNORE).sum())
+            window_loss += loss.item()
+            window_steps += 1
+            window_chars += chars
+            window_time += spent
+            total_chars += chars
+            total_time += spent
+            if step % config.eval_interval == 0:
+                before = time.perf_counter()
+                run_evaluation()
+                save_resume_state()
+                elapsed += time.perf_counter() - before
+            if bar is not None:
+                position = min(step if config.steps else int(elapsed), bar.total)
+                bar.set_postfix(bpc=f"{loss.item() / math.log(2):.3f}", val=f"{best_bpc:.3f}",
+                                chars_s=f"{chars / spent:,.0f}", refresh=False)
+                bar.update(position - bar.n)  # redraws at most every bar.mininterval seconds
+            if should_stop is not None and should_stop(step):
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = True
+    if bar is not None:
+        bar.close()
+    # The end of a run (or an interruption) always leaves an evaluated, resumable state.
+    if window_steps or not history:
+        before = time.perf_counter()
+        run_evaluation()
+        elapsed += time.perf_counter() - before
+    save_resume_state()
+    result = TrainResult(out, step, elapsed, best_val, last_val,
+                         total_chars / total_time if total_time > 0 else 0.0)
+    if interrupted:
+        result.final_val = last_val
+    return result
