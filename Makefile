@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bundle clean
+.PHONY: demo test lint bench bundle clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: need $(PYTHON) (the local torch wheel is for CPython 3.11)"; exit 2; }
@@ -25,11 +25,30 @@ demo: $(STAMP)
 	@echo; echo '== sample (the bundled model)'
 	$(PY) -m nextchar sample --prefix 'The ' --length 300 --seed 1
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Debian's Chromium for tests/test_browser.py (Playwright cannot download a browser here).
+# Idempotent: nothing happens when /usr/bin/chromium exists; without apt-get the test is skipped.
+APT := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian's chromium for the browser test"; \
+	  $(APT) install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	  || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends chromium; } \
+	  || echo "make: could not install chromium; the browser test will be skipped"; \
+	else echo "make: no apt-get here; install Chromium for the browser test (it is skipped without it)"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nextchar tests bench
+
+# The bundled default model (nextchar/bundled/default): one reproducible command, ~10 minutes.
+bundle: $(STAMP)
+	rm -rf runs/bundle
+	$(PY) -m nextchar train --out runs/bundle --steps 1200 --eval-interval 100 --precision bf16 --seed 1337
+	rm -rf nextchar/bundled/default && mkdir -p nextchar/bundled/default
+	cp runs/bundle/config.json runs/bundle/model-*.safetensors runs/bundle/metrics.jsonl runs/bundle/bpc.png nextchar/bundled/default/
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -11,8 +11,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nextchar.errors import UserError
+
+if TYPE_CHECKING:  # the commands import what they need when they run (a fast --help)
+    from nextchar.models import ModelConfig
+    from nextchar.training import TrainConfig, TrainResult
 
 EXIT_USAGE = 2
 
@@ -60,8 +65,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a corpus",
                        description="Train a character-level model. With no CORPUS, trains on the embedded "
                                    "default corpus (CPython's pydoc topics). Defaults are the measured best "
-                                   "for a 2-core CPU and 10 minutes (see README).")
-    p.add_argument("corpus", nargs="?", metavar="CORPUS", help="UTF-8 text file (default: embedded corpus)")
+                                   "for a 2-core CPU and 10 minutes (see README). Launched by torchrun "
+                                   "(torchrun --nproc_per_node N -m nextchar train ...), trains on N processes "
+                                   "with DistributedDataParallel (see docs/scaling.md).")
+    p.add_argument("corpus", nargs="?", metavar="CORPUS",
+                   help="UTF-8 text file, or a directory made by `nextchar prepare` (default: embedded corpus)")
     p.add_argument("--out", metavar="DIR", default="model", help="output directory (default: ./model)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     g = p.add_argument_group("data")
@@ -74,6 +82,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="corpus: every character seen; lecture: a-z and space (default corpus)")
     g.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
                    help="on invalid UTF-8: stop (strict) or use U+FFFD (replace)")
+    g.add_argument("--max-val-chars", type=_positive_int, default=1_000_000, metavar="N",
+                   help="prepared directory: at most N characters of its tail for validation (default 1,000,000)")
     g = p.add_argument_group("model")
     g.add_argument("--kind", choices=KINDS, default=m.kind, help=f"model kind (default {m.kind})")
     g.add_argument("--hidden", type=_positive_int, default=m.hidden_size, help=f"state size m (default {m.hidden_size})")
@@ -102,7 +112,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"evaluate every N steps (default {t.eval_interval})")
     g.add_argument("--seed", type=int, default=t.seed, help=f"random seed (default {t.seed})")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=t.precision,
-                   help="auto: bf16 autocast where the CPU has bf16 units (default auto)")
+                   help="auto: bf16 autocast on CUDA and where the CPU has bf16 units (default auto)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=t.device,
+                   help="auto: cuda if available, else mps, else cpu (default auto)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
 
@@ -116,11 +129,64 @@ def _load_corpus(path: str | None, encoding_errors: str) -> tuple[str, str]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from nextchar.data import split_validation
-    from nextchar.models import ModelConfig
-    from nextchar.text import choose_format, read_corpus
-    from nextchar.training import RESUME_DIR, TrainConfig, train
+    """The train command, alone or as one of the processes torchrun started (nextchar.distributed)."""
+    from nextchar import distributed
 
+    try:
+        distributed.init(distributed.resolve_device(args.device))
+    except RuntimeError as exc:
+        if not distributed.is_restart():
+            raise
+        raise UserError(f"the restarted processes could not connect ({distributed.describe(exc)}); torchrun "
+                        "shares its rendezvous store with them and they can read stale addresses: start torchrun "
+                        "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (pytorch/pytorch#135712)") from None
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank == 0 and (caveat := distributed.restart_caveat()):
+        print(f"nextchar: note: {caveat}", file=sys.stderr)
+    try:
+        return _train(args, rank)
+    except UserError as exc:
+        if world > 1 and rank != 0:
+            raise UserError(f"rank {rank}: {exc}") from None
+        raise
+    except RuntimeError as exc:
+        if world > 1 and distributed.is_communication_error(exc):
+            out = args.resume or args.out
+            raise UserError(f"rank {rank} lost contact with the other processes ({distributed.describe(exc)}); "
+                            f"the last checkpoint in {out} is intact: resume with --resume {out}") from None
+        raise
+    finally:
+        distributed.teardown()
+
+
+def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
+    from nextchar.models import ModelConfig
+    from nextchar.training import TrainConfig
+
+    if not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), not {args.dropout}")
+    config = TrainConfig(
+        batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
+        warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.clip, steps=args.steps,
+        # On --resume without a new duration, None keeps the run's own (see train()).
+        time_budget=args.time_budget if (args.time_budget or args.steps or args.resume) else TrainConfig.time_budget,
+        eval_interval=args.eval_interval, seed=args.seed, precision=args.precision, device=args.device,
+        compile=args.compile,
+    )
+    model_config = ModelConfig(kind=args.kind, hidden_size=args.hidden, num_layers=args.layers,
+                               embedding_size=args.embedding, dropout=args.dropout, context=args.context,
+                               nonlinearity=args.nonlinearity)
+    return config, model_config
+
+
+def _train(args: argparse.Namespace, rank: int) -> int:
+    from nextchar import distributed
+    from nextchar.data import split_validation
+    from nextchar.text import choose_format, read_corpus
+    from nextchar.training import RESUME_DIR, train
+
+    if not args.resume and distributed.is_restart() and (Path(args.out) / RESUME_DIR / "state.json").is_file():
+        args.resume = args.out  # torchrun restarted the processes after a failure: continue the run
     if args.resume:
         state_file = Path(args.resume) / RESUME_DIR / "state.json"
         if not state_file.is_file():
@@ -130,11 +196,15 @@ def _run_train(args: argparse.Namespace) -> int:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{state_file}: damaged resume state; start a new run") from None
         corpus = args.corpus or (None if source.get("corpus", "").startswith("embedded:") else source.get("corpus"))
+        if corpus and Path(corpus).is_dir():
+            return _train_prepared(args, Path(corpus), Path(args.resume), source, rank)
         val = args.val or source.get("val")
         text, name = _load_corpus(corpus, source.get("encoding_errors", args.encoding_errors))
         corpus_format, val_fraction = source.get("format", "text"), source.get("val_fraction", 0.1)
         out = Path(args.resume)
     else:
+        if args.corpus and Path(args.corpus).is_dir():
+            return _train_prepared(args, Path(args.corpus), Path(args.out), None, rank)
         text, name = _load_corpus(args.corpus, args.encoding_errors)
         corpus_format = choose_format(text) if args.format == "auto" else args.format
         val, val_fraction, out = args.val, args.val_fraction, Path(args.out)
@@ -142,25 +212,53 @@ def _run_train(args: argparse.Namespace) -> int:
         train_text, val_text = text, read_corpus(val, args.encoding_errors)
     else:
         train_text, val_text = split_validation(text, corpus_format, val_fraction)
-    config = TrainConfig(
-        batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
-        warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.clip, steps=args.steps,
-        time_budget=args.time_budget if (args.time_budget or args.steps) else TrainConfig.time_budget,
-        eval_interval=args.eval_interval, seed=args.seed, precision=args.precision,
-    )
-    model_config = ModelConfig(kind=args.kind, hidden_size=args.hidden, num_layers=args.layers,
-                               embedding_size=args.embedding, dropout=args.dropout, context=args.context,
-                               nonlinearity=args.nonlinearity)
-    if not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), not {args.dropout}")
+    config, model_config = _train_configs(args)
     source = {"corpus": name, "val": str(Path(val).resolve()) if val else None, "format": corpus_format,
               "val_fraction": val_fraction, "encoding_errors": args.encoding_errors}
-    print(f"corpus {name}: {len(train_text):,} training and {len(val_text):,} validation characters, "
-          f"format {corpus_format}", file=sys.stderr)
+    if rank == 0:
+        print(f"corpus {name}: {len(train_text):,} training and {len(val_text):,} validation characters, "
+              f"format {corpus_format}", file=sys.stderr)
     result = train(train_text, val_text, out, config, model_config, corpus_format, args.alphabet,
                    resume=bool(args.resume), source=source, progress=not args.quiet)
-    best = result.best_val
-    print(f"trained {result.steps} steps in {result.elapsed:.0f} s ({result.chars_per_second:,.0f} chars/s); "
+    return _report_training(result, out, rank)
+
+
+def _train_prepared(args: argparse.Namespace, directory: Path, out: Path, source: dict | None, rank: int) -> int:
+    """Train from a directory made by `nextchar prepare` (memory-mapped; see nextchar.memmap_data)."""
+    from nextchar.memmap_data import PreparedCorpus
+    from nextchar.text import read_corpus
+    from nextchar.training import train
+
+    corpus = PreparedCorpus.open(directory)
+    if source is None and args.format != "auto" and args.format != corpus.format:
+        raise UserError(f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
+                        f"run `nextchar prepare --format {args.format}` or drop --format")
+    saved = source or {}
+    val = args.val or saved.get("val")
+    encoding_errors = saved.get("encoding_errors", args.encoding_errors)
+    val_fraction = saved.get("val_fraction", args.val_fraction)
+    max_val_chars = saved.get("max_val_chars", args.max_val_chars)
+    split = corpus.split(val_fraction, max_val_chars, read_corpus(val, encoding_errors) if val else None)
+    config, model_config = _train_configs(args)
+    source = {"corpus": str(directory.resolve()), "prepared": True, "val": str(Path(val).resolve()) if val else None,
+              "format": corpus.format, "val_fraction": val_fraction, "max_val_chars": max_val_chars,
+              "encoding_errors": encoding_errors}
+    if rank == 0:
+        print(f"prepared corpus {directory}: {split.train_characters:,} training characters (memory-mapped), "
+              f"validation {'from ' + val if val else 'its tail'}, format {corpus.format}", file=sys.stderr)
+    result = train("", "", out, config, model_config, corpus.format, corpus.vocab.alphabet,
+                   resume=bool(args.resume), source=source, progress=not args.quiet, prepared=split)
+    return _report_training(result, out, rank)
+
+
+def _report_training(result: TrainResult, out: Path, rank: int) -> int:
+    from nextchar import distributed
+
+    if rank != 0:
+        return 0
+    best, world = result.best_val, distributed.world_size()
+    on = f" on {world} processes" if world > 1 else ""
+    print(f"trained {result.steps} steps in {result.elapsed:.0f} s ({result.chars_per_second:,.0f} chars/s{on}); "
           f"best validation BPC {best.bpc:.4f}" if best else f"trained {result.steps} steps")
     print(f"checkpoint: {out}  (metrics: {out / 'metrics.jsonl'}, plot: {out / 'bpc.png'})")
     return 0
@@ -178,6 +276,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="how to frame the corpus (default: as the model was trained)")
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from nextchar.adapt_cli import add_eval_options  # --adapt and its settings (issue 7)
+
+    add_eval_options(p)
     p.set_defaults(run=_run_eval)
 
 
@@ -192,6 +293,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     encoded = encode_corpus(text, ckpt.vocab, args.format or ckpt.format)
     if count_targets(encoded) == 0:
         raise UserError(f"{args.corpus}: nothing to evaluate after mapping onto the model's alphabet")
+    if args.adapt:  # dynamic evaluation, printed beside the static figures
+        from nextchar.adapt_cli import run_adapted_eval
+
+        return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
     result = evaluate_encoded(ckpt.model, encoded)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -257,9 +362,37 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- prepare
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from nextchar.prepare import add_parser
+
+    add_parser(sub)
+
+
+# ---------------------------------------------------------------------------------- autocomplete
+
+def _add_autocomplete(sub: argparse._SubParsersAction) -> None:
+    from nextchar.complete_cli import add_parser  # complete, type, eval-complete
+
+    add_parser(sub)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from nextchar.serve_cli import add_parser  # serve
+
+    add_parser(sub)
+
+
+def _add_lecture(sub: argparse._SubParsersAction) -> None:
+    from nextchar.lecture.cli import add_parser  # lecture table|weights|gradcheck|train|load
+
+    add_parser(sub)
+
+
 # ---------------------------------------------------------------------------------- main
 
-COMMANDS = [_add_train, _add_eval, _add_sample, _add_predict]
+COMMANDS = [_add_train, _add_eval, _add_sample, _add_predict, _add_prepare, _add_autocomplete, _add_serve, _add_lecture]
 
 
 def build_parser() -> argparse.ArgumentParser:

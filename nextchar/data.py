@@ -40,18 +40,19 @@ def encode_lines(text: str, vocab: Vocabulary) -> list[Tensor]:
 
 
 def frame_lines(lines: list[Tensor], max_len: int | None = None) -> tuple[Tensor, Tensor]:
-    """Pad lines into (inputs "^"+line, targets line+<end>), both (B, T); padding is IGNORE."""
-    if max_len is not None:
-        lines = [line[:max_len] for line in lines]
-    length = max(len(line) for line in lines) + 1
+    """Pad lines into (inputs "^"+line, targets line+<end>), both (B, T); padding is IGNORE.
+
+    A line cut at `max_len` did not end there: its last target is its true next character.
+    """
+    kept = [len(line) if max_len is None else min(len(line), max_len) for line in lines]
+    length = max(kept) + 1
     x = torch.full((len(lines), length), END, dtype=torch.long)
     y = torch.full((len(lines), length), IGNORE, dtype=torch.long)
-    for row, line in enumerate(lines):
-        n = len(line)
+    for row, (line, n) in enumerate(zip(lines, kept, strict=True)):
         x[row, 0] = START
-        x[row, 1 : n + 1] = line
-        y[row, :n] = line
-        y[row, n] = END
+        x[row, 1 : n + 1] = line[:n]
+        y[row, :n] = line[:n]
+        y[row, n] = line[n] if n < len(line) else END
     return x, y
 
 
@@ -77,14 +78,16 @@ class StreamBatches:
         self.seq_len = seq_len
         # Fewer streams on small corpora rather than refusing them: each stream needs a window.
         self.batch_size = max(1, min(batch_size, (len(data) - 1) // (seq_len + 1)))
-        self.stream_len = (len(data) - seq_len) // self.batch_size
+        # At least one window (T inputs + 1 target) per stream, even on the smallest corpus.
+        self.stream_len = max(seq_len + 1, (len(data) - seq_len) // self.batch_size)
         self.windows_per_epoch = max(1, (self.stream_len - 1) // seq_len)
 
     def __call__(self, step: int) -> Batch:
         epoch, window = divmod(step, self.windows_per_epoch)
         # Shift the window boundaries every epoch so no character is always at a window start.
-        offset = (epoch * 7919) % self.seq_len
         usable = self.batch_size * self.stream_len
+        # The shift stays within the spare text, so a tiny corpus is read without wrapping.
+        offset = (epoch * 7919) % min(self.seq_len, len(self.data) - usable + 1)
         streams = self.data[offset : offset + usable]
         if len(streams) < usable:  # wrap the tail around for the last stream
             streams = torch.cat([streams, self.data[: usable - len(streams)]])
@@ -139,8 +142,11 @@ Encoded = Tensor | list[Tensor]  # a `text` stream or the lines of a `lines` cor
 
 
 def encode_corpus(text: str, vocab: Vocabulary, corpus_format: str) -> Encoded:
-    text = vocab.prepare(text)
-    return encode_stream(text, vocab) if corpus_format == "text" else encode_lines(text, vocab)
+    """Encode a corpus; lines are split before the vocabulary's mapping (which may join them)."""
+    if corpus_format == "text":
+        return encode_stream(vocab.prepare(text), vocab)
+    lines = (vocab.prepare(line) for line in split_lines(text))
+    return [torch.tensor(vocab.encode(line), dtype=torch.long) for line in lines if line.strip()]
 
 
 def count_targets(encoded: Encoded) -> int:

@@ -29,8 +29,8 @@ KINDS = ("window", "rnn", "lstm", "gru")
 class ModelConfig:
     kind: str = "lstm"  # window | rnn | lstm | gru
     vocab_size: int = 0  # v (= ℓ): characters plus <start>, <end>, <unk>
-    hidden_size: int = 384  # m, the size of the state s_t (rnn/lstm/gru)
-    num_layers: int = 2  # stacked recurrent layers (lstm/gru; rnn is the lecture's single layer)
+    hidden_size: int = 512  # m, the size of the state s_t (rnn/lstm/gru)
+    num_layers: int = 1  # stacked recurrent layers (lstm/gru; rnn is the lecture's single layer)
     embedding_size: int = 128  # input embedding (lstm/gru); the lecture's rnn uses one-hot x_t
     dropout: float = 0.1  # between layers and before the output layer (lstm/gru)
     context: int = 8  # c, characters of context of the window model
@@ -139,8 +139,8 @@ class LectureRNN(CharModel):
         if state is None:
             state = self.initial_state(idx.shape[0], idx.device)
         x = F.one_hot(idx, self.config.vocab_size).to(self.W_sx.dtype)  # (B, T, ℓ)
-        if torch.is_autocast_cpu_enabled():
-            x = x.to(torch.get_autocast_cpu_dtype())
+        if torch.is_autocast_enabled("cpu"):
+            x = x.to(torch.get_autocast_dtype("cpu"))
         s0 = state[0].unsqueeze(0).to(x.dtype)  # (1, B, m)
         params = [self.W_sx, self.W_ss, self.W0_ss, self.zero_bias]
         s, s_last = self._kernel(x, s0, params, True, 1, 0.0, self.training, False, True)
@@ -181,8 +181,8 @@ class GatedRNN(CharModel):
         # nn.LSTM/GRU keep layers first; our states keep the batch first (see module docstring).
         layers_first = tuple(s.transpose(0, 1).contiguous() for s in state)
         x = self.embedding(idx)
-        if torch.is_autocast_cpu_enabled():
-            x = x.to(torch.get_autocast_cpu_dtype())
+        if torch.is_autocast_enabled("cpu"):
+            x = x.to(torch.get_autocast_dtype("cpu"))
             layers_first = tuple(s.to(x.dtype) for s in layers_first)
         out, new = self.rnn(x, layers_first if self.config.kind == "lstm" else layers_first[0])
         new = new if isinstance(new, tuple) else (new,)

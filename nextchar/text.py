@@ -77,19 +77,16 @@ def embedded_corpus() -> str:
 def to_lecture_alphabet(text: str) -> str:
     """Map text onto the lecture's 27 classes: lowercase a–z and space.
 
-    Letters are lowercased and stripped of accents (é → e); every run of whitespace
-    becomes one space, and newlines are kept as line separators (so `lines` corpora keep
-    their lines); every other character (digits, punctuation, other scripts) is dropped.
+    Letters are lowercased and stripped of accents (é → e); every run of whitespace, newlines
+    included, becomes one space; every other character (digits, punctuation, other scripts)
+    is dropped. A `lines` corpus is split into lines before this mapping (see `split_lines`).
     """
     out: list[str] = []
     for ch in unicodedata.normalize("NFD", text.lower()):
         if ch in LECTURE_ALPHABET and ch != " ":
             out.append(ch)
-        elif ch == "\n":
-            out.append("\n")
-        elif ch.isspace():
-            if out and out[-1] not in " \n":
-                out.append(" ")
+        elif ch.isspace() and out and out[-1] != " ":
+            out.append(" ")
     return "".join(out)
 
 

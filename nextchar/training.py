@@ -16,20 +16,24 @@ Output directory:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from nextchar import distributed
 from nextchar.checkpoint import FORMAT_VERSION, read_bundle, save_checkpoint, write_bundle
-from nextchar.data import IGNORE, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.data import IGNORE, Batch, LineBatches, StreamBatches, count_targets, encode_corpus
 from nextchar.errors import UserError
 from nextchar.evaluate import EvalResult, evaluate_encoded
+from nextchar.memmap_data import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
 from nextchar.text import Vocabulary
 
@@ -39,7 +43,7 @@ RESUME_DIR = "resume"
 @dataclass
 class TrainConfig:
     # data
-    batch_size: int = 64  # B: parallel streams (text) or lines (lines) per step
+    batch_size: int = 32  # B: parallel streams (text) or lines (lines) per step
     seq_len: int = 128  # T: characters per truncated-BPTT window (text format)
     max_line_len: int = 256  # lines longer than this are cut for training (lines format)
     # optimisation
@@ -57,6 +61,8 @@ class TrainConfig:
     # system
     seed: int = 1337
     precision: str = "auto"  # auto | bf16 | fp32 (bf16 autocast where the CPU has bf16 units)
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda if available, else mps, else cpu)
+    compile: bool = False  # torch.compile the training forward pass
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -127,7 +133,8 @@ class TrainResult:
     elapsed: float
     best_val: EvalResult | None
     final_val: EvalResult | None
-    chars_per_second: float
+    chars_per_second: float  # of the whole job: all ranks together
+    model: CharModel | None = None  # the final weights (not necessarily the best checkpoint's)
 
 
 def _text_digest(text: str) -> str:
@@ -171,8 +178,8 @@ def _plot(out: Path, history: list[dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     steps = [h["step"] for h in history]
-    ax.plot(steps, [h["train_bpc"] for h in history], label="train")
-    ax.plot(steps, [h["val_bpc"] for h in history], label="validation")
+    ax.plot(steps, [h["train_bpc"] for h in history], marker=".", label="train (mean since last point)")
+    ax.plot(steps, [h["val_bpc"] for h in history], marker=".", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("bits per character")
     ax.grid(alpha=0.3)
@@ -196,45 +203,80 @@ def train(
     source: dict | None = None,
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
+    prepared: PreparedSplit | None = None,
 ) -> TrainResult:
     """Train a model on `train_text`, validating on `val_text`, into directory `out`.
 
     With `resume=True`, `out/resume/` supplies the model, optimizer, RNG, data position and
-    carried state; `config` may then change only how long to go on (steps, time_budget).
+    carried state; `config` may then change only how long to go on (steps, time_budget) and
+    on what hardware (device, compile, number of processes).
     `should_stop(step)` is polled after every step (a test's stand-in for Ctrl-C).
     `source` (e.g. corpus paths) is recorded in the checkpoint for reproducibility.
+    `prepared` (a split of a prepared directory) replaces the two texts, its vocabulary and
+    format replace `alphabet` and `corpus_format`.
+
+    Inside a process group (`nextchar.distributed.init`, under torchrun) the model is wrapped
+    in DistributedDataParallel: rank r trains on rows r, r+W, … of every global batch of
+    `batch_size` rows, so W ranks take the same steps as one process with the same batch.
     """
     out = Path(out)
-    device = torch.device("cpu")
+    rank, world = distributed.rank(), distributed.world_size()
     resume_meta: dict | None = None
     resume_tensors: dict[str, torch.Tensor] = {}
     if resume:
         resume_meta, resume_tensors = read_bundle(out / RESUME_DIR, json_name="state.json")
         saved = TrainConfig.from_json(resume_meta["train_config"])
-        if config is not None:  # only the duration may change on resume
-            saved.steps, saved.time_budget = config.steps, config.time_budget
+        if config is not None:  # only the duration and the hardware may change on resume
+            if config.steps is not None or config.time_budget is not None:  # neither given: keep the run's
+                saved.steps, saved.time_budget = config.steps, config.time_budget
+            saved.device, saved.compile = config.device, config.compile
         config = saved
         model_config = ModelConfig.from_json(resume_meta["model"])
         corpus_format = resume_meta["format"]
         vocab = Vocabulary.from_json(resume_meta["vocabulary"])
-        if resume_meta["train_sha256"] != _text_digest(train_text):
+        alphabet = vocab.alphabet  # recorded in the checkpoint: the run's, not this call's default
+        if prepared is not None and prepared.corpus.vocab != vocab:
+            raise UserError(f"{prepared.corpus.path}: its vocabulary ({len(prepared.corpus.vocab)} symbols) differs "
+                            f"from the one of the run in {out} ({len(vocab)} symbols); prepare the corpus again "
+                            f"with --vocab-from {out}")
+        train_digest = prepared.digest if prepared is not None else _text_digest(train_text)
+        if resume_meta["train_sha256"] != train_digest:
             raise UserError(f"{out}: the training text differs from the one this run started on; "
                             "resume with the same corpus")
     else:
         config = config or TrainConfig()
         model_config = model_config or ModelConfig()
-        vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
+        if prepared is not None:
+            vocab, corpus_format = prepared.corpus.vocab, prepared.corpus.format
+            alphabet, train_digest = vocab.alphabet, prepared.digest
+        else:
+            vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
+            train_digest = _text_digest(train_text)
     if not config.steps and not config.time_budget:
         raise UserError("give --steps or --time-budget (or both) so that training ends")
+    device = distributed.resolve_device(config.device)
 
-    train_data = encode_corpus(train_text, vocab, corpus_format)
-    val_data = encode_corpus(val_text, vocab, corpus_format)
-    if count_targets(val_data) == 0:
-        raise UserError("the validation text is empty; give --val FILE or a larger --val-fraction")
-    if corpus_format == "text":
-        batches: StreamBatches | LineBatches = StreamBatches(train_data, config.batch_size, config.seq_len)
+    batches: StreamBatches | LineBatches | MemmapStreamBatches | MemmapLineBatches
+    if prepared is not None:  # the memory-mapped batches read only this rank's rows
+        val_data = prepared.val
+        if count_targets(val_data) == 0:
+            raise UserError("the validation text is empty; give --val FILE or a larger --val-fraction")
+        batches = prepared.batches(config.batch_size, config.seq_len, config.max_line_len, config.seed, rank, world)
     else:
-        batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
+        train_data = encode_corpus(train_text, vocab, corpus_format)
+        val_data = encode_corpus(val_text, vocab, corpus_format)
+        if count_targets(val_data) == 0:
+            raise UserError("the validation text is empty; give --val FILE or a larger --val-fraction")
+        if corpus_format == "text":
+            batches = StreamBatches(train_data, config.batch_size, config.seq_len)
+        else:
+            batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
+    if batches.batch_size < world:
+        row = f"a stream of --seq-len {config.seq_len} windows" if corpus_format == "text" else "a line"
+        raise UserError(f"{world} processes, but the training data fills only {batches.batch_size} of the "
+                        f"{config.batch_size} rows of a batch (each row is {row}), so some processes would have "
+                        f"nothing to read; start at most {batches.batch_size} (torchrun --nproc_per_node) or give "
+                        "more data")
 
     model_config.vocab_size = len(vocab)
     torch.manual_seed(config.seed)
@@ -249,26 +291,48 @@ def train(
         _load_optimizer(optimizer, resume_meta["optimizer"], resume_tensors)
         torch.set_rng_state(resume_tensors["rng.torch"])
         carry_keys = sorted(k for k in resume_tensors if k.startswith("carry."))
-        carry = tuple(resume_tensors[k] for k in carry_keys) if carry_keys else None
+        # The carried state is saved for the global batch: this rank continues its own rows.
+        carry = tuple(resume_tensors[k][rank::world].to(device) for k in carry_keys) if carry_keys else None
         step, elapsed, best_bpc = resume_meta["step"], resume_meta["elapsed"], resume_meta["best_val_bpc"]
         history = resume_meta["history"]
-    else:
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("")
 
-    training_record = {"config": config.to_json(), "source": source or {}, "alphabet": alphabet}
+    forward: Callable = model  # what a training step calls: the model, or its DDP wrapper, compiled
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The models' buffers are constants: no need to broadcast them before every forward pass.
+        no_sync = ({"forward_sync_buffers": False}  # torch ≥ 2.13 deprecates broadcast_buffers
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          **no_sync)
+        # Dropout masks must differ between ranks; seeding by step keeps a resumed run repeatable.
+        torch.manual_seed(config.seed + 1_000_003 * (rank + 1) + step)
+    if config.compile:
+        forward = torch.compile(forward)
+
+    training_record = {"config": config.to_json(), "source": source or {}, "alphabet": alphabet,
+                       "processes": world}
 
     def save_resume_state() -> None:
+        whole_carry = carry
+        if world > 1 and carry is not None:  # every rank takes part; rank 0 writes
+            whole_carry = distributed.gather_rows(carry, batches.batch_size)
+        if rank != 0:
+            return
         optim_meta, optim_tensors = _optimizer_tensors(optimizer)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update(optim_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
-        for i, part in enumerate(carry or ()):
+        for i, part in enumerate(whole_carry or ()):
             tensors[f"carry.{i}"] = part
         meta = {
             "format_version": FORMAT_VERSION, "step": step, "elapsed": elapsed, "best_val_bpc": best_bpc,
             "train_config": config.to_json(), "model": model_config.to_json(), "format": corpus_format,
-            "vocabulary": vocab.to_json(), "train_sha256": _text_digest(train_text),
+            "vocabulary": vocab.to_json(), "train_sha256": train_digest,
             "optimizer": optim_meta, "history": history, "source": source or {},
         }
         write_bundle(out / RESUME_DIR, meta, tensors, json_name="state.json", stem="state")
@@ -277,9 +341,17 @@ def train(
     last_val: EvalResult | None = None
     eval_seconds = 0.0
     window_loss, window_steps, window_chars, window_time = 0.0, 0, 0, 0.0
+    evaluations = 0
 
     def run_evaluation() -> None:
         nonlocal best_bpc, best_val, last_val, eval_seconds, window_loss, window_steps, window_chars, window_time
+        nonlocal evaluations
+        evaluations += 1
+        if world > 1:  # each rank's loss is its share of the global mean (see the loop)
+            window_loss = distributed.sum_across_ranks([window_loss], device)[0] / world
+            if rank != 0:
+                window_loss, window_steps, window_chars, window_time = 0.0, 0, 0, 0.0
+                return
         started = time.perf_counter()
         last_val = evaluate_encoded(model, val_data)
         eval_seconds = time.perf_counter() - started
@@ -303,7 +375,7 @@ def train(
         window_loss, window_steps, window_chars, window_time = 0.0, 0, 0, 0.0
 
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm import tqdm
 
         total = config.steps if config.steps else int(config.time_budget or 0)
@@ -320,55 +392,81 @@ def train(
     total_chars, total_time = 0, 0.0
     model.train()
     interrupted = False
+    stop = distributed.StopRequest()
     try:
-        while not finished():
-            started = time.perf_counter()
-            batch = batches(step)
-            if batch.reset or carry is None:
-                carry = model.initial_state(batch.x.shape[0], device)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, elapsed)
-            loss, new_state = sequence_loss(model, batch.x, batch.y, carry, bf16)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            carry = detach_state(new_state)
-            step += 1
-            spent = time.perf_counter() - started
-            elapsed += spent
-            chars = int((batch.y != IGNORE).sum())
-            window_loss += loss.item()
-            window_steps += 1
-            window_chars += chars
-            window_time += spent
-            total_chars += chars
-            total_time += spent
-            if step % config.eval_interval == 0:
-                before = time.perf_counter()
-                run_evaluation()
-                save_resume_state()
-                elapsed += time.perf_counter() - before
-            if bar is not None:
-                position = min(step if config.steps else int(elapsed), bar.total)
-                bar.set_postfix(bpc=f"{loss.item() / math.log(2):.3f}", val=f"{best_bpc:.3f}",
-                                chars_s=f"{chars / spent:,.0f}", refresh=False)
-                bar.update(position - bar.n)  # redraws at most every bar.mininterval seconds
-            if should_stop is not None and should_stop(step):
-                raise KeyboardInterrupt
+        with distributed.stop_on_ctrl_c(stop) if world > 1 else nullcontext(stop):
+            while world > 1 or not finished():
+                started = time.perf_counter()
+                batch = batches(step)
+                if world > 1 and not isinstance(batches, MemmapStreamBatches | MemmapLineBatches):
+                    batch = Batch(batch.x[rank::world], batch.y[rank::world], batch.reset)
+                x, y = batch.x.to(device), batch.y.to(device)
+                chars = int((batch.y != IGNORE).sum())
+                share = 1.0
+                if world > 1:
+                    # One small all-reduce a step: all ranks stop together, share rank 0's clock
+                    # (time budget, learning rate) and count the targets of the global batch.
+                    done, elapsed, global_chars = distributed.sum_across_ranks(
+                        [float(finished() or stop.requested or distributed.termination_requested()),
+                         elapsed if rank == 0 else 0.0, chars], device)
+                    if done:
+                        break
+                    # DDP averages the ranks' gradients. Scaling each rank's mean loss by
+                    # W·(its targets)/(all targets) makes that average the gradient of the mean
+                    # loss over the global batch, as one process computes it.
+                    share, chars = chars * world / global_chars, int(global_chars)
+                if batch.reset or carry is None:
+                    carry = model.initial_state(x.shape[0], device)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step, elapsed)
+                loss, new_state = sequence_loss(forward, x, y, carry, bf16)
+                if world > 1:
+                    loss = loss * share
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                carry = detach_state(new_state)
+                step += 1
+                spent = time.perf_counter() - started
+                elapsed += spent
+                window_loss += loss.item()
+                window_steps += 1
+                window_chars += chars
+                window_time += spent
+                total_chars += chars
+                total_time += spent
+                if step % config.eval_interval == 0:
+                    before = time.perf_counter()
+                    run_evaluation()
+                    save_resume_state()
+                    elapsed += time.perf_counter() - before
+                if bar is not None:
+                    position = min(step if config.steps else int(elapsed), bar.total)
+                    bar.set_postfix(bpc=f"{loss.item() / share / math.log(2):.3f}", val=f"{best_bpc:.3f}",
+                                    chars_s=f"{chars / spent:,.0f}", refresh=False)
+                    bar.update(position - bar.n)  # redraws at most every bar.mininterval seconds
+                if should_stop is not None and should_stop(step):
+                    if world == 1:
+                        raise KeyboardInterrupt
+                    stop.requested = True  # every rank stops at the next step
     except KeyboardInterrupt:
+        if world > 1:  # a second Ctrl-C: the ranks are no longer in step, so no final save
+            raise
         interrupted = True
+    interrupted = interrupted or stop.requested
     if bar is not None:
         bar.close()
     # The end of a run (or an interruption) always leaves an evaluated, resumable state.
-    if window_steps or not history:
+    if window_steps or not (history or evaluations):
         before = time.perf_counter()
         run_evaluation()
         elapsed += time.perf_counter() - before
     save_resume_state()
+    distributed.barrier()  # rank 0 has written everything: all ranks leave together
     result = TrainResult(out, step, elapsed, best_val, last_val,
-                         total_chars / total_time if total_time > 0 else 0.0)
+                         total_chars / total_time if total_time > 0 else 0.0, model)
     if interrupted:
         result.final_val = last_val
     return result

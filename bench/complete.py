@@ -1,0 +1,215 @@
+"""Benchmark: autocomplete on held-out lines — trie baseline vs window model vs the default model.
+
+Two `lines` corpora from ../shared/data:
+  names        makemore's split: torch.manual_seed(3407), randperm of the 32,033 names, the
+               last 1,000 held out (test), the rest for training.
+  shakespeare  the non-empty lines of Tiny Shakespeare: the first 90% for training, a sample
+               of the last 10% for testing (--test-lines, spread evenly over that 10%).
+For each corpus it trains the default model (ModelConfig() defaults: kind, size) and the
+lecture's window model on the training lines (their last 10% validate), builds the trie
+baseline from the training lines, runs eval-complete (docs/autocomplete.md defines every
+metric), and measures per-keystroke latency after 1, 10, 100 and 10,000 typed characters
+(must stay flat) with 1 and 2 torch threads.
+
+    python bench/complete.py --quick        # seconds: tiny models, a few test lines
+    python bench/complete.py                # full: about 4 min training per default model,
+                                            # 1 min per window model, then about 10 min of
+                                            # evaluation (roughly 25 minutes in all)
+
+Models are kept in --work (default runs/bench-complete) and reused on the next run unless
+--retrain; give your own with --names-model/--names-window/--lines-model/--lines-window.
+Results: a markdown table on stdout and JSON in --work/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nextchar.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
+from nextchar.complete_eval import (  # noqa: E402
+    CompleterPredictor,
+    TriePredictor,
+    evaluate_completion,
+    typing_latency,
+)
+from nextchar.completion import Completer  # noqa: E402
+from nextchar.data import split_validation  # noqa: E402
+from nextchar.models import ModelConfig  # noqa: E402
+from nextchar.text import read_corpus, split_lines  # noqa: E402
+from nextchar.training import TrainConfig, train  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+LENGTHS = (1, 10, 100, 10_000)
+
+
+def names_split(path: Path) -> tuple[list[str], list[str]]:
+    """makemore's split: seed 3407, a random permutation, the last 1,000 names held out."""
+    words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
+    words = [w for w in words if w]
+    torch.manual_seed(3407)
+    order = torch.randperm(len(words)).tolist()
+    test_size = min(1000, int(len(words) * 0.1))
+    return [words[i] for i in order[:-test_size]], [words[i] for i in order[-test_size:]]
+
+
+def shakespeare_split(path: Path, test_lines: int) -> tuple[list[str], list[str]]:
+    """First 90% of the non-empty lines for training; `test_lines` spread over the last 10%."""
+    lines = split_lines(read_corpus(path))
+    cut = int(0.9 * len(lines))
+    held = lines[cut:]
+    step = max(1, len(held) // test_lines)
+    return lines[:cut], held[::step][:test_lines]
+
+
+def get_model(name: str, given: str | None, train_lines: list[str], kind_config: ModelConfig, seconds: float,
+              steps: int | None, work: Path, retrain: bool, quiet: bool) -> Path:
+    """A checkpoint: the one given, the one from a previous run, or a freshly trained one."""
+    if given:
+        return Path(given)
+    out = work / name
+    if (out / "config.json").is_file() and not retrain:
+        print(f"[{name}] reusing {out}", file=sys.stderr)
+        return out
+    train_text, val_text = split_validation("\n".join(train_lines) + "\n", "lines", 0.1)
+    config = TrainConfig(time_budget=None if steps else seconds, steps=steps, eval_interval=steps or 200)
+    duration = f"{steps} steps" if steps else f"{seconds:.0f} s"
+    print(f"[{name}] training {kind_config.kind} ({duration})", file=sys.stderr)
+    train(train_text, val_text, out, config, kind_config, "lines", progress=not quiet)
+    return out
+
+
+def evaluate_corpus(label: str, train_lines: list[str], test_lines: list[str], model_dir: Path, window_dir: Path,
+                    modes: list[str], k: int, latency_keys: int) -> dict:
+    ckpt, window_ckpt = load_checkpoint(model_dir), load_checkpoint(window_dir)
+    out: dict = {"corpus": label, "train_lines": len(train_lines), "test_lines": len(test_lines),
+                 "model": ckpt.model.config.to_json(), "model_val": ckpt.meta.get("metrics", {}), "modes": {}}
+    for mode in modes:
+        systems = [
+            TriePredictor.from_lines(train_lines, mode, k),
+            CompleterPredictor(Completer(window_ckpt), mode, k, name="window"),
+            CompleterPredictor(Completer(ckpt), mode, k, name=f"default ({ckpt.model.config.kind})"),
+        ]
+        results = []
+        for system in systems:
+            started = time.perf_counter()
+            result = evaluate_completion(test_lines, system, mode, k, progress=True)
+            print(f"[{label}/{mode}] {system.name}: KSR {result.ksr:.3f} in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr)
+            results.append(result.to_json())
+        out["modes"][mode] = results
+    text = " ".join(test_lines)
+    while len(text) < max(LENGTHS) + latency_keys:
+        text += " " + text
+    out["latency_by_length"] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        lat = typing_latency(Completer(ckpt), text, LENGTHS, keystrokes=latency_keys, k=k, mode="line")
+        out["latency_by_length"][str(threads)] = {str(n): v for n, v in lat.items()}
+    torch.set_num_threads(1)
+    return out
+
+
+def markdown(results: list[dict], k: int) -> str:
+    rows = []
+    for corpus in results:
+        for mode, systems in corpus["modes"].items():
+            rows.append(f"\n**{corpus['corpus']}**, mode `{mode}`, k = {k}: {corpus['test_lines']:,} held-out lines "
+                        f"({systems[0]['chars']:,} characters, {systems[0]['targets']:,} targets); trained on "
+                        f"{corpus['train_lines']:,} lines\n")
+            rows.append("| system | KSR | MRR | s@1 (prefix 1/2/3/4/5) | s@k (prefix 1/2/3/4/5) "
+                        "| p50 ms | p95 ms | p99 ms |")
+            rows.append("|---|---|---|---|---|---|---|---|")
+            for r in systems:
+                s1 = " / ".join(f"{r['success_at_1'][str(i)]:.2f}" for i in range(1, 6))
+                sk = " / ".join(f"{r['success_at_k'][str(i)]:.2f}" for i in range(1, 6))
+                lat = r["latency_ms"]
+                rows.append(f"| {r['name']} | {r['ksr']:.3f} | {r['mrr']:.3f} | {s1} | {sk} | {lat['p50']:.2f} | "
+                            f"{lat['p95']:.2f} | {lat['p99']:.2f} |")
+        rows.append(f"\nPer-keystroke latency of the default model on {corpus['corpus']} (top {k} `line` "
+                    "suggestions) after n typed characters, ms:\n")
+        rows.append("| threads | " + " | ".join(f"n = {n:,} p50 / p99" for n in LENGTHS) + " |")
+        rows.append("|---|" + "---|" * len(LENGTHS))
+        for threads, by_length in corpus["latency_by_length"].items():
+            cells = [f"{by_length[str(n)]['p50']:.2f} / {by_length[str(n)]['p99']:.2f}" for n in LENGTHS]
+            rows.append(f"| {threads} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and a few lines: seconds")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-complete"), help="model and result directory")
+    parser.add_argument("--retrain", action="store_true", help="train even if --work holds models")
+    parser.add_argument("--seconds", type=float, default=240.0, help="training budget of each default model")
+    parser.add_argument("--window-seconds", type=float, default=60.0, help="training budget of each window model")
+    parser.add_argument("--test-lines", type=int, default=400, help="held-out Shakespeare lines evaluated")
+    parser.add_argument("--names-test", type=int, default=1000, help="held-out names evaluated (makemore: 1000)")
+    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--latency-keys", type=int, default=100, help="timed keystrokes per typed length")
+    for flag in ("names-model", "names-window", "lines-model", "lines-window"):
+        parser.add_argument(f"--{flag}", metavar="DIR", help="use this checkpoint instead of training one")
+    args = parser.parse_args()
+    for path in (DATA / "names.txt", DATA / "tinyshakespeare.txt"):
+        if not path.is_file():
+            print(f"bench/complete.py: {path} is missing", file=sys.stderr)
+            return 2
+    work = Path(args.work) / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    default = ModelConfig()
+    window = ModelConfig(kind="window")
+    steps = None
+    if args.quick:
+        default = ModelConfig(kind=default.kind, hidden_size=64, num_layers=1, embedding_size=16)
+        steps, args.test_lines, args.names_test, args.latency_keys = 30, 20, 30, 10
+
+    names_train, names_test = names_split(DATA / "names.txt")
+    lines_train, lines_test = shakespeare_split(DATA / "tinyshakespeare.txt", args.test_lines)
+    if args.quick:
+        names_train, lines_train = names_train[:3000], lines_train[:3000]
+    names_test = names_test[: args.names_test]
+
+    torch.set_num_threads(2)  # training: both cores
+    models = {
+        "names-model": get_model("names-default", args.names_model, names_train, default, args.seconds, steps, work,
+                                 args.retrain, args.quick),
+        "names-window": get_model("names-window", args.names_window, names_train, window, args.window_seconds, steps,
+                                  work, args.retrain, args.quick),
+        "lines-model": get_model("shakespeare-default", args.lines_model, lines_train, default, args.seconds, steps,
+                                 work, args.retrain, args.quick),
+        "lines-window": get_model("shakespeare-window", args.lines_window, lines_train, window, args.window_seconds,
+                                  steps, work, args.retrain, args.quick),
+    }
+    torch.set_num_threads(1)  # a keystroke's small batches: one thread (see docs/autocomplete.md)
+    results = [
+        evaluate_corpus("names", names_train, names_test, models["names-model"], models["names-window"], ["line"],
+                        args.k, args.latency_keys),
+        evaluate_corpus("Tiny Shakespeare lines", lines_train, lines_test, models["lines-model"],
+                        models["lines-window"], ["line", "word"], args.k, args.latency_keys),
+    ]
+    atomic_write_json(work / "results.json", results)
+    print(markdown(results, args.k))
+    names_line = {r["name"]: r for r in results[0]["modes"]["line"]}
+    default_name = next(n for n in names_line if n.startswith("default"))
+    p99 = names_line[default_name]["latency_ms"]["p99"]
+    print(f"\ngoal p99 ≤ 10 ms (names, line, top {args.k}, default model): {p99:.2f} ms "
+          f"{'met' if p99 <= 10 else 'NOT met'}")
+    for corpus in results:
+        for mode, systems in corpus["modes"].items():
+            by = {r["name"]: r["ksr"] for r in systems}
+            model_ksr = next(v for n, v in by.items() if n.startswith("default"))
+            print(f"goal KSR(default) > KSR(trie) on {corpus['corpus']} / {mode}: {model_ksr:.3f} vs {by['trie']:.3f} "
+                  f"{'met' if model_ksr > by['trie'] else 'NOT met'}")
+    print(f"\nresults: {work / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

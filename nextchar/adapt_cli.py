@@ -1,0 +1,177 @@
+"""The `--adapt` options of `nextchar eval`: dynamic evaluation beside the static figures.
+
+cli.py's eval command calls `add_eval_options` on its parser and, when --adapt is given,
+`run_adapted_eval` instead of the plain evaluation (see docs/adaptation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, dynamic_evaluate, gradient_statistics
+from nextchar.checkpoint import Checkpoint
+from nextchar.data import Encoded, count_targets, encode_corpus, split_validation
+from nextchar.errors import UserError
+
+if TYPE_CHECKING:
+    from nextchar.completion import Completer
+    from nextchar.personal import PersonalPredictor
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    d = AdaptConfig()
+    g = p.add_argument_group("online adaptation (dynamic evaluation; docs/adaptation.md)")
+    g.add_argument("--adapt", action="store_true",
+                   help="also report BPC with dynamic evaluation: after each window has been scored, one "
+                        "gradient step on it before the next window is predicted")
+    g.add_argument("--adapt-lr", type=_float, default=d.lr, metavar="ETA", help=f"step size η (default {d.lr:g})")
+    g.add_argument("--adapt-window", type=_count, default=d.window, metavar="T",
+                   help=f"characters per window, one step per window (default {d.window})")
+    g.add_argument("--adapt-decay", type=_float, default=d.decay, metavar="LAMBDA",
+                   help=f"pull towards the trained weights per step, 0 to 1 (default {d.decay:g})")
+    g.add_argument("--adapt-rule", choices=RULES, default=d.rule,
+                   help="rms: Krause et al.'s update normalised by training-gradient RMS; sgd: plain steps "
+                        f"(default {d.rule})")
+    g.add_argument("--adapt-params", choices=PARAM_SETS, default=d.params,
+                   help=f"adapt all weights, or only the output layer W_o, W0_o (default {d.params})")
+    g.add_argument("--adapt-train", metavar="FILE",
+                   help="rms: training text for the gradient statistics (default: the checkpoint's own training "
+                        "corpus, when it can be found, without its validation part)")
+
+
+def training_data(ckpt: Checkpoint, path: str | None, corpus_format: str,
+                  encoding_errors: str = "strict") -> tuple[Encoded, str]:
+    """The text the rms rule measures gradient statistics on (`path`, else the checkpoint's
+    recorded training corpus without its validation part), encoded, and where it came from."""
+    from nextchar.text import embedded_corpus, read_corpus
+
+    if path:
+        text, name = read_corpus(path, encoding_errors), path
+    else:
+        source = ckpt.meta.get("training", {}).get("source", {}) or {}
+        corpus = source.get("corpus") or ""
+        hint = "give --adapt-train FILE (the model's training text) or use --adapt-rule sgd"
+        if source.get("prepared"):
+            raise UserError(f"the model was trained on a prepared directory ({corpus}); {hint}")
+        if corpus.startswith("embedded:"):
+            text, name = embedded_corpus(), corpus
+        elif corpus and Path(corpus).is_file():
+            text, name = read_corpus(corpus, source.get("encoding_errors", "strict")), corpus
+        else:
+            raise UserError(f"cannot find the model's training text ({corpus or 'not recorded'}); {hint}")
+        if not source.get("val"):  # the validation tail was part of that file: leave it out
+            text, _ = split_validation(text, source.get("format", corpus_format), source.get("val_fraction", 0.1))
+    encoded = encode_corpus(text, ckpt.vocab, corpus_format)
+    if count_targets(encoded) == 0:
+        raise UserError(f"{name}: no training text left for gradient statistics; give --adapt-train FILE")
+    return encoded, name
+
+
+def adapt_config(args: argparse.Namespace) -> AdaptConfig:
+    return AdaptConfig(rule=args.adapt_rule, lr=args.adapt_lr, window=args.adapt_window,
+                       decay=args.adapt_decay, params=args.adapt_params)
+
+
+def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encoded, corpus_format: str) -> int:
+    """Print static and adapted figures side by side (or one JSON object)."""
+    config = adapt_config(args)
+    stats: GradStats | None = None
+    stats_source = None
+    if config.rule == "rms":
+        train, stats_source = training_data(ckpt, args.adapt_train, corpus_format, args.encoding_errors)
+        stats = gradient_statistics(ckpt.model, train, config)
+    result = dynamic_evaluate(ckpt.model, encoded, config, stats, progress=sys.stderr.isatty() and not args.json)
+    if result.rollbacks:
+        print(f"nextchar: warning: adaptation diverged {result.rollbacks} time(s) and was rolled back to the last "
+              f"good weights{'; it stopped adapting' if result.stopped else ''}; try a smaller --adapt-lr",
+              file=sys.stderr)
+    if args.json:
+        out = result.to_json()
+        out["stats"] = None if stats is None else {"source": stats_source, "windows": stats.windows,
+                                                   "batch": stats.batch, "seconds": stats.seconds}
+        print(json.dumps(out))
+        return 0
+    static, adapted = result.static, result.adapted
+    assert static is not None
+    print("         static   adapted")
+    print(f"bpc    {static.bpc:8.4f}  {adapted.bpc:8.4f}")
+    print(f"top1   {static.top1:8.4f}  {adapted.top1:8.4f}")
+    print(f"top5   {static.top5:8.4f}  {adapted.top5:8.4f}")
+    print(f"chars  {static.chars:8d}  {adapted.chars:8d}")
+    print(f"adaptation: {config.rule}, lr {config.lr:g}, window {config.window}, decay {config.decay:g}, "
+          f"{config.params} weights; {result.windows} windows, {result.adapt_seconds_per_window * 1e3:.2f} ms per "
+          f"window ({result.adapt_seconds_per_char * 1e6:.0f} µs per character); {result.cost_ratio:.1f}× the "
+          f"time of static evaluation; {result.rollbacks} rollbacks")
+    if stats is not None:
+        print(f"gradient statistics: {stats.windows} windows of {stats.batch}×{stats.window} from {stats_source} "
+              f"({stats.seconds:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- eval-complete --adapt
+
+def add_personal_options(p: argparse.ArgumentParser) -> None:
+    from nextchar.personal import PERSONAL_DEFAULTS as d
+
+    g = p.add_argument_group("personalisation (docs/adaptation.md)")
+    g.add_argument("--adapt", action="store_true",
+                   help="also evaluate the model learning each line once it is typed (the person's own adapted "
+                        "weights), and report both")
+    g.add_argument("--adapt-lr", type=_float, default=d.lr, metavar="ETA", help=f"step size η (default {d.lr:g})")
+    g.add_argument("--adapt-window", type=_count, default=d.window, metavar="T",
+                   help=f"characters per step when learning a line (default {d.window})")
+    g.add_argument("--adapt-decay", type=_float, default=d.decay, metavar="LAMBDA",
+                   help=f"pull towards the shared weights per step, 0 to 1 (default {d.decay:g})")
+    g.add_argument("--adapt-rule", choices=RULES, default=d.rule, help=f"update rule (default {d.rule})")
+    g.add_argument("--adapt-params", choices=PARAM_SETS, default=d.params,
+                   help=f"the person's own weights: the output layer W_o, W0_o, or all (default {d.params})")
+    g.add_argument("--adapt-train", metavar="FILE",
+                   help="rms: training text for the gradient statistics (default: the checkpoint's own)")
+
+
+def personal_predictor(args: argparse.Namespace, completer: Completer, k: int) -> PersonalPredictor:
+    """A typist whose completer learns each finished line (see nextchar.personal)."""
+    from nextchar.personal import PersonalCompleter, PersonalPredictor
+
+    config = adapt_config(args)
+    stats = None
+    if config.rule == "rms":
+        train, _ = training_data(completer.ckpt, args.adapt_train, completer.format)
+        stats = gradient_statistics(completer.model, train, config)
+    person = PersonalCompleter(completer, config, stats)
+    kind = completer.ckpt.model.config.kind
+    return PersonalPredictor(person, args.mode, k, name=f"model ({kind}), adapted", typos=args.typos)
+
+
+def describe_learning(predictor: PersonalPredictor) -> str:
+    cost = predictor.cost()
+    c = predictor.person.config
+    return (f"adapted: {c.rule}, lr {c.lr:g}, decay {c.decay:g}, {c.params} weights, learning each line after it "
+            f"is typed: {cost['ms_per_line_p50']:.1f} ms per line (p99 {cost['ms_per_line_p99']:.1f}), "
+            f"{cost['us_per_char']:.0f} µs per character, not part of the keystroke latency; "
+            f"{cost['rollbacks']} rollbacks")

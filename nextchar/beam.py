@@ -1,0 +1,406 @@
+"""Beam search over completions: the best continuations of a text under a character model.
+
+A hypothesis is a completion c (a string of vocabulary characters) with its log-probability
+
+    log p(c | x) = Σ_t log p_t[c_t]          p_t = softmax(W_o s_t + W0_o), s_t after x + c_<t
+
+Every step extends the live hypotheses by one symbol, all of them in ONE batched forward
+call (their states stacked with `select_state`), keeps the `beam_width` best, and moves a
+hypothesis to the finished list when an end event is likely enough to matter:
+
+    word    the rest of the current word: ends at a boundary (space, punctuation, <end>);
+            the end event's probability is the total probability of the boundary symbols.
+            In scripts written without spaces (Chinese, Japanese, Thai…) a word is
+            `cjk_word_chars` characters.
+    line    up to <end> (`lines` models) or the newline (`text` models), at most max_chars.
+    phrase  up to the boundary after `max_words` words (the word being typed counts), or
+            the end of the line, at most max_chars.
+
+Finished hypotheses are ranked by the length-normalised score  log p(c | x) / n^α  where n
+counts the symbols scored (the end symbol included): α = 0 ranks by probability, α = 1 by
+mean log-probability per symbol.
+
+With a lexicon the beam walks a marisa trie in lockstep: a hypothesis may only grow by a
+character that keeps it a prefix of some entry, and it finishes exactly when it is an entry.
+
+Graphemes: completions are sequences of code points, so a completion is never cut where
+that would split a user-visible character. A completion never ends after a ZWJ or after an
+odd number of regional indicators (half a flag), and a completion that stops because of a
+length limit stops only where the model gives < 50% to a combining mark, variation selector,
+emoji modifier or ZWJ coming next (it may run up to GRAPHEME_SLACK characters over the limit
+to finish a cluster).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import unicodedata
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nextchar.models import CharModel, State
+from nextchar.text import END, START, UNK, Vocabulary
+
+MODES = ("word", "line", "phrase")
+APOSTROPHES = frozenset("'’")  # inside words: don't, l’homme, o'clock
+GRAPHEME_SLACK = 8  # characters a length-limited completion may overrun to finish a grapheme
+ZWJ = "\u200d"
+
+# Scripts written without spaces between words (code point ranges).
+_SPACELESS = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0x20000, 0x3134F),  # CJK extensions B–G
+)
+
+
+def is_boundary(ch: str) -> bool:
+    """True for characters that end a word: whitespace, punctuation (not apostrophes), math/modifier symbols."""
+    if ch.isspace():
+        return True
+    category = unicodedata.category(ch)
+    if category[0] == "P":
+        return ch not in APOSTROPHES
+    return category in ("Sm", "Sk")
+
+
+def is_extender(ch: str) -> bool:
+    """True for code points that attach to the previous one (they continue its grapheme)."""
+    code = ord(ch)
+    return (
+        unicodedata.category(ch) in ("Mn", "Me", "Mc")
+        or ch in (ZWJ, "\u200c")
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin-tone modifiers
+        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
+    )
+
+
+def is_regional_indicator(ch: str) -> bool:
+    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
+
+
+def is_spaceless(ch: str) -> bool:
+    code = ord(ch)
+    return any(lo <= code <= hi for lo, hi in _SPACELESS)
+
+
+def needs_continuation(text: str) -> bool:
+    """True when `text` ends inside a grapheme that cannot be complete yet (ZWJ, half a flag)."""
+    if not text:
+        return False
+    if text[-1] == ZWJ:
+        return True
+    count = 0
+    for ch in reversed(text):
+        if not is_regional_indicator(ch):
+            break
+        count += 1
+    return count % 2 == 1
+
+
+def word_start(text: str, limit: int = 256) -> int:
+    """Index where the word in progress at the end of `text` starts (len(text) if none)."""
+    i = len(text)
+    stop = max(0, len(text) - limit)
+    while i > stop and not is_boundary(text[i - 1]):
+        i -= 1
+    return i
+
+
+def symbol_logprobs(logits: Tensor) -> Tensor:
+    """log p over the symbols (last dimension); <start> is never a next symbol, so it gets 0."""
+    logits = logits.float()
+    logits[..., START] = -math.inf
+    return torch.log_softmax(logits, dim=-1)
+
+
+def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, State]:
+    """model(idx, state), with oneDNN (mkldnn) off for short inputs.
+
+    Why: PyTorch's oneDNN LSTM pays about 2 ms of set-up per call, whatever the length:
+    measured here, one step of the default 2×384 LSTM for 8 hypotheses took 2.5 ms with it
+    and 0.8 ms without; it only wins on long reads (2,048 characters: 175 vs 309 ms).
+    """
+    if idx.shape[1] > 64:
+        return model(idx, state)
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        return model(idx, state)
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+@dataclass
+class Node:
+    """The model after reading some text: its state s_t (batch of 1) and log p_t."""
+
+    state: State
+    logprobs: Tensor  # (V,)
+
+
+@dataclass
+class Candidate:
+    """A finished hypothesis."""
+
+    completion: str
+    logprob: float  # log p(completion [+ end event] | text)
+    symbols: int  # symbols scored (characters, plus one for an end event)
+    score: float  # logprob / symbols^α
+
+
+@dataclass
+class SearchSettings:
+    beam_width: int = 8  # hypotheses kept per step (at least k)
+    max_chars: int = 48  # longest completion in line/phrase mode (word mode: max_chars too)
+    max_words: int = 3  # phrase mode: words per phrase, the one being typed included
+    length_alpha: float = 0.0  # α of the length normalisation (0: rank by probability)
+    cjk_word_chars: int = 2  # word mode in scripts without spaces: characters per word
+    lexicon_max_chars: int = 256  # longest completion walked in a lexicon
+
+
+class SymbolTable:
+    """What each vocabulary index is, for the search: boundary, extender, end of line…"""
+
+    ANY, WORD, EXTEND, NONE = 0, 1, 2, 3  # continuation kinds → rows of `masks`
+
+    def __init__(self, vocab: Vocabulary, corpus_format: str):
+        size = len(vocab)
+        self.vocab = vocab
+        self.lines = corpus_format == "lines"
+        self.chars = ["" if i < 3 else vocab.symbol(i) for i in range(size)]
+        self.index = {ch: i for i, ch in enumerate(self.chars) if i >= 3}
+        self.boundary = [i >= 3 and is_boundary(ch) for i, ch in enumerate(self.chars)]
+        self.extender = [i >= 3 and is_extender(ch) for i, ch in enumerate(self.chars)]
+        newline = self.index.get("\n")
+        # The end of a line: the <end> marker for `lines` models, the newline for `text` models.
+        self.line_end = [END] if self.lines else ([newline] if newline is not None else [])
+        # Never a character of a completion: the special symbols, and in `lines` corpora the
+        # newline (it separates lines; it is never inside one).
+        never = {START, UNK} | ({newline} if self.lines and newline is not None else {END})
+        self.never = frozenset(never)
+        ends = (set(self.line_end) | {i for i in range(size) if self.boundary[i]}) - never
+        self.line_end_idx = torch.tensor(self.line_end, dtype=torch.long)
+        self.boundary_idx = torch.tensor(sorted(ends), dtype=torch.long)
+        self.extender_idx = torch.tensor([i for i in range(size) if self.extender[i]], dtype=torch.long)
+        blocked = {END, *never, *self.line_end}  # end events finish a hypothesis; they never extend one
+        masks = torch.full((4, size), -math.inf)
+        for i in range(3, size):
+            if i in blocked:
+                continue
+            masks[self.ANY, i] = 0.0
+            if not self.boundary[i]:
+                masks[self.WORD, i] = 0.0
+            if self.extender[i]:
+                masks[self.EXTEND, i] = 0.0
+        self.masks = masks
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(ch, UNK) for ch in text]
+
+
+def _mass(logprobs: Tensor, idx: Tensor) -> list[float]:
+    """log Σ_{i ∈ idx} p[i] for every row (−inf where idx is empty)."""
+    if idx.numel() == 0:
+        return [-math.inf] * logprobs.shape[0]
+    if idx.numel() == 1:
+        return logprobs[:, int(idx[0])].tolist()
+    return torch.logsumexp(logprobs[:, idx], dim=1).tolist()
+
+
+class _Beam:
+    """The live hypotheses of one step, as parallel lists plus batched tensors."""
+
+    def __init__(self, texts: list[str], lps: list[float], words: list[int], in_word: list[bool],
+                 state: State, logprobs: Tensor):
+        self.texts, self.lps, self.words, self.in_word = texts, lps, words, in_word
+        self.state, self.logprobs = state, logprobs
+
+
+def beam_search(
+    model: CharModel,
+    table: SymbolTable,
+    root: Node,
+    context: str,
+    mode: str,
+    k: int,
+    settings: SearchSettings,
+    lexicon=None,  # nextchar.lexicon.Lexicon | None
+    lexicon_key: str = "",
+    known: dict[str, Node] | None = None,
+    allow_empty: bool = False,
+) -> tuple[list[Candidate], dict[str, Node]]:
+    """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
+
+    An empty completion (the text is already complete) is returned only with `allow_empty`:
+    it says nothing about what was typed, but completes a correction ("jonh" → "john").
+
+    `known` maps completions to nodes already computed (the previous keystroke's search):
+    those hypotheses skip the model. Returns the candidates and this search's own tree of
+    nodes (completion → Node), for the next keystroke to reuse.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    known = known or {}
+    tree: dict[str, Node] = {}
+    width = max(settings.beam_width, k)
+    alpha = settings.length_alpha
+    in_word0 = bool(context) and not is_boundary(context[-1])
+    beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], root.state, root.logprobs.unsqueeze(0))
+    finished: list[Candidate] = []
+
+    def finish(text: str, logprob: float, symbols: int) -> None:
+        if logprob == -math.inf:
+            return
+        finished.append(Candidate(text, logprob, symbols, logprob / max(symbols, 1) ** alpha))
+
+    max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
+    for _ in range(max_steps + 1):
+        if lexicon is not None:
+            chosen = _lexicon_step(beam, table, lexicon, lexicon_key, width, finish)
+        else:
+            chosen = _free_step(beam, table, mode, settings, width, finish, allow_empty)
+            allow_empty = False
+        if not chosen:
+            break
+        # Early stop: k finished and no live hypothesis would score as well even if it ended now
+        # (exact for α = 0 because log-probabilities only fall; the usual heuristic otherwise).
+        if len(finished) >= k:
+            kth = heapq.nlargest(k, (c.score for c in finished))[-1]
+            best_live = max(lp / (len(beam.texts[h]) + 2) ** alpha for h, _, _, lp in chosen)
+            if best_live < kth:
+                break
+        beam = _expand(model, table, beam, chosen, known, tree)
+    finished.sort(key=lambda c: -c.score)
+    seen: set[str] = set()
+    unique = []
+    for cand in finished:
+        key = cand.completion.rstrip()
+        if key not in seen:  # no two suggestions that differ only in trailing whitespace
+            seen.add(key)
+            unique.append(cand)
+    return unique, tree
+
+
+def _free_step(beam: _Beam, table: SymbolTable, mode: str, settings: SearchSettings, width: int,
+               finish, allow_empty: bool = False) -> list[tuple[int, int, str, float]]:
+    """Finish what may end here, and choose the best extensions (parent, symbol, char, logprob)."""
+    size = len(beam.texts)
+    line_end = _mass(beam.logprobs, table.line_end_idx) if mode != "word" else []
+    boundary = _mass(beam.logprobs, table.boundary_idx) if mode != "line" else line_end
+    limits = [settings.cjk_word_chars if mode == "word" and t and is_spaceless(t[0]) else settings.max_chars
+              for t in beam.texts]  # no spaces to stop at: a word is a fixed number of characters
+    long = any(len(t) >= limit for t, limit in zip(beam.texts, limits, strict=True))
+    extend = _mass(beam.logprobs, table.extender_idx) if long else []
+    kinds = []
+    for h in range(size):
+        text, lp, n, limit = beam.texts[h], beam.lps[h], len(beam.texts[h]), limits[h]
+        pending = needs_continuation(text)
+        kind = SymbolTable.WORD if mode == "word" else SymbolTable.ANY
+        if (n or allow_empty) and not pending:
+            if mode == "word":
+                finish(text, lp + boundary[h], n + 1)
+            elif mode == "line":
+                finish(text, lp + line_end[h], n + 1)
+            elif beam.in_word[h] and beam.words[h] >= settings.max_words:
+                finish(text, lp + boundary[h], n + 1)
+                kind = SymbolTable.WORD
+            else:
+                finish(text, lp + line_end[h], n + 1)
+        if n >= limit:
+            if n >= limit + GRAPHEME_SLACK:
+                kind = SymbolTable.NONE
+            elif not pending:
+                if extend[h] < math.log(0.5):
+                    finish(text, lp, n)  # cut by the length limit: no end event
+                kind = SymbolTable.EXTEND
+        kinds.append(kind)
+    same = all(kind == kinds[0] for kind in kinds)
+    mask = table.masks[kinds[0]] if same else table.masks[torch.tensor(kinds)]
+    scores = torch.tensor(beam.lps).unsqueeze(1) + beam.logprobs + mask
+    flat = scores.view(-1)
+    top = flat.topk(min(width, flat.numel()))
+    size_v = scores.shape[1]
+    chosen = []
+    for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if value == -math.inf:
+            break
+        parent, symbol = divmod(index, size_v)
+        chosen.append((parent, symbol, table.chars[symbol], value))
+    return chosen
+
+
+def _lexicon_step(beam: _Beam, table: SymbolTable, lexicon, key: str, width: int,
+                  finish) -> list[tuple[int, int, str, float]]:
+    """Lockstep with the trie: finish entries, extend only along the trie's edges."""
+    size = len(beam.texts)
+    ends = _mass(beam.logprobs, table.line_end_idx if table.lines else table.boundary_idx)
+    for h in range(size):
+        text = beam.texts[h]
+        if key + text in lexicon:
+            finish(text, beam.lps[h] + ends[h], len(text) + 1)
+    scores = torch.tensor(beam.lps).unsqueeze(1) + beam.logprobs
+    scores[:, END] = -math.inf  # the end of an entry is the finish event above
+    values, order = scores.sort(dim=1, descending=True)
+    values, order = values.tolist(), order.tolist()
+    # Merge the rows' sorted candidates best-first and keep those the trie allows.
+    heap = [(-values[h][0], h, 0) for h in range(size)]
+    heapq.heapify(heap)
+    chosen: list[tuple[int, int, str, float]] = []
+    oov = lexicon.alphabet_outside(table.index)
+    while heap and len(chosen) < width:
+        negative, h, j = heapq.heappop(heap)
+        if negative == math.inf:
+            break
+        if j + 1 < len(order[h]):
+            heapq.heappush(heap, (-values[h][j + 1], h, j + 1))
+        symbol = order[h][j]
+        prefix = key + beam.texts[h]
+        if symbol == UNK:  # characters the model does not know share the <unk> probability
+            for ch in oov:
+                if len(chosen) < width and lexicon.has_prefix(prefix + ch):
+                    chosen.append((h, UNK, ch, -negative))
+        elif symbol >= 3 and lexicon.has_prefix(prefix + table.chars[symbol]):
+            chosen.append((h, symbol, table.chars[symbol], -negative))
+    chosen.sort(key=lambda c: -c[3])
+    return chosen
+
+
+def _expand(model: CharModel, table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]],
+            known: dict[str, Node], tree: dict[str, Node]) -> _Beam:
+    """One model step for all chosen extensions at once (skipping those already known)."""
+    texts, lps, words, in_word = [], [], [], []
+    for parent, _, ch, lp in chosen:
+        texts.append(beam.texts[parent] + ch)
+        lps.append(lp)
+        inside = not is_boundary(ch)
+        words.append(beam.words[parent] + (1 if inside and not beam.in_word[parent] else 0))
+        in_word.append(inside)
+    nodes = [known.get(t) for t in texts]
+    missing = [i for i, node in enumerate(nodes) if node is None]
+    if missing:
+        parents = torch.tensor([chosen[i][0] for i in missing])
+        inputs = torch.tensor([[chosen[i][1]] for i in missing])
+        state = tuple(s[parents] for s in beam.state)
+        logits, new_state = run_model(model, inputs, state)
+        new_lp = symbol_logprobs(logits[:, -1])
+        if len(missing) == len(chosen):
+            for row, text in enumerate(texts):
+                tree[text] = Node(tuple(s[row : row + 1] for s in new_state), new_lp[row])
+            return _Beam(texts, lps, words, in_word, new_state, new_lp)
+        for row, i in enumerate(missing):
+            nodes[i] = Node(tuple(s[row : row + 1] for s in new_state), new_lp[row])
+    for text, node in zip(texts, nodes, strict=True):
+        tree[text] = node
+    state = tuple(torch.cat(parts, dim=0) for parts in zip(*(n.state for n in nodes), strict=True))
+    return _Beam(texts, lps, words, in_word, state, torch.stack([n.logprobs for n in nodes]))

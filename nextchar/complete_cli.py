@@ -1,0 +1,245 @@
+"""The autocomplete commands: `complete`, `type` and `eval-complete` (see docs/autocomplete.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from nextchar.errors import UserError
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
+    p.add_argument("-m", "--model", metavar="DIR", default=None,
+                   help="checkpoint directory (default: the bundled model)")
+    p.add_argument("-k", type=_int, default=k_default,
+                   help=f"number of suggestions (default {k_default}; at least 1, more than 50 is clamped to 50)")
+    p.add_argument("--mode", choices=("word", "line", "phrase"), default="line",
+                   help="word: the rest of the word; line: to the end of the line; phrase: up to --max-words "
+                        "words (default line)")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text")
+    p.add_argument("--lexicon-weight", type=_number, default=0.0, metavar="B",
+                   help="add B·ln(weight) of a lexicon entry to its score (default 0: the model alone ranks)")
+    g = p.add_argument_group("search")
+    g.add_argument("--beam", type=_int, default=8, metavar="N", help="beam width (default 8; at least k)")
+    g.add_argument("--max-chars", type=_int, default=48, metavar="N", help="longest completion (default 48)")
+    g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
+    g.add_argument("--alpha", type=_number, default=0.0,
+                   help="length normalisation: score = logprob / symbols^alpha (default 0)")
+    g.add_argument("--threads", type=_int, default=1,
+                   help="torch threads (default 1: a keystroke's small batches run fastest on one)")
+
+
+def _typo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--typos", action="store_true",
+                   help="also complete texts within one edit (substitution, insertion, deletion, transposition)")
+    p.add_argument("--typo-penalty", type=_number, default=4.0, metavar="NATS",
+                   help="score cost of a correction (default 4 nats)")
+
+
+def build_completer(args: argparse.Namespace):
+    """A Completer from the common options (loads the model and the lexicon)."""
+    import torch
+
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.completion import Completer
+    from nextchar.lexicon import Lexicon
+
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, not {args.threads}")
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.model)
+    lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
+    return Completer(ckpt, lexicon=lexicon, beam_width=args.beam, max_chars=args.max_chars,
+                     max_words=args.max_words, length_alpha=args.alpha, lexicon_weight=args.lexicon_weight,
+                     typo_penalty=getattr(args, "typo_penalty", 4.0))
+
+
+# ---------------------------------------------------------------------------------- complete
+
+def _visible(text: str) -> str:
+    return text.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def _run_complete(args: argparse.Namespace) -> int:
+    from nextchar.completion import check_k
+
+    check_k(args.k)
+    completer = build_completer(args)
+    suggestions = completer.suggest(args.text, args.k, args.mode, typos=args.typos)
+    if args.json:
+        print(json.dumps({"text": args.text, "mode": args.mode, "k": min(args.k, 50),
+                          "suggestions": [s.to_json() for s in suggestions]}, ensure_ascii=False))
+        return 0
+    if not suggestions:
+        print("(no suggestions)")
+    width = max((len(s.text) for s in suggestions), default=0)
+    for rank, s in enumerate(suggestions, 1):
+        label = "  (corrected)" if s.corrected else ""
+        print(f"{rank:>2}  {_visible(s.text):<{width}}  p={math.exp(s.logprob):.4f}  score {s.score:7.3f}{label}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- type
+
+def _run_type(args: argparse.Namespace) -> int:
+    from nextchar.completion import check_k
+    from nextchar.terminal import run_terminal
+
+    check_k(args.k)
+    completer = build_completer(args)
+    run_terminal(completer, k=args.k, mode=args.mode, typos=args.typos)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- eval-complete
+
+def training_lines(ckpt) -> list[str] | None:
+    """The training split's lines of a checkpoint, rebuilt from what it recorded (None if unknown)."""
+    from nextchar.data import split_validation
+    from nextchar.text import embedded_corpus, read_corpus, split_lines
+
+    source = ckpt.meta.get("training", {}).get("source", {}) if isinstance(ckpt.meta, dict) else {}
+    corpus = source.get("corpus")
+    if not corpus:
+        return None
+    if corpus.startswith("embedded:"):
+        text = embedded_corpus()
+    elif Path(corpus).is_file():
+        text = read_corpus(corpus, source.get("encoding_errors", "strict"))
+    else:
+        return None
+    if not source.get("val"):
+        text = split_validation(text, source.get("format", ckpt.format), source.get("val_fraction", 0.1))[0]
+    return split_lines(ckpt.vocab.prepare(text))
+
+
+def _run_eval_complete(args: argparse.Namespace) -> int:
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.complete_eval import (
+        CompleterPredictor,
+        TriePredictor,
+        evaluate_completion,
+        format_table,
+    )
+    from nextchar.completion import Completer, check_k
+    from nextchar.text import read_corpus, split_lines
+
+    k = check_k(args.k)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, not {args.limit}")
+    completer = build_completer(args)
+    lines = split_lines(completer.vocab.prepare(read_corpus(args.file)))[: args.limit]
+    if not lines:
+        raise UserError(f"{args.file}: no lines to evaluate")
+    kind = completer.ckpt.model.config.kind
+    predictors = [CompleterPredictor(completer, args.mode, k, name=f"model ({kind})", typos=args.typos)]
+    notes = []
+    if not args.no_baselines:
+        if args.baseline_trie:
+            train_lines = split_lines(completer.vocab.prepare(read_corpus(args.baseline_trie)))
+        else:
+            train_lines = training_lines(completer.ckpt)
+        if train_lines:
+            predictors.append(TriePredictor.from_lines(train_lines, args.mode, k, args.max_words))
+        else:
+            notes.append("trie baseline skipped: the model's training corpus is unknown (give --baseline-trie FILE)")
+        if args.baseline_window:
+            window_ckpt = load_checkpoint(args.baseline_window)
+            window = Completer(window_ckpt, lexicon=completer.lexicon, beam_width=args.beam,
+                               max_chars=args.max_chars, max_words=args.max_words, length_alpha=args.alpha,
+                               lexicon_weight=args.lexicon_weight)
+            predictors.append(CompleterPredictor(window, args.mode, k,
+                                                 name=f"baseline ({window_ckpt.model.config.kind})"))
+    personal = None
+    if args.adapt:  # the same model learning each line once it is typed (personalisation, issue 7)
+        from nextchar.adapt_cli import personal_predictor
+
+        personal = personal_predictor(args, completer, k)
+        predictors.insert(1, personal)
+    progress = not args.json and sys.stderr.isatty()
+    results = [evaluate_completion(lines, p, args.mode, k, args.max_words, progress=progress) for p in predictors]
+    main = results[0]
+    baselines = [r for p, r in zip(predictors[1:], results[1:], strict=True) if p is not personal]
+    if args.json:
+        out = main.to_json()
+        out["baselines"] = {("trie" if r.name == "trie" else "window" if "window" in r.name else r.name): r.to_json()
+                            for r in baselines}
+        if personal is not None:
+            out["adapted"] = {**results[1].to_json(), "learning": personal.cost()}
+        print(json.dumps(out))
+        return 0
+    print(f"eval-complete {args.file}: mode {args.mode}, k {k}, {main.lines:,} lines, {main.targets:,} targets, "
+          f"{main.chars:,} characters")
+    print(format_table(results))
+    if personal is not None:
+        from nextchar.adapt_cli import describe_learning
+
+        print(describe_learning(personal))
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parsers
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register complete, type and eval-complete."""
+    p = sub.add_parser("complete", help="ranked completions of a text",
+                       description="Print the k best completions of TEXT with their probabilities. "
+                                   "(k ≤ 0 is an error; k > 50 is clamped to 50.)")
+    p.add_argument("text", metavar="TEXT", help="what has been typed so far (may be empty)")
+    _completer_options(p)
+    _typo_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_complete)
+
+    p = sub.add_parser("type", help="type with live suggestions (interactive)",
+                       description="An interactive prompt with a live drop-down and grey ghost text: "
+                                   "Tab accepts, Up/Down choose, Esc dismisses, Enter ends the line, "
+                                   "Ctrl-D quits.")
+    _completer_options(p)
+    _typo_options(p)
+    p.set_defaults(run=_run_type)
+
+    p = sub.add_parser("eval-complete", help="keystroke savings of autocomplete on a file of lines",
+                       description="Simulate a person typing each line of FILE who takes the target as soon "
+                                   "as it is among the k suggestions; report keystroke savings, MRR, success@1/@k "
+                                   "by prefix length and per-keystroke latency, next to baselines (a "
+                                   "frequency-ranked prefix trie of the training lines, and a window model). "
+                                   "See docs/autocomplete.md for the exact definitions.")
+    p.add_argument("file", metavar="FILE", help="UTF-8 file, one target per line")
+    _completer_options(p)
+    _typo_options(p)
+    p.add_argument("--baseline-trie", metavar="FILE",
+                   help="training lines for the trie baseline (default: the model's recorded training split)")
+    p.add_argument("--baseline-window", metavar="DIR", help="a window-model checkpoint to compare")
+    p.add_argument("--no-baselines", action="store_true", help="evaluate the model alone")
+    p.add_argument("--limit", type=_int, default=None, metavar="N", help="only the first N lines")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: ksr, mrr, success_at_1, success_at_k, latency_ms {p50,p95,p99}, targets, "
+                        "… and baselines {trie, window}")
+    from nextchar.adapt_cli import add_personal_options  # --adapt: personalisation (issue 7)
+
+    add_personal_options(p)
+    p.set_defaults(run=_run_eval_complete)

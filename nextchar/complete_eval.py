@@ -1,0 +1,262 @@
+"""eval-complete: simulate a person typing each line of a file, and measure what autocomplete saves.
+
+The person types a line character by character. After every keystroke the system shows k
+suggestions (whole texts: what was typed + a completion). As soon as the current target is
+among them, the person takes it with one keystroke and goes on typing after it.
+
+Targets and prediction points (n = len(line), cursor p = characters typed, 1 ≤ p < n):
+
+    line    the target is the whole line; every p is a prediction point; prefix length = p.
+    word    the target is the word the cursor is in: p is a prediction point when the last
+            typed character is inside a word (not a boundary, see beam.is_boundary) and the
+            word goes on after p; the target is line[:end of that word]; prefix length =
+            characters of that word typed.
+    phrase  as word, but the target runs to the end of the `max_words`-th word counting the
+            word being typed (or to the end of the line).
+
+Metrics (a target "appears" when a suggestion equals it, ignoring trailing whitespace):
+
+    keystrokes   per line: walk from p = 0; at a prediction point whose target appears in
+                 the top k, one keystroke (accept) moves the cursor to the target's end;
+                 otherwise one keystroke types the next character.
+    ksr          keystroke savings rate = 1 − Σ keystrokes / Σ characters of the lines.
+    mrr          mean over ALL prediction points (not only those the walk visits) of 1/rank
+                 of the target among the k suggestions, 0 when it is not among them.
+    success_at_1[ℓ], success_at_k[ℓ]
+                 over the prediction points whose prefix length is ℓ (1–5): the fraction whose
+                 target is the first suggestion / among the k.
+    latency_ms   p50/p95/p99 over every keystroke 1 ≤ p < n of every line of the time from the
+                 keystroke to its suggestions (typing the character + suggesting).
+    targets      distinct (line, target end) pairs that have at least one prediction point.
+
+Baselines, measured the same way:
+    trie     the classic autocomplete: a frequency-ranked prefix trie of the training lines
+             (line mode), of their words (word mode) or of their `max_words`-word phrases
+             starting at each word (phrase mode); it can only complete what it has seen.
+    window   the lecture's window model (any checkpoint, through the same Completer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from nextchar.beam import is_boundary, word_start
+from nextchar.completion import Completer, check_k, check_mode
+from nextchar.errors import UserError
+from nextchar.lexicon import Lexicon
+
+PREFIX_LENGTHS = (1, 2, 3, 4, 5)
+
+
+@dataclass
+class CompleteEvalResult:
+    name: str
+    mode: str
+    k: int
+    ksr: float
+    mrr: float
+    success_at_1: dict[str, float]
+    success_at_k: dict[str, float]
+    latency_ms: dict[str, float]
+    targets: int
+    lines: int
+    chars: int
+    keystrokes: int
+    prediction_points: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def word_spans(line: str) -> list[tuple[int, int]]:
+    """(start, end) of each word: maximal runs of non-boundary characters."""
+    spans, start = [], None
+    for i, ch in enumerate(line):
+        if is_boundary(ch):
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(line)))
+    return spans
+
+
+def prediction_points(line: str, mode: str, max_words: int = 3) -> dict[int, tuple[int, int]]:
+    """{cursor p: (target end q, prefix length)} for one line (see the module docstring)."""
+    n = len(line)
+    if mode == "line":
+        return {p: (n, p) for p in range(1, n)}
+    spans = word_spans(line)
+    words = 1 if mode == "word" else max_words
+    points = {}
+    for j, (start, end) in enumerate(spans):
+        q = spans[min(j + words - 1, len(spans) - 1)][1]
+        for p in range(start + 1, end + 1):
+            if p < q and p < n:
+                points[p] = (q, p - start)
+    return points
+
+
+class Predictor:
+    """What eval-complete asks a system: a new line starts, a character is typed, suggest."""
+
+    name = "system"
+
+    def start(self) -> None: ...
+
+    def keystroke(self, ch: str, typed: str) -> list[str]:
+        raise NotImplementedError
+
+    def finish(self, line: str) -> None:
+        """The line is done (untimed): an adapting predictor learns from it (nextchar.personal)."""
+
+
+class CompleterPredictor(Predictor):
+    """A neural model through a typing session (one model step per keystroke)."""
+
+    def __init__(self, completer: Completer, mode: str, k: int, name: str = "model", typos: bool = False):
+        self.completer, self.mode, self.k, self.name, self.typos = completer, mode, k, name, typos
+        self.session = completer.session()
+
+    def start(self) -> None:
+        self.session.set_text("")
+
+    def keystroke(self, ch: str, typed: str) -> list[str]:
+        self.session.type(ch)
+        return [s.text for s in self.session.suggest(self.k, self.mode, self.typos)]
+
+
+class TriePredictor(Predictor):
+    """The frequency-ranked prefix trie of what was seen in training."""
+
+    def __init__(self, lexicon: Lexicon, mode: str, k: int, name: str = "trie"):
+        self.lexicon, self.mode, self.k, self.name = lexicon, mode, k, name
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], mode: str, k: int, max_words: int = 3) -> TriePredictor:
+        items: list[str] = []
+        for line in lines:
+            if mode == "line":
+                items.append(line)
+                continue
+            spans = word_spans(line)
+            words = 1 if mode == "word" else max_words
+            for j, (start, _) in enumerate(spans):
+                items.append(line[start : spans[min(j + words - 1, len(spans) - 1)][1]])
+        if not items:
+            raise UserError("the trie baseline has nothing to learn from (no lines or no words)")
+        return cls(Lexicon.from_entries(items, source="training lines"), mode, k)
+
+    def keystroke(self, ch: str, typed: str) -> list[str]:
+        start = 0 if self.mode == "line" else word_start(typed)
+        fragment = typed[start:]
+        found = self.lexicon.top(fragment, self.k + 1)
+        return [typed[:start] + entry for entry, _ in found if entry != fragment][: self.k]
+
+
+def evaluate_completion(lines: list[str], predictor: Predictor, mode: str, k: int, max_words: int = 3,
+                        progress: bool = False) -> CompleteEvalResult:
+    """Simulate typing `lines` with `predictor`'s suggestions (see the module docstring)."""
+    k, mode = check_k(k), check_mode(mode)
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError("nothing to evaluate: no non-empty lines")
+    chars = keystrokes = points = targets = 0
+    reciprocal = 0.0
+    at = {ell: [0, 0, 0] for ell in PREFIX_LENGTHS}  # count, top-1 hits, top-k hits
+    latencies: list[float] = []
+    iterator: Iterable[str] = lines
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(lines, desc=predictor.name, unit="line", leave=False, mininterval=0.5)
+    clock = time.perf_counter
+    for line in iterator:
+        n = len(line)
+        chars += n
+        line_points = prediction_points(line, mode, max_words)
+        targets += len({q for q, _ in line_points.values()})
+        predictor.start()
+        ranks: dict[int, int] = {}
+        for p in range(1, n):
+            started = clock()
+            texts = predictor.keystroke(line[p - 1], line[:p])
+            latencies.append(clock() - started)
+            if p not in line_points:
+                continue
+            q, ell = line_points[p]
+            target = line[:q].rstrip()
+            rank = next((i + 1 for i, text in enumerate(texts[:k]) if text.rstrip() == target), 0)
+            ranks[p] = rank
+            points += 1
+            reciprocal += 1.0 / rank if rank else 0.0
+            if ell in at:
+                at[ell][0] += 1
+                at[ell][1] += rank == 1
+                at[ell][2] += rank >= 1
+        predictor.finish(line)
+        cursor = 0
+        while cursor < n:
+            keystrokes += 1
+            cursor = line_points[cursor][0] if ranks.get(cursor) else cursor + 1
+    ms = np.array(latencies or [0.0]) * 1000.0
+    return CompleteEvalResult(
+        name=predictor.name, mode=mode, k=k,
+        ksr=1.0 - keystrokes / chars,
+        mrr=reciprocal / points if points else 0.0,
+        success_at_1={str(ell): (v[1] / v[0] if v[0] else 0.0) for ell, v in at.items()},
+        success_at_k={str(ell): (v[2] / v[0] if v[0] else 0.0) for ell, v in at.items()},
+        latency_ms={"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+                    "p99": float(np.percentile(ms, 99))},
+        targets=targets, lines=len(lines), chars=chars, keystrokes=keystrokes, prediction_points=points,
+    )
+
+
+def format_table(results: list[CompleteEvalResult]) -> str:
+    """A plain-text table: one row per system."""
+    if not results:
+        return ""
+    k = results[0].k
+    head = (f"{'system':<22} {'KSR':>6} {'MRR':>6}  {'s@1 by prefix length 1-5':<26}  "
+            f"{f's@{k} by prefix length 1-5':<26}  {'p50 ms':>6} {'p95 ms':>6} {'p99 ms':>6}")
+    rows = [head]
+    for r in results:
+        s1 = " ".join(f"{r.success_at_1[str(ell)]:.2f}" for ell in PREFIX_LENGTHS)
+        sk = " ".join(f"{r.success_at_k[str(ell)]:.2f}" for ell in PREFIX_LENGTHS)
+        lat = r.latency_ms
+        rows.append(f"{r.name[:22]:<22} {r.ksr:6.3f} {r.mrr:6.3f}  {s1:<26}  {sk:<26}  "
+                    f"{lat['p50']:6.2f} {lat['p95']:6.2f} {lat['p99']:6.2f}")
+    return "\n".join(rows)
+
+
+def typing_latency(completer: Completer, text: str, lengths: Iterable[int], keystrokes: int = 20, k: int = 5,
+                   mode: str = "line", clock: Callable[[], float] = time.perf_counter) -> dict[int, dict[str, float]]:
+    """Per-keystroke latency (ms) after `length` characters are already typed, for each length.
+
+    For each length L: a session is set to text[:L] (untimed), then the next `keystrokes`
+    characters of `text` are typed one at a time, each timed from the keystroke to its k
+    suggestions. `text` must hold max(lengths) + keystrokes characters.
+    """
+    out = {}
+    for length in lengths:
+        if length + keystrokes > len(text):
+            raise UserError(f"typing_latency needs {length + keystrokes} characters of text, got {len(text)}")
+        session = completer.session()
+        session.set_text(text[:length])
+        session.suggest(k, mode)
+        times = []
+        for ch in text[length : length + keystrokes]:
+            started = clock()
+            session.type(ch)
+            session.suggest(k, mode)
+            times.append((clock() - started) * 1000.0)
+        arr = np.array(times)
+        out[length] = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
+                       "max": float(arr.max())}
+    return out

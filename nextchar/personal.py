@@ -1,0 +1,258 @@
+"""Personalised suggestions: each person's own adapted output layer, learned from what they type.
+
+A shared model cannot know one person's names and words. A `PersonalCompleter` is a Completer
+over a *view* of the shared model that shares every weight except the output layer
+p_t = softmax(W_o s_t + W0_o), which it owns and adapts (adapt.Adapter, the same update as
+dynamic evaluation) on the text the person has typed or accepted:
+
+    people = PersonalCompleters(completer)            # one shared model, an LRU of people
+    alice = people.get("alice")
+    alice.completer.suggest("Pro")                     # suggestions with alice's weights
+    alice.learn("PROSPERO:\\n")                          # after the line is typed: one step
+    people.reset("alice")                              # forget what was learned
+
+Why only the output layer by default: its copy is v·m + v numbers (133 kB for a 65-symbol,
+512-state model), so thousands of people fit where full copies would not; and the recurrent
+states s_t do not depend on it, so nothing learned can make a state wrong. Nothing is shared
+between people but the frozen weights: learning for one never changes another's suggestions,
+nor the shared model's. Memory is bounded: at most `max_users` people are kept (least
+recently used first out), each with their output layer, its last good copy (for rollback)
+and a small state cache of `cache_size` entries.
+
+Learning never runs inside a suggestion: the caller calls `learn` when a line is finished or
+a suggestion accepted, so it can run after the suggestions have been returned. Its cost is
+one forward pass over the text (no gradient through the recurrence) and one output-layer step.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
+from nextchar.complete_eval import CompleterPredictor
+from nextchar.completion import Completer
+from nextchar.errors import UserError
+from nextchar.models import CharModel, detach_state
+from nextchar.text import END, START
+
+# Measured on held-out Shakespeare speaker names (docs/adaptation.md): plain steps on the
+# output layer, one per learned line; a slow pull back so that old names fade after a while.
+PERSONAL_DEFAULTS = AdaptConfig(rule="sgd", lr=0.3, window=256, decay=1e-3, params="output")
+MAX_LEARN_CHARS = 4096  # a paste longer than this teaches only its last this many characters
+
+
+def personal_view(model: CharModel, names: Iterable[str]) -> CharModel:
+    """A model that shares every weight with `model` except `names`, which it owns (copies).
+
+    The view is a shallow copy of the module tree along the path to each owned parameter, so
+    `model` itself is never changed by anything done to the view. With every parameter owned,
+    it is simply a deep copy.
+    """
+    names = list(names)
+    if set(names) >= {name for name, _ in model.named_parameters()}:
+        return copy.deepcopy(model)
+
+    def shallow(module: nn.Module) -> nn.Module:
+        clone = copy.copy(module)
+        clone._parameters = dict(module._parameters)  # type: ignore[assignment]
+        clone._modules = dict(module._modules)  # type: ignore[assignment]
+        clone._buffers = dict(module._buffers)  # type: ignore[assignment]
+        return clone
+
+    view = shallow(model)
+    for name in names:
+        *path, leaf = name.split(".")
+        owner = view
+        for part in path:
+            child = shallow(owner._modules[part])  # type: ignore[arg-type]
+            owner._modules[part] = child
+            owner = child
+        owner._parameters[leaf] = nn.Parameter(owner._parameters[leaf].detach().clone())  # type: ignore[union-attr]
+        if isinstance(owner, nn.RNNBase):  # the fused kernels read a cached list of the weights
+            owner._init_flat_weights()
+    return view  # type: ignore[return-value]
+
+
+@dataclass
+class LearnReport:
+    chars: int  # characters learned from
+    steps: int  # updates applied
+    seconds: float  # time taken (forward, gradient, update, cache reset)
+    rolled_back: bool  # a divergence was caught and undone
+
+
+class PersonalCompleter:
+    """One person's suggestions: the shared model with their own adapted output layer."""
+
+    def __init__(self, base: Completer, config: AdaptConfig = PERSONAL_DEFAULTS, stats: GradStats | None = None,
+                 cache_size: int = 256):
+        self.config = config
+        self.model = personal_view(base.model, adapted_names(base.model, config.params))
+        self.completer = base.with_model(self.model, cache_size=cache_size)
+        self.adapter = Adapter(self.model, config, stats)
+        self.learned_chars = 0
+        self.learn_seconds = 0.0
+
+    def _windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """(inputs, targets) index lists, framed as the Completer reads text.
+
+        `text` models read "^" + the whole text (newlines are characters like any other);
+        `lines` models read each line from s_0: "^"+line → line + <end> (the last line without
+        <end> when it does not end with a newline: it may still be being typed).
+        """
+        prepared = self.completer.prepare(text)[-MAX_LEARN_CHARS:]
+        encode = self.completer.table.encode
+        if self.completer.format == "text":
+            idx = encode(prepared)
+            return [([START, *idx[:-1]], idx)] if idx else []
+        lines = prepared.split("\n")
+        ends_open = not prepared.endswith("\n")
+        if not ends_open:
+            lines = lines[:-1]
+        pieces = []
+        for i, line in enumerate(lines):
+            idx = encode(line)
+            target = idx + ([END] if i < len(lines) - 1 or not ends_open else [])
+            if target:
+                pieces.append(([START, *idx][: len(target)], target))
+        return pieces
+
+    def learn(self, text: str) -> LearnReport:
+        """Adapt on `text` (what the person typed or accepted; whole lines end with "\\n").
+
+        Each line is read from s_0 as the Completer reads it; one step per `config.window`
+        symbols (state carried within a line). Afterwards this person's caches start afresh,
+        since their suggestions have changed. A divergence is rolled back, never kept.
+        """
+        if not isinstance(text, str):
+            raise UserError(f"the text to learn from must be a string, not {type(text).__name__}")
+        started = time.perf_counter()
+        model, adapter, window = self.model, self.adapter, self.config.window
+        limit = self.config.diverge_factor * float(torch.log(torch.tensor(float(model.config.vocab_size))))
+        steps, chars, rolled_back = 0, 0, False
+        model.eval()
+        for inputs, targets in self._windows(text):
+            state = model.initial_state(1)
+            for lo in range(0, len(targets), window):
+                x = torch.tensor([inputs[lo : lo + window]], dtype=torch.long)
+                y = torch.tensor(targets[lo : lo + window], dtype=torch.long)
+                logits, new_state = model(x, state)
+                state = detach_state(new_state)
+                loss = F.cross_entropy(logits[0], y)
+                chars += len(y)
+                if not (torch.isfinite(loss) and loss.item() <= limit):
+                    if adapter.dirty:  # an earlier step of this call broke the weights
+                        adapter.rollback()
+                        rolled_back = True
+                    continue
+                adapter.checkpoint()
+                outcome = adapter.learn(loss)
+                steps += outcome.applied
+                rolled_back |= outcome.rolled_back
+        if steps or rolled_back:
+            self.completer.clear_cache()
+        seconds = time.perf_counter() - started
+        self.learned_chars += chars
+        self.learn_seconds += seconds
+        return LearnReport(chars=chars, steps=steps, seconds=seconds, rolled_back=rolled_back)
+
+    def reset(self) -> None:
+        """Forget everything learned: back to the shared model's weights, caches emptied."""
+        self.adapter.reset()
+        self.completer.clear_cache()
+        self.learned_chars = 0
+
+    def owned_bytes(self) -> int:
+        """Bytes of weights this person owns (their output layer and its rollback copy)."""
+        return 2 * sum(p.numel() * p.element_size() for p in self.adapter.params.values())
+
+
+class PersonalCompleters:
+    """An LRU of people, each with their own `PersonalCompleter`; thread-safe."""
+
+    def __init__(self, base: Completer, config: AdaptConfig = PERSONAL_DEFAULTS, *, stats: GradStats | None = None,
+                 max_users: int = 64, cache_size: int = 256):
+        if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
+            raise UserError(f"max_users must be a whole number ≥ 1, not {max_users!r}")
+        self.base, self.config, self.stats = base, config, stats
+        self.max_users, self.cache_size = max_users, cache_size
+        self._people: OrderedDict[str, PersonalCompleter] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    @staticmethod
+    def check_user(user: str) -> str:
+        if not isinstance(user, str) or not user or len(user) > 200:
+            raise UserError("a user key must be a non-empty string of at most 200 characters")
+        return user
+
+    def get(self, user: str) -> PersonalCompleter:
+        """This person's completer, created on first use (evicting the least recently used)."""
+        user = self.check_user(user)
+        with self._lock:
+            person = self._people.get(user)
+            if person is not None:
+                self._people.move_to_end(user)
+                return person
+            person = PersonalCompleter(self.base, self.config, self.stats, self.cache_size)
+            self._people[user] = person
+            while len(self._people) > self.max_users:
+                self._people.popitem(last=False)
+                self.evicted += 1
+            return person
+
+    def reset(self, user: str) -> bool:
+        """Forget this person entirely; True when they were known."""
+        user = self.check_user(user)
+        with self._lock:
+            return self._people.pop(user, None) is not None
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._people
+
+    def __len__(self) -> int:
+        return len(self._people)
+
+    def owned_bytes(self) -> int:
+        with self._lock:
+            return sum(person.owned_bytes() for person in self._people.values())
+
+
+class PersonalPredictor(CompleterPredictor):
+    """eval-complete's typist for a person whose completer learns each line once it is typed.
+
+    Suggestions for a line come from weights learned on the lines before it only; learning
+    happens in `finish`, untimed by the keystroke latency (as a service would learn after
+    answering), and is timed here instead.
+    """
+
+    def __init__(self, person: PersonalCompleter, mode: str, k: int, name: str = "model, adapted",
+                 typos: bool = False):
+        super().__init__(person.completer, mode, k, name=name, typos=typos)
+        self.person = person
+        self.learn_seconds: list[float] = []
+        self.learned_chars = 0
+        self.rollbacks = 0
+
+    def finish(self, line: str) -> None:
+        report = self.person.learn(line + "\n")
+        self.learn_seconds.append(report.seconds)
+        self.learned_chars += report.chars
+        self.rollbacks += report.rolled_back
+
+    def cost(self) -> dict:
+        """Learning time per line (one step each, p50/p99 in ms) and per character (µs)."""
+        times = sorted(self.learn_seconds) or [0.0]
+        return {"lines": len(self.learn_seconds), "chars": self.learned_chars,
+                "ms_per_line_p50": 1e3 * times[len(times) // 2],
+                "ms_per_line_p99": 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))],
+                "us_per_char": 1e6 * sum(times) / max(self.learned_chars, 1), "rollbacks": self.rollbacks}

@@ -1,0 +1,153 @@
+"""The `serve` command: the suggestion service and its page on uvicorn (see docs/service.md)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import socket
+import sys
+
+from nextchar.errors import UserError
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve suggestions over HTTP, with a search-box and email page",
+        description="Serve a model over HTTP: GET / (a search box with a drop-down, a next-character chart, an "
+                    "email editor with ghost text), /suggest (OpenSearch suggestions), /api/complete, "
+                    "/opensearch.xml, /healthz, /metrics, /docs. Binds to 127.0.0.1 unless told otherwise.")
+    p.add_argument("-m", "--model", metavar="DIR", default=None,
+                   help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--workers", type=_int, default=1,
+                   help="processes sharing the port, each with its own model and caches (default 1)")
+    p.add_argument("--cache-mb", type=_number, default=256.0, metavar="MB",
+                   help="memory bound of each process's caches of recurrent states and responses (default 256)")
+    p.add_argument("--max-query", type=_int, default=1000, metavar="N",
+                   help="longest q in characters; longer gets 422 (default 1000)")
+    p.add_argument("--k", type=_int, default=8, dest="default_k", metavar="N",
+                   help="suggestions when a request gives no k (default 8)")
+    p.add_argument("--mode", choices=("word", "line", "phrase"), default=None,
+                   help="completion mode when a request gives none (default: line for line-list models, "
+                        "phrase for prose)")
+    p.add_argument("--public-url", metavar="URL",
+                   help="the URL people reach this server at, for /opensearch.xml behind a proxy "
+                        "(default: from each request's Host)")
+    g = p.add_argument_group("search")
+    g.add_argument("--beam", type=_int, default=8, metavar="N", help="beam width (default 8)")
+    g.add_argument("--max-chars", type=_int, default=48, metavar="N", help="longest completion (default 48)")
+    g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
+    g = p.add_argument_group("server")
+    g.add_argument("--threads", type=_int, default=1,
+                   help="torch threads per process (default 1: a keystroke's small batches run fastest on one)")
+    g.add_argument("--max-pending", type=_int, default=64, metavar="N",
+                   help="model jobs queued per process before new ones get 503 (default 64)")
+    g.add_argument("--limit-concurrency", type=_int, default=1024, metavar="N",
+                   help="open connections + requests per process before new ones get 503 (default 1024)")
+    g.add_argument("--keep-alive", type=_int, default=5, metavar="S",
+                   help="close idle keep-alive connections after S seconds (default 5)")
+    g.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.set_defaults(run=run)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is a one-line error, not a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host!r}: not an address this machine can listen on ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import uvicorn
+
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.lexicon import Lexicon
+    from nextchar.service import ENV_SETTINGS, ServiceSettings, create_app
+
+    for name in ("workers", "threads", "max_query", "max_pending", "limit_concurrency", "default_k", "beam",
+                 "max_chars", "max_words"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0 … 65535, not {args.port}")
+    if args.keep_alive < 0:
+        raise UserError(f"--keep-alive must be ≥ 0, not {args.keep_alive}")
+    if args.cache_mb <= 0:
+        raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
+    if args.default_k > 50:
+        raise UserError(f"--k must be at most 50, not {args.default_k}")
+    settings = ServiceSettings(model=args.model, lexicon=args.lexicon, cache_mb=args.cache_mb,
+                               max_query=args.max_query, max_pending=args.max_pending, default_k=args.default_k,
+                               default_mode=args.mode, beam_width=args.beam, max_chars=args.max_chars,
+                               max_words=args.max_words, public_url=args.public_url, threads=args.threads)
+    torch.set_num_threads(args.threads)
+    # Load once here, so that a bad model or lexicon is a one-line error before anything listens
+    # (and a single worker serves what was loaded).
+    ckpt = load_checkpoint(args.model)
+    if args.lexicon:
+        Lexicon.load(args.lexicon)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    where = "the bundled model" if args.model is None else args.model
+    print(f"nextchar: serving {where} at http://{shown}:{port}/ ({args.workers} worker"
+          f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops", flush=True)
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"nextchar: note: listening on {args.host}, reachable from other machines", file=sys.stderr, flush=True)
+    common = dict(log_level="info" if args.access_log else "warning", access_log=args.access_log,
+                  timeout_keep_alive=args.keep_alive, limit_concurrency=args.limit_concurrency,
+                  proxy_headers=True, server_header=False)
+    try:
+        if args.workers == 1:
+            config = uvicorn.Config(create_app(ckpt=ckpt, settings=settings), lifespan="on", **common)
+            uvicorn.Server(config).run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            # Each worker process builds its own app (and loads the model once, in its lifespan)
+            # from the settings handed down in the environment.
+            os.environ[ENV_SETTINGS] = settings.to_env()
+            config = uvicorn.Config("nextchar.service:app_from_env", factory=True, workers=args.workers,
+                                    lifespan="on", **common)
+            Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0

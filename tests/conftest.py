@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny corpora written by the tests, tiny model settings, one trained model.
+
+Nothing here needs the corpora in /work/shared/data: every test writes its own few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from nextchar.models import ModelConfig
+from nextchar.training import TrainConfig, train
+
+# Why one thread: the models in tests are tiny, and on a small shared machine two OpenMP
+# threads spin against each other and against other processes — measured here, a 100-step
+# LSTM run took 0.2 s with one thread and up to 38 s with two while a benchmark was running.
+torch.set_num_threads(1)
+
+# A one-line corpus: every 6-character context determines the next character (see
+# test_training's overfitting test, which checks that before relying on it).
+ONE_LINE = "a quick fox jumps over 7 lazy dogs!"
+
+PROSE = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom,\n"
+    "it was the age of foolishness, it was the epoch of belief, it was the epoch of\n"
+    "incredulity, it was the season of Light, it was the season of Darkness.\n"
+    "\n"
+    "There were a king with a large jaw and a queen with a plain face, on the throne\n"
+    "of England; there were a king with a large jaw and a queen with a fair face, on\n"
+    "the throne of France.\n"
+)
+
+NAMES = "emma\nolivia\nava\nisabella\nsophia\ncharlotte\nmia\namelia\nharper\nevelyn\nabigail\nemily\n"
+
+
+def model_config(kind: str, **overrides: object) -> ModelConfig:
+    """A tiny model of `kind` (vocab_size is filled in by train / the test)."""
+    kind, _, nonlinearity = kind.partition("-")  # "rnn-relu" → rnn with f1 = relu
+    settings: dict = {"kind": kind, "hidden_size": 24, "num_layers": 1, "embedding_size": 12,
+                      "dropout": 0.0, "context": 4, "nonlinearity": nonlinearity or "tanh"}
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def train_config(**overrides: object) -> TrainConfig:
+    """A short, exact (fp32, CPU) run measured in steps, evaluating only at the end."""
+    settings: dict = {"batch_size": 4, "seq_len": 16, "lr": 0.01, "warmup_steps": 2, "steps": 10,
+                      "time_budget": None, "eval_interval": 1000, "precision": "fp32", "device": "cpu"}
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[..., Path]:
+    """write_file(name, content) → path; content str (UTF-8) or bytes."""
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GRU trained briefly on PROSE (text format); read it, never write into it."""
+    out = tmp_path_factory.mktemp("text-model")
+    cut = int(0.9 * len(PROSE))
+    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=20), model_config("gru"), "text", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lines_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LSTM trained briefly on NAMES (lines format); read it, never write into it."""
+    out = tmp_path_factory.mktemp("lines-model")
+    train(NAMES, "mia\nemma\n", out, train_config(steps=20), model_config("lstm"), "lines", progress=False)
+    return out

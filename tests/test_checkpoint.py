@@ -1,0 +1,231 @@
+"""Checkpoints: exact round trips, atomic writes, and every kind of damage as one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import PROSE, model_config
+
+import nextchar.checkpoint as checkpoint
+from nextchar.checkpoint import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    read_bundle,
+    save_checkpoint,
+    write_bundle,
+)
+from nextchar.cli import main
+from nextchar.errors import UserError
+from nextchar.models import build_model
+from nextchar.sampling import predict, read_text
+from nextchar.text import Vocabulary
+
+KINDS = ["window", "rnn-tanh", "rnn-relu", "lstm", "gru"]
+
+
+def fresh(kind: str, seed: int = 0):
+    vocab = Vocabulary.from_text(PROSE)
+    torch.manual_seed(seed)
+    model = build_model(model_config(kind, vocab_size=len(vocab), num_layers=2, dropout=0.1))
+    with torch.no_grad():
+        for p in model.parameters():  # random everywhere, including zero-initialised biases
+            p.normal_(0.0, 0.3)
+    return vocab, model.eval()
+
+
+def weights_file(directory):
+    (path,) = directory.glob("model-*.safetensors")
+    return path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_gives_identical_predictions(tmp_path, kind):
+    vocab, model = fresh(kind)
+    save_checkpoint(tmp_path, model, vocab, "lines", training={"seed": 1}, metrics={"val": {"bpc": 2.5}})
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.vocab == vocab and ckpt.format == "lines" and ckpt.path == tmp_path
+    assert ckpt.model.config == model.config
+    assert not ckpt.model.training  # loaded for use: dropout off
+    assert ckpt.meta["metrics"] == {"val": {"bpc": 2.5}} and ckpt.meta["training"] == {"seed": 1}
+    idx = torch.tensor([vocab.encode("It was the age of wisdom")])
+    with torch.no_grad():
+        expected, _ = model(idx)
+        got, _ = ckpt.model(idx)
+    assert torch.equal(got, expected)
+    for (name, a), (_, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_is_json_and_safetensors_only(tmp_path):
+    vocab, model = fresh("gru")
+    save_checkpoint(tmp_path, model, vocab, "text")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == CONFIG_NAME and len(names) == 2 and names[1].endswith(".safetensors")
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text(encoding="utf-8"))
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["vocabulary"]["chars"] == "".join(vocab.chars)
+    assert meta["weights"]["file"] == names[1]
+
+
+def test_saving_again_replaces_the_weights_file(tmp_path):
+    vocab, first = fresh("lstm", seed=0)
+    _, second = fresh("lstm", seed=1)
+    save_checkpoint(tmp_path, first, vocab, "text")
+    old = weights_file(tmp_path)
+    save_checkpoint(tmp_path, second, vocab, "text")
+    new = weights_file(tmp_path)  # exactly one weights file: the stale one was removed
+    assert new != old
+    loaded = load_checkpoint(tmp_path).model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values(),
+                                                  strict=True))
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    vocab, first = fresh("gru", seed=0)
+    _, second = fresh("gru", seed=1)
+    save_checkpoint(tmp_path, first, vocab, "text")
+    before = predict(load_checkpoint(tmp_path), "It was", k=5)
+
+    def killed(path, obj):  # the process dies after the new weights are written, before config.json
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, second, vocab, "text")
+    monkeypatch.undo()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) == 2  # the new file exists, unreferenced
+    assert predict(load_checkpoint(tmp_path), "It was", k=5) == before
+    save_checkpoint(tmp_path, second, vocab, "text")  # the next save tidies up
+    assert len(list(tmp_path.glob("model-*.safetensors"))) == 1
+
+
+def test_atomic_write_bytes_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "file.json"
+    atomic_write_json(target, {"version": 1})
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["file.json"]  # no temporary file left behind
+
+
+def test_read_bundle_round_trip_with_another_name(tmp_path):
+    tensors = {"a": torch.arange(6).view(2, 3), "b": torch.ones(2, dtype=torch.uint8)}
+    write_bundle(tmp_path, {"format_version": FORMAT_VERSION, "x": [1, 2]}, tensors, json_name="state.json",
+                 stem="state")
+    meta, back = read_bundle(tmp_path, json_name="state.json")
+    assert meta["x"] == [1, 2]
+    assert all(torch.equal(tensors[k], back[k]) for k in tensors)
+
+
+# ------------------------------------------------------------------------------ damage
+
+
+def damage_missing_dir(d):
+    shutil.rmtree(d)
+
+
+def damage_missing_config(d):
+    (d / CONFIG_NAME).unlink()
+
+
+def damage_missing_weights(d):
+    weights_file(d).unlink()
+
+
+def damage_truncated_weights(d):
+    path = weights_file(d)
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def damage_tampered_weights(d):
+    path = weights_file(d)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a flipped byte inside a tensor: the file still parses, the checksum does not
+    path.write_bytes(bytes(data))
+
+
+def damage_truncated_config(d):
+    path = d / CONFIG_NAME
+    path.write_bytes(path.read_bytes()[:50])
+
+
+def edit_config(d, change):
+    path = d / CONFIG_NAME
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+DAMAGE = {
+    "missing directory": (damage_missing_dir, "no such checkpoint directory"),
+    "missing config": (damage_missing_config, "not a nextchar checkpoint"),
+    "missing weights": (damage_missing_weights, "is missing"),
+    "truncated weights": (damage_truncated_weights, "truncated or were modified"),
+    "tampered weights": (damage_tampered_weights, "truncated or were modified"),
+    "truncated config": (damage_truncated_config, "damaged checkpoint description"),
+    "not an object": (lambda d: (d / CONFIG_NAME).write_text("[1, 2]"), "damaged checkpoint description"),
+    "format version": (lambda d: edit_config(d, lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+                       f"checkpoint format {FORMAT_VERSION + 1} is not supported"),
+    "no format version": (lambda d: edit_config(d, lambda m: m.pop("format_version")), "is not supported"),
+    "unknown setting": (lambda d: edit_config(d, lambda m: m["model"].update(attention_heads=4)),
+                        "incompatible checkpoint (unknown model settings ['attention_heads'])"),
+    "other shape": (lambda d: edit_config(d, lambda m: m["model"].update(hidden_size=25)), "incompatible checkpoint"),
+    "other kind": (lambda d: edit_config(d, lambda m: m["model"].update(kind="lstm")), "incompatible checkpoint"),
+    "bad kind": (lambda d: edit_config(d, lambda m: m["model"].update(kind="xl")), "unknown model kind"),
+    "vocabulary": (lambda d: edit_config(d, lambda m: m["vocabulary"].update(chars="abc")), "symbols"),
+    "format": (lambda d: edit_config(d, lambda m: m.update(format="poems")), "unknown corpus format"),
+    "no model": (lambda d: edit_config(d, lambda m: m.pop("model")), "incompatible checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_checkpoint_is_one_clear_user_error(tmp_path, case, capsys, write_file):
+    damage, message = DAMAGE[case]
+    directory = tmp_path / "ckpt"
+    vocab, model = fresh("gru")
+    save_checkpoint(directory, model, vocab, "text")
+    damage(directory)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(directory)
+    assert message in str(info.value)
+    assert str(directory) in str(info.value)
+    assert "\n" not in str(info.value)
+    # The CLI says the same on one line of stderr and exits 2 without a traceback.
+    corpus = write_file("eval.txt", "It was the best of times.")
+    for argv in (["predict", "It", "-m", str(directory)], ["eval", str(corpus), "-m", str(directory)],
+                 ["sample", "-m", str(directory), "--length", "5"]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.count("\n") == 1 and captured.err.startswith("nextchar: error: ")
+        assert message in captured.err
+        assert "Traceback" not in captured.err
+
+
+def test_checkpoint_path_that_is_a_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x04 pickle")
+    with pytest.raises(UserError, match="no such checkpoint directory"):
+        load_checkpoint(path)
+
+
+def test_loaded_model_reads_text_like_the_original(tmp_path):
+    vocab, model = fresh("rnn-tanh")
+    save_checkpoint(tmp_path, model, vocab, "text")
+    ckpt = load_checkpoint(tmp_path)
+    logits, _ = read_text(ckpt, "It was the")
+    with torch.no_grad():
+        expected, _ = model(torch.tensor([[0, *vocab.encode("It was the")]]))
+    assert torch.equal(logits, expected[0, -1])

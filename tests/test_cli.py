@@ -1,0 +1,249 @@
+"""The `nextchar` command end to end: every command, bad inputs, unknown characters (cli.py, sampling.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import NAMES, PROSE
+
+from nextchar.checkpoint import load_checkpoint, read_bundle
+from nextchar.cli import main
+from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
+from nextchar.text import END, START, UNK
+
+# A tiny, exact, quick run: every `train` call in these tests adds these flags.
+TINY = ["--kind", "gru", "--hidden", "16", "--layers", "1", "--embedding", "8", "--batch-size", "4",
+        "--seq-len", "16", "--steps", "3", "--warmup", "1", "--precision", "fp32", "--device", "cpu", "--quiet"]
+
+UNSEEN = "日本語のテキスト 😀🎉 ∑"  # never in any training corpus here
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("nextchar: error: ")
+    assert message in last
+
+
+# ------------------------------------------------------------------------------ bad corpora
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"text\x00with a NUL byte", "looks like a binary file (NUL byte at offset 4)"),
+        (PROSE.encode() + b"\xff and more", f"invalid UTF-8 at byte offset {len(PROSE.encode())}"),
+        (b"tiny text\n", "shorter than one training window of --seq-len 16"),
+    ],
+    ids=["empty", "binary", "invalid-utf8", "too-short"],
+)
+def test_train_refuses_bad_corpus(capsys, tmp_path, write_file, content, message):
+    corpus = write_file("corpus.txt", content)
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "out"), *TINY)
+    assert_one_line_error(code, err, message)
+    if "training window" not in message:  # reading errors name the file
+        assert str(corpus) in err
+
+
+def test_train_refuses_missing_file_and_directory(capsys, tmp_path):
+    code, _, err = run(capsys, "train", str(tmp_path / "absent.txt"), *TINY)
+    assert_one_line_error(code, err, "absent.txt: no such file")
+    assert err.count("\n") == 1
+    (tmp_path / "notes").mkdir()
+    code, _, err = run(capsys, "train", str(tmp_path / "notes"), *TINY)
+    assert_one_line_error(code, err, "directory")  # (train also reads directories made by `nextchar prepare`)
+    assert err.count("\n") == 1
+    code, _, err = run(capsys, "eval", str(tmp_path / "notes"), "-m", str(tmp_path / "no-model"))
+    assert_one_line_error(code, err, "directory")
+
+
+def test_encoding_errors_replace_goes_on(capsys, tmp_path, write_file):
+    corpus = write_file("latin1.txt", "Café crème.\n".encode("latin-1") + PROSE.encode())
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "strict"), *TINY)
+    assert_one_line_error(code, err, "--encoding-errors replace")
+    code, _, _ = run(capsys, "train", str(corpus), "--out", str(tmp_path / "m"), "--encoding-errors", "replace",
+                     *TINY)
+    assert code == 0
+    assert "\ufffd" in load_checkpoint(tmp_path / "m").vocab.chars
+    # eval applies the same rule to its corpus.
+    code, _, err = run(capsys, "eval", str(corpus), "-m", str(tmp_path / "m"))
+    assert_one_line_error(code, err, "invalid UTF-8")
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(tmp_path / "m"), "--encoding-errors", "replace", "--json")
+    assert code == 0 and json.loads(out)["chars"] > 0
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "empty"), (b"\x00\x01", "binary"), (b"\xfe", "offset 0")])
+def test_eval_refuses_bad_corpus(capsys, text_model_dir, write_file, content, message):
+    corpus = write_file("bad.txt", content)
+    code, out, err = run(capsys, "eval", str(corpus), "-m", str(text_model_dir))
+    assert_one_line_error(code, err, message)
+    assert out == "" and err.count("\n") == 1
+    code, _, err = run(capsys, "eval", str(corpus.parent / "absent.txt"), "-m", str(text_model_dir))
+    assert_one_line_error(code, err, "no such file")
+
+
+# ------------------------------------------------------------------------------ every command
+
+
+def test_train_eval_sample_predict_end_to_end(capsys, tmp_path, write_file):
+    corpus = write_file("prose.txt", PROSE * 3)
+    out_dir = tmp_path / "model"
+    code, out, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY)
+    assert code == 0
+    assert "format text" in err and "trained 3 steps" in out and str(out_dir) in out
+    assert (out_dir / "config.json").is_file() and (out_dir / "bpc.png").is_file()
+
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"bpc", "top1", "top5", "chars"}
+    assert report["chars"] == len(PROSE * 3) and 0 < report["bpc"] < 10 and 0 <= report["top1"] <= report["top5"] <= 1
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir))
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["bpc", "top1", "top5", "chars"]
+
+    code, out, _ = run(capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3",
+                       "-n", "2")
+    assert code == 0
+    assert out.startswith("It was") and out.count("It was") >= 2 and out.endswith("\n")
+    code, again, _ = run(capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3",
+                         "-n", "2")
+    assert again == out  # a seed makes samples repeatable
+
+    code, out, _ = run(capsys, "predict", "It was the", "-m", str(out_dir), "-k", "4")
+    assert code == 0 and len(out.splitlines()) == 4
+    code, out, _ = run(capsys, "predict", "It was the", "-m", str(out_dir), "-k", "4", "--json")
+    top = json.loads(out)
+    assert [set(item) for item in top] == [{"char", "prob"}] * 4
+    probs = [item["prob"] for item in top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_train_lines_format_auto_and_resume(capsys, tmp_path, write_file):
+    corpus = write_file("names.txt", NAMES * 2)
+    out_dir = tmp_path / "names"
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY)
+    assert code == 0 and "format lines" in err
+    assert load_checkpoint(out_dir).format == "lines"
+    code, out, _ = run(capsys, "train", "--resume", str(out_dir), "--steps", "5", "--quiet")
+    assert code == 0 and "trained 5 steps" in out
+    meta, _ = read_bundle(out_dir / "resume", json_name="state.json")
+    assert meta["step"] == 5 and meta["format"] == "lines"
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path / "nothing"), "--steps", "5")
+    assert_one_line_error(code, err, "nothing to resume")
+
+
+def test_sample_in_lines_format_stops_at_end_of_line(capsys, lines_model_dir):
+    code, out, _ = run(capsys, "sample", "-m", str(lines_model_dir), "--length", "50", "--seed", "0", "-n", "5")
+    assert code == 0
+    assert len(out.splitlines()) == 5
+    assert all(len(line) <= 50 for line in out.splitlines())
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "predict"])
+def test_help_of_each_command(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: nextchar {command}")
+
+
+def test_top_level_help_version_and_no_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("train", "eval", "sample", "predict"))
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("nextchar ")
+    code, out, _ = run(capsys)
+    assert code == 2 and out.startswith("usage: nextchar")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--steps", "0"], ["predict", "x", "-k", "zero"], ["sample", "--temperature", "-1"], ["frobnicate"],
+     ["eval"]],
+)
+def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "see --help" in err
+
+
+def test_python_dash_m_nextchar_help():
+    result = subprocess.run([sys.executable, "-m", "nextchar", "--help"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: nextchar")
+    assert "predict" in result.stdout and result.stderr == ""
+
+
+def test_runtime_user_errors_of_sample_and_predict(capsys, text_model_dir):
+    code, _, err = run(capsys, "sample", "-m", str(text_model_dir), "--length", "-3")
+    assert_one_line_error(code, err, "--length must be at least 0")
+    assert sample(load_checkpoint(text_model_dir), "It", length=0) == ""
+
+
+# ------------------------------------------------------------------------------ unknown characters
+
+
+@pytest.mark.parametrize("fixture", ["text_model_dir", "lines_model_dir"])
+def test_unknown_characters_at_prediction_time(capsys, request, write_file, fixture):
+    directory = request.getfixturevalue(fixture)
+    ckpt = load_checkpoint(directory)
+    assert all(ckpt.vocab.encode(c) == [UNK] for c in "日😀∑")
+    probs = next_char_distribution(ckpt, UNSEEN)
+    assert probs.shape == (len(ckpt.vocab),) and torch.isfinite(probs).all()
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert len(predict(ckpt, UNSEEN, k=3)) == 3
+    text = sample(ckpt, UNSEEN, length=20, seed=1)
+    assert "\ufffd" not in text and len(text) <= 20
+
+    code, out, _ = run(capsys, "predict", UNSEEN, "-m", str(directory), "--json")
+    assert code == 0 and len(json.loads(out)) == 10
+    code, out, _ = run(capsys, "sample", "-m", str(directory), "--prefix", UNSEEN, "--length", "10", "--seed", "2")
+    assert code == 0 and out.startswith(UNSEEN)
+    corpus = write_file("unseen.txt", f"It was {UNSEEN}\nmia 😀\n")
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(directory), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["chars"] > 0 and report["bpc"] > 0
+
+
+def test_mask_logits_never_emits_special_symbols():
+    logits = torch.zeros(6)
+    text = mask_logits(logits, "text")
+    assert torch.isinf(text[[START, END, UNK]]).all() and torch.isfinite(text[3:]).all()
+    lines = mask_logits(logits, "lines")
+    assert torch.isinf(lines[[START, UNK]]).all() and torch.isfinite(lines[END])
+    assert torch.equal(logits, torch.zeros(6))  # the caller's tensor is untouched
+
+
+def test_sample_and_predict_reject_bad_arguments(text_model_dir):
+    from nextchar.errors import UserError
+
+    ckpt = load_checkpoint(text_model_dir)
+    for kwargs, message in [({"temperature": 0.0}, "--temperature"), ({"top_k": 0}, "--top-k"),
+                            ({"length": -1}, "--length")]:
+        with pytest.raises(UserError, match=message):
+            sample(ckpt, "x", **kwargs)
+    with pytest.raises(UserError, match="-k must be at least 1"):
+        predict(ckpt, "x", k=0)
+    assert len(sample(ckpt, "It", length=30, top_k=1, seed=5)) == 30  # text format: never stops early
+    assert sample(ckpt, "It", length=30, top_k=1, seed=5) == sample(ckpt, "It", length=30, top_k=1, seed=6)

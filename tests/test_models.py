@@ -1,0 +1,182 @@
+"""The models: one state interface for every kind, and the lecture's equations exactly (models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import model_config
+
+from nextchar.models import (
+    KINDS,
+    GatedRNN,
+    LectureRNN,
+    ModelConfig,
+    WindowModel,
+    build_model,
+    detach_state,
+    select_state,
+    stack_states,
+)
+from nextchar.text import START
+
+ALL_KINDS = ["window", "rnn-tanh", "rnn-relu", "lstm", "gru"]
+V = 11
+
+
+def make(kind: str, **overrides: object):
+    torch.manual_seed(0)
+    overrides.setdefault("vocab_size", V)
+    model = build_model(model_config(kind, **overrides))
+    if isinstance(model, WindowModel):  # zeros at initialisation: give it something to compute
+        with torch.no_grad():
+            model.W_o.normal_()
+            model.W0_o.normal_()
+    return model.eval()
+
+
+def test_build_model_kinds():
+    assert set(KINDS) == {"window", "rnn", "lstm", "gru"}
+    assert isinstance(make("window"), WindowModel)
+    assert isinstance(make("rnn-tanh"), LectureRNN)
+    assert isinstance(make("lstm"), GatedRNN) and isinstance(make("gru"), GatedRNN)
+    with pytest.raises(ValueError, match="unknown model kind 'transformer'"):
+        build_model(ModelConfig(kind="transformer", vocab_size=V))
+    with pytest.raises(ValueError, match="vocabulary too small"):
+        build_model(ModelConfig(kind="rnn", vocab_size=3))
+    with pytest.raises(ValueError, match="f1 must be tanh or relu"):
+        build_model(ModelConfig(kind="rnn", vocab_size=V, nonlinearity="sigmoid"))
+    with pytest.raises(ValueError, match="context of at least 1"):
+        build_model(ModelConfig(kind="window", vocab_size=V, context=0))
+
+
+def test_model_config_json_round_trip_and_unknown_settings():
+    config = model_config("lstm", vocab_size=V, num_layers=2)
+    assert ModelConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match=r"unknown model settings \['heads'\]"):
+        ModelConfig.from_json({**config.to_json(), "heads": 4})
+
+
+# ------------------------------------------------------------------------------ state interface
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_state_interface_is_batch_first_tuples(kind, layers):
+    model = make(kind, num_layers=layers)
+    state = model.initial_state(3)
+    assert isinstance(state, tuple) and state
+    assert all(isinstance(s, torch.Tensor) and s.shape[0] == 3 for s in state)
+    idx = torch.randint(0, V, (3, 5))
+    logits, new_state = model(idx, state)
+    assert logits.shape == (3, 5, V)
+    assert isinstance(new_state, tuple)
+    assert [s.shape for s in new_state] == [s.shape for s in state]
+    # No state means the initial state.
+    assert torch.equal(model(idx)[0], logits)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_one_call_equals_two_chunks_carrying_the_state(kind):
+    model = make(kind, num_layers=2, dropout=0.3)  # dropout must be off in eval mode
+    idx = torch.randint(0, V, (2, 13))
+    with torch.no_grad():
+        whole, final = model(idx, model.initial_state(2))
+        first, state = model(idx[:, :6], model.initial_state(2))
+        second, state = model(idx[:, 6:], state)
+        steps, step_state = [], model.initial_state(2)
+        for t in range(idx.shape[1]):  # and one character at a time, as sampling does
+            out, step_state = model(idx[:, t : t + 1], step_state)
+            steps.append(out)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(state, final, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_select_and_stack_states_pick_rows(kind):
+    model = make(kind, num_layers=2)
+    idx = torch.randint(0, V, (4, 7))
+    with torch.no_grad():
+        _, state = model(idx)
+        row2 = select_state(state, 2)
+        alone, _ = model(idx[2:3, :3], model.initial_state(1))
+        assert all(s.shape[0] == 1 for s in row2)
+        swapped = stack_states([select_state(state, torch.tensor([3])), select_state(state, slice(0, 3))])
+        assert torch.equal(swapped[0][0], state[0][3])
+        nxt = torch.randint(0, V, (1, 2))
+        torch.testing.assert_close(model(nxt, row2)[0], model(nxt, select_state(swapped, 3))[0])
+        assert alone.shape == (1, 3, V)
+    with torch.enable_grad():
+        _, graph_state = make(kind)(idx)
+    assert all(not s.requires_grad for s in detach_state(graph_state))
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_bf16_autocast_runs(kind):
+    model = make(kind)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, state = model(torch.randint(0, V, (2, 4)))
+    assert logits.shape == (2, 4, V) and torch.isfinite(logits.float()).all()
+    assert all(s.dtype in (torch.float32, torch.long) for s in state)  # states stay exact between calls
+
+
+# ------------------------------------------------------------------------------ the lecture's equations
+
+
+@pytest.mark.parametrize("f1", ["tanh", "relu"])
+def test_lecture_rnn_equals_the_lecture_loop(f1):
+    model = make(f"rnn-{f1}", hidden_size=7)
+    with torch.no_grad():
+        model.W0_ss.normal_()  # non-zero biases, so that each one is checked
+        model.W0_o.normal_()
+    assert model.W_sx.shape == (7, V) and model.W_ss.shape == (7, 7) and model.W_o.shape == (V, 7)
+    f = torch.tanh if f1 == "tanh" else torch.relu
+    idx = torch.randint(0, V, (3, 9))
+    with torch.no_grad():
+        logits, (s_last,) = model(idx)
+        for b in range(3):
+            s = torch.zeros(7)  # s_0
+            for t in range(9):
+                x_t = F.one_hot(idx[b, t], V).float()
+                s = f(model.W_sx @ x_t + model.W_ss @ s + model.W0_ss)
+                p_t = torch.softmax(model.W_o @ s + model.W0_o, dim=0)
+                torch.testing.assert_close(torch.softmax(logits[b, t], dim=0), p_t, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(s_last[b], s, rtol=1e-5, atol=1e-6)
+
+
+def test_lecture_rnn_parameters_are_the_lectures():
+    model = make("rnn-tanh", hidden_size=5)
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {"W_sx", "W_ss", "W0_ss", "W_o", "W0_o"}
+    assert set(model.state_dict()) == names  # nothing else is saved (the fused kernel's b_hh is fixed at 0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_window_model_equals_its_linear_classifier(c):
+    model = make("window", context=c)
+    assert model.W_o.shape == (V, c * V) and model.W0_o.shape == (V,)
+    idx = torch.randint(3, V, (2, 6))
+    with torch.no_grad():
+        logits, (last,) = model(idx)
+        for b in range(2):
+            history = [START] * c + idx[b].tolist()  # s_0 is c start symbols
+            for t in range(6):
+                window = history[t + 1 : t + 1 + c]  # the last c characters, ending with x_t
+                s_t = torch.cat([F.one_hot(torch.tensor(i), V).float() for i in window])
+                torch.testing.assert_close(logits[b, t], model.W_o @ s_t + model.W0_o, rtol=1e-5, atol=1e-5)
+            assert last[b].tolist() == history[-c:]
+
+
+def test_window_model_initial_state_is_start_symbols():
+    model = make("window", context=3)
+    (state,) = model.initial_state(2)
+    assert state.dtype == torch.long and state.tolist() == [[START] * 3] * 2
+
+
+def test_flops_per_char_are_positive():
+    for kind in ALL_KINDS:
+        assert make(kind).flops_per_char() > 0
+    m = make("rnn-tanh", hidden_size=7)
+    assert m.flops_per_char() == 2 * (7 * V + 7 * 7 + V * 7)

@@ -1,0 +1,308 @@
+"""Personalised suggestions (personal.py): own weights per person, isolation, LRU, reset, eval-complete --adapt."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import NAMES
+
+from nextchar.adapt import AdaptConfig
+from nextchar.checkpoint import load_checkpoint
+from nextchar.cli import main
+from nextchar.completion import Completer
+from nextchar.errors import UserError
+from nextchar.models import ModelConfig, build_model
+from nextchar.personal import PERSONAL_DEFAULTS, PersonalCompleter, PersonalCompleters, personal_view
+from nextchar.text import END, START
+
+NEW_NAME = "prospero"  # letters the names model knows, a name it has never seen
+
+
+def line_logprob(completer: Completer, line: str) -> float:
+    """ln p(line + its end | "^") under the completer's model, framed as the completer reads lines."""
+    idx = [START, *completer.table.encode(line)]
+    end = END if completer.format == "lines" else completer.table.index["\n"]
+    with torch.no_grad():
+        logits, _ = completer.model(torch.tensor([idx]))
+    logp = torch.log_softmax(logits[0], -1)
+    targets = [*idx[1:], end]
+    return float(sum(logp[t, y] for t, y in enumerate(targets)))
+
+
+@pytest.fixture
+def base(lines_model_dir) -> Completer:
+    return Completer(load_checkpoint(lines_model_dir), beam_width=4, max_chars=12)
+
+
+@pytest.mark.parametrize("kind", ["window", "rnn", "gru", "lstm"])
+@pytest.mark.parametrize("params", ["output", "all"])
+def test_personal_view_owns_only_its_weights(kind, params):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, vocab_size=12, hidden_size=8, embedding_size=4, context=3)).eval()
+    names = [n for n, _ in model.named_parameters()
+             if params == "all" or n in ("W_o", "W0_o", "head.weight", "head.bias")]
+    view = personal_view(model, names)
+    shared = dict(model.named_parameters())
+    for name, p in view.named_parameters():
+        assert (p is shared[name]) is (name not in names), name
+        assert torch.equal(p, shared[name])
+    x = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        for name in names:
+            dict(view.named_parameters())[name].add_(0.5)
+        changed, _ = view(x)
+        original, _ = model(x)
+    assert not torch.allclose(changed, original)  # the view computes with its own weights …
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), shared.values(), strict=True))  # … not model's
+
+
+def test_learning_a_new_name_raises_its_probability(base):
+    person = PersonalCompleter(base)  # the defaults: the output layer only
+    before = line_logprob(person.completer, NEW_NAME)
+    assert before == pytest.approx(line_logprob(base, NEW_NAME), abs=1e-5)
+    for _ in range(8):
+        report = person.learn(NEW_NAME + "\n")
+        assert report.chars == len(NEW_NAME) + 1 and report.steps == 1 and not report.rolled_back
+    after = line_logprob(person.completer, NEW_NAME)
+    assert after > before + 2.0  # e² ≈ 7× more likely
+    # The shared model and its completer know nothing of it.
+    assert line_logprob(base, NEW_NAME) == pytest.approx(before, abs=1e-5)
+
+
+def test_a_learned_name_is_suggested(base):
+    # The tiny test model's states say little, so it learns with all its weights, quickly.
+    person = PersonalCompleter(base, AdaptConfig(rule="sgd", lr=2.0, window=256, decay=0.0, params="all"))
+    assert NEW_NAME not in [s.text for s in person.completer.suggest("prosp", k=3)]
+    for _ in range(7):
+        person.learn(NEW_NAME + "\n")
+    assert NEW_NAME in [s.text for s in person.completer.suggest("prosp", k=3)]
+    assert NEW_NAME not in [s.text for s in base.suggest("prosp", k=3)]
+
+
+def test_people_never_share_what_they_learn(base):
+    people = PersonalCompleters(base, max_users=4)
+    alice, bob = people.get("alice"), people.get("bob")
+    bob_before = bob.completer.next_chars("pro", 5)
+    base_before = base.next_chars("pro", 5)
+    for _ in range(5):
+        alice.learn(NEW_NAME + "\n")
+    assert alice.completer.next_chars("pro", 5) != bob_before
+    assert bob.completer.next_chars("pro", 5) == bob_before
+    assert base.next_chars("pro", 5) == base_before
+    assert people.get("alice") is alice  # the same person comes back with what they learned
+
+
+def test_a_typing_session_sees_new_weights_after_learning(base):
+    person = PersonalCompleter(base)
+    session = person.completer.session()
+    session.type("pros")
+    stale = session.suggest(5)
+    for _ in range(8):
+        person.learn(NEW_NAME + "\n")
+    fresh = session.suggest(5)
+    assert fresh != stale
+    assert fresh == person.completer.suggest("pros", 5)  # as a brand-new lookup would say
+
+
+def test_lru_bound_and_reset(base):
+    people = PersonalCompleters(base, max_users=2)
+    a = people.get("a")
+    a.learn(NEW_NAME + "\n")
+    people.get("b")
+    people.get("c")  # evicts a, the least recently used
+    assert len(people) == 2 and "a" not in people and people.evicted == 1
+    again = people.get("a")
+    assert again is not a and line_logprob(again.completer, NEW_NAME) == pytest.approx(
+        line_logprob(base, NEW_NAME), abs=1e-5)
+    assert people.reset("a") and not people.reset("a") and "a" not in people
+    owned = people.owned_bytes()
+    head = sum(p.numel() for n, p in base.model.named_parameters() if n.startswith("head."))
+    assert owned == len(people) * 2 * 4 * head  # each person: output layer + its rollback copy, fp32
+
+
+def test_person_reset_forgets(base):
+    person = PersonalCompleter(base)
+    start = person.completer.suggest("pro", 3)
+    for _ in range(5):
+        person.learn(NEW_NAME + "\n")
+    assert person.completer.suggest("pro", 3) != start
+    person.reset()
+    assert person.completer.suggest("pro", 3) == start
+    assert person.learned_chars == 0
+
+
+def test_divergent_learning_is_rolled_back_never_kept(base):
+    person = PersonalCompleter(base, AdaptConfig(rule="sgd", lr=1e12, window=4, decay=0.0, params="output"))
+    report = person.learn("emma olivia ava\nisabella sophia\n")
+    assert report.rolled_back
+    assert all(torch.isfinite(p).all() for p in person.model.parameters())
+    suggestions = person.completer.suggest("em", 3)
+    assert suggestions and all(math.isfinite(s.logprob) for s in suggestions)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "😀 unknown ∑\n", "no newline yet", "a" * 10_000])
+def test_learning_edge_texts(base, text):
+    person = PersonalCompleter(base, PERSONAL_DEFAULTS)
+    report = person.learn(text)
+    assert report.chars >= 0 and not report.rolled_back
+    assert person.completer.suggest("e", 2)
+
+
+def test_text_models_learn_across_lines(text_model_dir):
+    base = Completer(load_checkpoint(text_model_dir), beam_width=4, max_chars=12)
+    person = PersonalCompleter(base)
+    report = person.learn("It was the zoo.\nIt was the zoo.\n")
+    assert report.chars == 32 and report.steps == 1  # one stream from "^", newlines included
+
+
+def test_bad_inputs_are_user_errors(base):
+    with pytest.raises(UserError, match="max_users"):
+        PersonalCompleters(base, max_users=0)
+    people = PersonalCompleters(base)
+    for user in ("", "x" * 201, None):
+        with pytest.raises(UserError, match="user key"):
+            people.get(user)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="must be a string"):
+        people.get("a").learn(b"bytes")  # type: ignore[arg-type]
+
+
+def test_eval_complete_adapt_raises_keystroke_savings(capsys, lines_model_dir, write_file):
+    # A person who keeps typing names the model has never seen.
+    names = ["prospero", "miranda", "caliban", "ariel", "prospero", "ferdinand", "miranda", "prospero",
+             "caliban", "ariel", "miranda", "prospero", "ferdinand", "ariel", "caliban", "prospero"] * 2
+    doc = write_file("names.txt", "\n".join(names) + "\n")
+    # (The tiny test model learns only with all its weights and big steps; see docs for real settings.)
+    learn = ["--adapt", "--adapt-params", "all", "--adapt-lr", "2", "--adapt-decay", "0"]
+    code = main(["eval-complete", str(doc), "-m", str(lines_model_dir), *learn, "--no-baselines", "--json",
+                 "-k", "3", "--beam", "4"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["adapted"]["ksr"] > out["ksr"] + 0.04
+    learning = out["adapted"]["learning"]
+    assert learning["lines"] == len(names) and learning["rollbacks"] == 0 and learning["us_per_char"] > 0
+    code = main(["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--no-baselines", "-k", "3"])
+    text = capsys.readouterr().out
+    assert code == 0 and "model (lstm), adapted" in text and "learning each line after it is typed" in text
+
+
+def test_eval_complete_adapt_rms_needs_a_training_text(capsys, lines_model_dir, write_file):
+    doc = write_file("names.txt", NAMES)
+    code = main(["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "rms",
+                 "--no-baselines"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot find the model's training text" in err
+    train = write_file("train.txt", NAMES * 3)
+    assert main(["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "rms",
+                 "--adapt-lr", "1e-3", "--adapt-train", str(train), "--no-baselines", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapted"]["learning"]["rollbacks"] == 0
+
+
+# ------------------------------------------------------------------------------ the service's personal routes
+
+
+@pytest.fixture(scope="module")
+def personal_client(lines_model_dir):
+    from fastapi.testclient import TestClient
+
+    from nextchar.service import ServiceSettings, create_app
+
+    settings = ServiceSettings(cache_mb=2, personal_users=2, max_chars=12, beam_width=4)
+    with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)) as client:
+        yield client
+
+
+def personal_texts(client, user: str, q: str = "prosp") -> list[str]:
+    response = client.get("/api/personal/complete", params={"user": user, "q": q, "k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["q"] == q and len(body["suggestions"]) <= 3 and body["next_chars"]
+    return [s["text"] for s in body["suggestions"]]
+
+
+def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_model_dir):
+    from fastapi.testclient import TestClient
+
+    from nextchar.service import ServiceSettings, create_app
+
+    client = personal_client
+    shared_before = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
+    start = personal_texts(client, "alice")
+    assert start == personal_texts(client, "bob") == [s["text"] for s in shared_before]
+    for _ in range(6):
+        response = client.post("/api/personal/learn", params={"user": "alice"}, json={"text": NEW_NAME + "\n"})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["user"] == "alice" and body["chars"] == len(NEW_NAME) + 1 and body["steps"] == 1
+        assert not body["rolled_back"] and body["ms"] >= 0
+    assert personal_texts(client, "alice") != start  # alice's own weights have moved …
+    assert personal_texts(client, "bob") == start  # … bob's have not …
+    shared_after = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
+    assert shared_after == shared_before  # … nor the shared model's
+    reset = client.post("/api/personal/reset", params={"user": "alice"})
+    assert reset.status_code == 200 and reset.json() == {"user": "alice", "known": True}
+    assert personal_texts(client, "alice") == start
+    assert client.post("/api/personal/reset", params={"user": "nobody"}).json()["known"] is False
+    # Off by default: the service then keeps no per-user state and has no such routes.
+    with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=ServiceSettings(cache_mb=2))) as plain:
+        assert plain.get("/api/personal/complete", params={"user": "a", "q": "x"}).status_code == 404
+
+
+def test_service_personal_lru_keeps_at_most_personal_users(personal_client):
+    for user in ("u1", "u2", "u3"):
+        personal_texts(personal_client, user)
+    people = personal_client.app.state.personal()
+    assert len(people) == 2 and "u1" not in people
+
+
+@pytest.mark.parametrize(("method", "route", "params", "body", "status"), [
+    ("get", "/api/personal/complete", {"q": "a"}, None, 422),  # no user
+    ("get", "/api/personal/complete", {"user": "", "q": "a"}, None, 422),
+    ("get", "/api/personal/complete", {"user": "x" * 201, "q": "a"}, None, 422),
+    ("get", "/api/personal/complete", {"user": "a", "q": "a", "k": 0}, None, 422),
+    ("post", "/api/personal/learn", {"user": "a"}, {"txt": "x"}, 422),
+    ("post", "/api/personal/learn", {"user": "a"}, {"text": 3}, 422),
+    ("post", "/api/personal/learn", {"user": "a"}, {"text": "x" * 20_000}, 422),
+    ("post", "/api/personal/reset", {}, None, 422),
+])
+def test_service_personal_bad_input_is_a_4xx(personal_client, method, route, params, body, status):
+    response = getattr(personal_client, method)(route, params=params, **({"json": body} if body is not None else {}))
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+def test_service_personal_learns_any_text(personal_client):
+    for text in ("", "\n\n", "😀 ∑ unknown\n", "a" * 16_000):
+        response = personal_client.post("/api/personal/learn", params={"user": "edge"}, json={"text": text})
+        assert response.status_code == 200 and not response.json()["rolled_back"]
+    assert personal_texts(personal_client, "edge", "e")
+
+
+@pytest.fixture(scope="module")
+def personal_schema(lines_model_dir):
+    schemathesis = pytest.importorskip("schemathesis")
+    from nextchar.service import ServiceSettings, create_app
+
+    app = create_app(ckpt=load_checkpoint(lines_model_dir),
+                     settings=ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2))
+    return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/")
+
+
+def test_service_personal_routes_fuzzed(personal_schema):
+    """Whatever the generated input, valid or not: no 5xx, and every answer matches the schema."""
+    from hypothesis import HealthCheck, given, settings
+
+    operations = [result.ok() for result in personal_schema.get_all_operations()]
+    assert sorted(op.path for op in operations) == ["/api/personal/complete", "/api/personal/learn",
+                                                    "/api/personal/reset"]
+    for operation in operations:
+        strategy = operation.as_strategy()
+
+        @given(case=strategy)
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case) -> None:  # type: ignore[no-untyped-def]
+            case.call_and_validate()
+
+        check()
