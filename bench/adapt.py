@@ -6,7 +6,11 @@ Standard split (train = first 90%, validation = the rest). For one model:
      adaptation (backward pass + update) per window and per character, and the ratio of the
      whole adapted evaluation's time to the static evaluation's;
   3. PPMd (order 6, variant H, pyppmd) conditional on the training text:
-     8·(C(train + val) − C(train)) / len(val).
+     8·(C(train + val) − C(train)) / len(val);
+  4. personalisation: eval-complete (line mode, k = 5) on the validation text's speaker-name
+     lines ("PROSPERO:"), typed in order, by the model and by the same model learning each line
+     once it is typed (nextchar.personal's defaults): keystroke savings, MRR, per-keystroke
+     latency (one torch thread, as the CLI), and the time learning takes per line.
 
     python bench/adapt.py -m DIR        # a checkpoint trained on the split (e.g. by bench/quality.py)
     python bench/adapt.py               # trains the default model for --budget seconds first
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -29,10 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compressors import compressors, conditional_bpc
 
 from nextchar.adapt import AdaptConfig, dynamic_evaluate, gradient_statistics
-from nextchar.checkpoint import load_checkpoint
+from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.complete_eval import CompleterPredictor, evaluate_completion
+from nextchar.completion import Completer
 from nextchar.data import encode_corpus
 from nextchar.evaluate import evaluate_encoded
 from nextchar.models import ModelConfig
+from nextchar.personal import PersonalCompleter, PersonalPredictor
 from nextchar.training import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -56,6 +64,31 @@ def parse_grid(text: str) -> list[AdaptConfig]:
     return configs
 
 
+SPEAKER = r"^[A-Za-z][A-Za-z ]*:$"  # a line that names who speaks next ("PROSPERO:")
+
+
+def personalisation(ckpt: Checkpoint, train_text: str, val_text: str, limit: int | None) -> dict:
+    """eval-complete on the validation speaker names: the model, and the model learning each line."""
+    seen = set(re.findall(SPEAKER, train_text, flags=re.M))
+    lines = re.findall(SPEAKER, val_text, flags=re.M)[:limit]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a keystroke's batches are small: one thread is fastest (docs/autocomplete.md)
+    try:
+        base = Completer(ckpt)
+        kind = ckpt.model.config.kind
+        static = CompleterPredictor(base, "line", 5, name=f"model ({kind})")
+        adapted = PersonalPredictor(PersonalCompleter(base), "line", 5, name=f"model ({kind}), learning each line")
+        rows = []
+        for predictor in (static, adapted):
+            row = evaluate_completion(lines, predictor, "line", 5).to_json()
+            if predictor is adapted:
+                row["learning"] = adapted.cost()
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return {"lines": len(lines), "unseen": sum(line not in seen for line in lines), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", type=Path, help="checkpoint trained on the split (default: train one)")
@@ -66,6 +99,7 @@ def main() -> None:
     parser.add_argument("--stat-windows", type=int, default=AdaptConfig.stat_windows,
                         help="training windows for the rms statistics")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--names", type=int, default=None, help="personalisation: first N speaker-name lines")
     parser.add_argument("--quick", action="store_true", help="seconds: tiny model, 4,000 validation chars")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -73,6 +107,7 @@ def main() -> None:
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data)")
     if args.quick:
         args.budget, args.val_chars, args.stat_windows = 15.0, args.val_chars or 4000, 20
+        args.names = args.names or 60
         args.threads = args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,6 +173,8 @@ def main() -> None:
     ppmd = compressors().get(PPMD)
     results["ppmd_bpc"] = conditional_bpc(ppmd, train_text, val_text) if ppmd else None
 
+    results["personal"] = personalisation(ckpt, train_text, text[cut:], args.names)
+
     print()
     print(f"Tiny Shakespeare, standard split, first {len(val_text):,} validation characters; model "
           f"{ckpt.model.config.kind} m={ckpt.model.config.hidden_size} ({ckpt.model.num_parameters():,} parameters), "
@@ -170,6 +207,19 @@ def main() -> None:
     if results["ppmd_bpc"] is not None:
         versus = f"; PPMd − adapted = {results['ppmd_bpc'] - best['adapted']['bpc']:+.3f}"
     print(f"best adapted BPC {best['adapted']['bpc']:.3f}: static − adapted = {gain:+.3f}{versus}")
+    p = results["personal"]
+    print()
+    print(f"Personalisation: the validation text's {p['lines']} speaker-name lines typed in order (line mode, "
+          f"k = 5); {p['unseen']} of them name speakers never seen in training")
+    print()
+    print("| system | KSR | MRR | keystroke p50 ms | p99 ms | learning ms/line p50 | p99 | learning µs/char |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in p["rows"]:
+        learn = row.get("learning")
+        tail = (f"{learn['ms_per_line_p50']:.2f} | {learn['ms_per_line_p99']:.2f} | {learn['us_per_char']:.0f}"
+                if learn else "— | — | —")
+        print(f"| {row['name']} | {row['ksr']:.3f} | {row['mrr']:.3f} | {row['latency_ms']['p50']:.2f} | "
+              f"{row['latency_ms']['p99']:.2f} | {tail} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if any(not math.isfinite(e["adapted"]["bpc"]) for e in results["settings"]):

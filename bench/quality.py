@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compressors import compressors, conditional_bpc  # noqa: E402
+from compressors import compressors, conditional_bpc
 
-from nextchar.data import StreamBatches, encode_corpus  # noqa: E402
-from nextchar.models import ModelConfig, build_model  # noqa: E402
-from nextchar.text import Vocabulary  # noqa: E402
-from nextchar.training import TrainConfig, sequence_loss, train, use_bf16  # noqa: E402
+from nextchar.data import StreamBatches, encode_corpus
+from nextchar.models import ModelConfig, build_model
+from nextchar.text import Vocabulary
+from nextchar.training import TrainConfig, sequence_loss, train, use_bf16
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--overhead-rounds", type=int, default=5, help="alternating rounds of the overhead check")
     parser.add_argument("--overhead-steps", type=int, default=30, help="steps per round of the overhead check")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--keep", type=Path, help="keep each trained checkpoint in KEEP/<kind> (e.g. for bench/adapt.py)")
+    parser.add_argument("--keep", type=Path, help="keep each trained checkpoint in KEEP/<kind> (for bench/adapt.py)")
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data)")

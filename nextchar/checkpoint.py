@@ -101,7 +101,8 @@ def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict, di
         raise UserError(f"{directory}: weights file {blob_path.name} is missing; retrain or restore it")
     blob = blob_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != expected:
-        raise UserError(f"{blob_path}: weights are truncated or were modified (checksum mismatch); retrain or restore it")
+        raise UserError(f"{blob_path}: weights are truncated or were modified (checksum mismatch); "
+                        "retrain or restore it")
     try:
         tensors = load_safetensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:

@@ -86,8 +86,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="prepared directory: at most N characters of its tail for validation (default 1,000,000)")
     g = p.add_argument_group("model")
     g.add_argument("--kind", choices=KINDS, default=m.kind, help=f"model kind (default {m.kind})")
-    g.add_argument("--hidden", type=_positive_int, default=m.hidden_size, help=f"state size m (default {m.hidden_size})")
-    g.add_argument("--layers", type=_positive_int, default=m.num_layers, help=f"lstm/gru layers (default {m.num_layers})")
+    g.add_argument("--hidden", type=_positive_int, default=m.hidden_size,
+                   help=f"state size m (default {m.hidden_size})")
+    g.add_argument("--layers", type=_positive_int, default=m.num_layers,
+                   help=f"lstm/gru layers (default {m.num_layers})")
     g.add_argument("--embedding", type=_positive_int, default=m.embedding_size,
                    help=f"lstm/gru embedding size (default {m.embedding_size})")
     g.add_argument("--dropout", type=float, default=m.dropout, help=f"lstm/gru dropout (default {m.dropout})")
@@ -102,7 +104,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=_positive_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
     g.add_argument("--warmup", type=int, default=t.warmup_steps, help=f"warm-up steps (default {t.warmup_steps})")
     g.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"AdamW decay (default {t.weight_decay})")
-    g.add_argument("--clip", type=float, default=t.grad_clip, help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
+    g.add_argument("--clip", type=float, default=t.grad_clip,
+                   help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
     g = p.add_argument_group("duration and system")
     g.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
     g.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",

@@ -361,3 +361,14 @@ def test_checkpoint_model_is_unchanged_by_eval_adapt(capsys, text_model_dir, wri
     assert main(["eval", str(corpus), "-m", str(text_model_dir), "--adapt", "--adapt-rule", "sgd"]) == 0
     after = load_checkpoint(text_model_dir).model.state_dict()
     assert all(torch.equal(before[name], t) for name, t in after.items())
+
+
+def test_eval_adapt_on_a_lines_model(capsys, lines_model_dir, write_file):
+    corpus = write_file("names.txt", NAMES * 3)
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "sgd",
+                       "--adapt-lr", "0.5", "--adapt-window", "20", "--json")
+    assert code == 0
+    result = json.loads(out)
+    targets = sum(len(name) + 1 for name in NAMES.split()) * 3  # every letter and every <end>
+    assert result["static"]["chars"] == result["adapted"]["chars"] == targets
+    assert result["adapted"]["bpc"] < result["static"]["bpc"]
