@@ -180,9 +180,11 @@ class StepOutcome:
 class Adapter:
     """The online update on some of a model's parameters, with θ0, rollback and reset.
 
-    `Adapter(model, config, stats)` changes `model`'s own parameters in place (callers pass a
-    copy, or a model whose adapted parameters they own). After the caller has scored a window
-    with the current weights: `checkpoint()` (they scored sanely), then `learn(loss)`.
+    `Adapter(model, config, stats)` changes `model`'s adapted parameters in place (callers pass
+    a copy, or a view that owns them: nextchar.personal) and nothing else: gradients are taken
+    with torch.autograd.grad for the adapted parameters only, so no other parameter's `.grad`
+    or `requires_grad` is touched (a shared model stays as it was). After the caller has scored
+    a window with the current weights: `checkpoint()` (they scored sanely), then `learn(loss)`.
     """
 
     def __init__(self, model: nn.Module, config: AdaptConfig, stats: GradStats | None = None):
@@ -192,9 +194,7 @@ class Adapter:
         self.config = config
         names = adapted_names(model, config.params)
         named = dict(model.named_parameters())
-        for name, p in named.items():
-            p.requires_grad_(name in names)
-        self.params: dict[str, nn.Parameter] = {name: named[name] for name in names}
+        self.params: dict[str, nn.Parameter] = {name: named[name].requires_grad_(True) for name in names}
         self.theta0 = {name: p.detach().clone() for name, p in self.params.items()}
         self._good = {name: p.detach().clone() for name, p in self.params.items()}
         self.scale: dict[str, Tensor] = {}  # multiplies g in the step
@@ -254,14 +254,13 @@ class Adapter:
         self.dirty = False
 
     def learn(self, loss: Tensor) -> StepOutcome:
-        """One step on `loss` (already scored): backward, then the update of the module docstring."""
-        for p in self.params.values():
-            p.grad = None
-        if self.stopped:
+        """One step on `loss` (already scored): its gradient, then the update of the module docstring."""
+        if self.stopped or not loss.requires_grad:
             return StepOutcome(applied=False)
-        loss.backward()
+        names = list(self.params)
+        found = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
         with torch.no_grad():
-            grads = {name: p.grad for name, p in self.params.items() if p.grad is not None}
+            grads = {name: g for name, g in zip(names, found, strict=True) if g is not None}
             if not grads:
                 return StepOutcome(applied=False)
             if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
@@ -277,7 +276,6 @@ class Adapter:
                 pull = self.pull[name]
                 if isinstance(pull, Tensor) or pull > 0:
                     p.add_((self.theta0[name] - p) * pull)
-                p.grad = None
             if not all(bool(torch.isfinite(p).all()) for p in self.params.values()):
                 self.rollback()
                 return StepOutcome(applied=False, rolled_back=True)
@@ -394,6 +392,9 @@ def dynamic_evaluate(model: CharModel, encoded: Tensor | list[Tensor], config: A
         static_seconds = time.perf_counter() - started
 
     work = copy.deepcopy(model).eval()  # the caller's model stays exactly as it was
+    names = set(adapted_names(work, config.params))
+    for name, p in work.named_parameters():  # no graph through weights that do not adapt (faster)
+        p.requires_grad_(name in names)
     adapter = Adapter(work, config, stats)
     limit = config.diverge_factor * math.log(work.config.vocab_size)
     device = work.device
@@ -431,7 +432,7 @@ def dynamic_evaluate(model: CharModel, encoded: Tensor | list[Tensor], config: A
         state = detach_state(new_state) if carry else None
         scored = time.perf_counter()
         score_seconds += scored - started
-        if (flat_y != IGNORE).any() and _sane(loss, limit):
+        if (flat_y != IGNORE).any() and not adapter.stopped and _sane(loss, limit):
             adapter.checkpoint()
             outcome = adapter.learn(loss)
             if outcome.rolled_back and state is not None and not all(bool(torch.isfinite(s).all()) for s in state):

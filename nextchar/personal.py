@@ -139,7 +139,6 @@ class PersonalCompleter:
         model, adapter, window = self.model, self.adapter, self.config.window
         limit = self.config.diverge_factor * float(torch.log(torch.tensor(float(model.config.vocab_size))))
         steps, chars, rolled_back = 0, 0, False
-        model.eval()
         for inputs, targets in self._windows(text):
             state = model.initial_state(1)
             for lo in range(0, len(targets), window):

@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep-alive", type=_int, default=5, metavar="S",
                    help="close idle keep-alive connections after S seconds (default 5)")
     g.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    g.add_argument("--personal-users", type=int, default=0, metavar="N",
+                   help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, "
+                        "least recently used forgotten first (default 0: off; see docs/adaptation.md)")
     p.set_defaults(run=run)
 
 
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be 0 … 65535, not {args.port}")
     if args.keep_alive < 0:
         raise UserError(f"--keep-alive must be ≥ 0, not {args.keep_alive}")
+    if args.personal_users < 0:
+        raise UserError(f"--personal-users must be ≥ 0, not {args.personal_users}")
     if args.cache_mb <= 0:
         raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
     if args.default_k > 50:
@@ -115,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServiceSettings(model=args.model, lexicon=args.lexicon, cache_mb=args.cache_mb,
                                max_query=args.max_query, max_pending=args.max_pending, default_k=args.default_k,
                                default_mode=args.mode, beam_width=args.beam, max_chars=args.max_chars,
-                               max_words=args.max_words, public_url=args.public_url, threads=args.threads)
+                               max_words=args.max_words, public_url=args.public_url, threads=args.threads,
+                               personal_users=args.personal_users)
     torch.set_num_threads(args.threads)
     # Load once here, so that a bad model or lexicon is a one-line error before anything listens
     # (and a single worker serves what was loaded).

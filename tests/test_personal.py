@@ -83,6 +83,7 @@ def test_a_learned_name_is_suggested(base):
 
 
 def test_people_never_share_what_they_learn(base):
+    flags = [p.requires_grad for p in base.model.parameters()]
     people = PersonalCompleters(base, max_users=4)
     alice, bob = people.get("alice"), people.get("bob")
     bob_before = bob.completer.next_chars("pro", 5)
@@ -93,6 +94,9 @@ def test_people_never_share_what_they_learn(base):
     assert bob.completer.next_chars("pro", 5) == bob_before
     assert base.next_chars("pro", 5) == base_before
     assert people.get("alice") is alice  # the same person comes back with what they learned
+    # The shared weights are only read: no gradient lands on them, no flag changes.
+    assert all(p.grad is None for p in base.model.parameters())
+    assert [p.requires_grad for p in base.model.parameters()] == flags
 
 
 def test_a_typing_session_sees_new_weights_after_learning(base):
