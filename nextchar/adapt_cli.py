@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, dynamic_evaluate, gradient_statistics
+from nextchar.argtypes import finite_number as _float
+from nextchar.argtypes import positive_int as _count
 from nextchar.checkpoint import Checkpoint
 from nextchar.data import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
@@ -23,24 +24,8 @@ if TYPE_CHECKING:
     from nextchar.personal import PersonalPredictor
 
 
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:

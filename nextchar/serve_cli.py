@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import socket
 import sys
 
+from nextchar.argtypes import finite_number as _number
+from nextchar.argtypes import whole_number as _int
 from nextchar.errors import UserError
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
