@@ -24,10 +24,6 @@ if TYPE_CHECKING:
     from nextchar.personal import PersonalPredictor
 
 
-
-
-
-
 def add_eval_options(p: argparse.ArgumentParser) -> None:
     d = AdaptConfig()
     g = p.add_argument_group("online adaptation (dynamic evaluation; docs/adaptation.md)")

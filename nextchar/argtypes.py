@@ -1,4 +1,4 @@
-"""Argument types shared by every command's parser: numbers checked with a one-line message."""
+"""What every command's parser shares: number types checked with a one-line message, and -m/--model."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """-m/--model DIR, which every command that uses a model takes (None: the bundled model)."""
+    parser.add_argument("-m", "--model", metavar="DIR", default=None,
+                        help="checkpoint directory (default: the bundled model)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nextchar.argtypes import add_model_option
 from nextchar.argtypes import positive_float as _positive_float
 from nextchar.argtypes import positive_int as _positive_int
 from nextchar.errors import UserError
@@ -30,15 +31,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-
-
-
-
-
-
-def add_model_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", metavar="DIR", default=None,
-                        help="checkpoint directory (default: the bundled model)")
 
 
 # ---------------------------------------------------------------------------------- train

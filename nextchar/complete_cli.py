@@ -8,14 +8,14 @@ import math
 import sys
 from pathlib import Path
 
+from nextchar.argtypes import add_model_option
 from nextchar.argtypes import finite_number as _number
 from nextchar.argtypes import whole_number as _int
 from nextchar.errors import UserError
 
 
 def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
-    p.add_argument("-m", "--model", metavar="DIR", default=None,
-                   help="checkpoint directory (default: the bundled model)")
+    add_model_option(p)
     p.add_argument("-k", type=_int, default=k_default,
                    help=f"number of suggestions (default {k_default}; at least 1, more than 50 is clamped to 50)")
     p.add_argument("--mode", choices=("word", "line", "phrase"), default="line",

@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 
+from nextchar.argtypes import add_model_option
 from nextchar.argtypes import finite_number as _number
 from nextchar.argtypes import whole_number as _int
 from nextchar.errors import UserError
@@ -17,8 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Serve a model over HTTP: GET / (a search box with a drop-down, a next-character chart, an "
                     "email editor with ghost text), /suggest (OpenSearch suggestions), /api/complete, "
                     "/opensearch.xml, /healthz, /metrics, /docs. Binds to 127.0.0.1 unless told otherwise.")
-    p.add_argument("-m", "--model", metavar="DIR", default=None,
-                   help="checkpoint directory (default: the bundled model)")
+    add_model_option(p)
     p.add_argument("--lexicon", metavar="FILE",
                    help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text")
     p.add_argument("--host", default="127.0.0.1",

@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 
-from nextchar.cli import _positive_float, _positive_int, add_model_option
+from nextchar.argtypes import add_model_option
+from nextchar.argtypes import positive_float as _positive_float
+from nextchar.argtypes import positive_int as _positive_int
 from nextchar.errors import UserError
 
 
