@@ -43,7 +43,7 @@ browser:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nextchar tests bench
 
-# The bundled default model (nextchar/bundled/default): one reproducible command, ~10 minutes.
+# The bundled default model (nextchar/bundled/default): one reproducible command, ~4 minutes here.
 bundle: $(STAMP)
 	rm -rf runs/bundle
 	$(PY) -m nextchar train --out runs/bundle --steps 1200 --eval-interval 100 --precision bf16 --seed 1337

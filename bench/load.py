@@ -216,7 +216,8 @@ def run_asyncio(url: str, paths: list[list[str]], duration: float, think_ms: flo
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "nextchar", "serve", "--port", "0", "--workers", str(args.workers),
-               "--cache-mb", str(args.cache_mb), "--limit-concurrency", "4096", "--max-pending", "1024"]
+               "--cache-mb", str(args.cache_mb), "--limit-concurrency", "4096", "--max-pending", "1024",
+               "--precision", args.precision, "--max-batch", str(args.max_batch)]
     if args.model:
         command += ["-m", args.model]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -253,6 +254,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level (default 30)")
     parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     parser.add_argument("--cache-mb", type=float, default=256.0, help="server cache bound (default 256)")
+    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="fp32",
+                        help="the server's --precision (default fp32)")
     parser.add_argument("-k", type=int, default=8, help="suggestions per request (default 8)")
     parser.add_argument("--pool", type=int, default=2000, help="distinct queries per level (default 2000)")
     parser.add_argument("--zipf", type=float, default=1.0,
@@ -305,7 +309,8 @@ def main() -> None:
                 proc.kill()
 
     print(f"\nclient: {client}; {args.endpoint}; {args.duration:g} s per level; queries typed one character at a "
-          f"time; k={args.k}; Zipf s={args.zipf:g} over {args.pool} queries per level; workers={args.workers}\n")
+          f"time; k={args.k}; Zipf s={args.zipf:g} over {args.pool} queries per level; workers={args.workers}; "
+          f"precision {args.precision}; max batch {args.max_batch}\n")
     print("| typists | requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |")
     print("|--:|--:|--:|--:|--:|--:|--:|")
     for r in results:

@@ -60,10 +60,11 @@ class PlainModel(nn.Module):
         self.rnn = cell(cfg.embedding_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
                         dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
+        self.drop_emb = nn.Dropout(cfg.embedding_dropout)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
     def forward(self, x, h):
-        out, h = self.rnn(self.emb(x), h)
+        out, h = self.rnn(self.drop_emb(self.emb(x)), h)
         return self.head(self.drop(out)), h
 
 

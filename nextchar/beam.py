@@ -36,12 +36,14 @@ from __future__ import annotations
 import heapq
 import math
 import unicodedata
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from nextchar.models import CharModel, State
+from nextchar.models import CharModel, State, stack_states
 from nextchar.text import END, START, UNK, Vocabulary
 
 MODES = ("word", "line", "phrase")
@@ -125,13 +127,16 @@ def symbol_logprobs(logits: Tensor) -> Tensor:
 
 
 def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, State]:
-    """model(idx, state), with oneDNN (mkldnn) off for short inputs.
+    """model(idx, state), with oneDNN (mkldnn) off for short inputs to an fp32 model.
 
     Why: PyTorch's oneDNN LSTM pays about 2 ms of set-up per call, whatever the length:
     measured here, one step of the default 2×384 LSTM for 8 hypotheses took 2.5 ms with it
     and 0.8 ms without; it only wins on long reads (2,048 characters: 175 vs 309 ms).
+    With bf16 weights it is the other way round: without oneDNN a step takes about 3× as
+    long as with it (bench/step.py).
     """
-    if idx.shape[1] > 64:
+    weight = next(model.parameters(), None)
+    if idx.shape[1] > 64 or (weight is not None and weight.dtype == torch.bfloat16):
         return model(idx, state)
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
@@ -139,6 +144,71 @@ def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, Stat
         return model(idx, state)
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+# A search is written as a generator that yields each model call it needs, (inputs (n, T),
+# states of n rows), and is sent back (logits (n, T, V), new states). One search alone is
+# driven by `drive`; several by `drive_together`, which answers one round of their requests
+# with ONE forward call: the concurrent requests of a server share a batch.
+ModelCall = tuple[Tensor, State]
+Steps = Generator[ModelCall, tuple[Tensor, State], Any]
+R = TypeVar("R")
+
+
+@torch.inference_mode()
+def drive(model: CharModel, steps: Generator[ModelCall, tuple[Tensor, State], R]) -> R:
+    """Run one search to its end, one model call per request.
+
+    The whole search runs in inference mode here, in the driver: a generator must not enter
+    a context manager across its yields (it would leak into whatever runs between them).
+    """
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(run_model(model, *call))
+    except StopIteration as done:
+        return done.value
+
+
+@torch.inference_mode()
+def drive_together(model: CharModel, searches: Sequence[Steps]) -> list[Any]:
+    """Run several searches in lockstep; each round of their model calls is one batched call.
+
+    Returns each search's result, or the exception it raised (one failing search does not
+    stop the others). Why batch: per hypothesis, a step for 64 costs half what a step for 8
+    does on this CPU (bench/step.py): concurrent searches share the weights' trip through memory.
+    """
+    results: list[Any] = [None] * len(searches)
+    waiting: dict[int, ModelCall] = {}
+
+    def advance(i: int, reply: tuple[Tensor, State] | None) -> None:
+        try:
+            waiting[i] = next(searches[i]) if reply is None else searches[i].send(reply)
+        except StopIteration as done:
+            results[i] = done.value
+        except Exception as exc:  # handed back to that search's caller, who raises it
+            results[i] = exc
+
+    for i in range(len(searches)):
+        advance(i, None)
+    while waiting:
+        by_length: dict[int, list[int]] = {}
+        for i, (inputs, _) in waiting.items():
+            by_length.setdefault(inputs.shape[1], []).append(i)
+        for group in by_length.values():
+            calls = [waiting.pop(i) for i in group]
+            inputs = torch.cat([c[0] for c in calls]) if len(calls) > 1 else calls[0][0]
+            state = stack_states([c[1] for c in calls]) if len(calls) > 1 else calls[0][1]
+            logits, new_state = run_model(model, inputs, state)
+            lo = 0
+            for i, (rows, _) in zip(group, calls, strict=True):
+                hi = lo + rows.shape[0]
+                # Copies, not views: a view would keep the whole batch alive in the caches.
+                part = (logits[lo:hi], tuple(s[lo:hi] for s in new_state)) if len(calls) == 1 else \
+                    (logits[lo:hi].clone(), tuple(s[lo:hi].clone() for s in new_state))
+                advance(i, part)
+                lo = hi
+    return results
 
 
 @dataclass
@@ -227,8 +297,7 @@ class _Beam:
         self.state, self.logprobs = state, logprobs
 
 
-def beam_search(
-    model: CharModel,
+def beam_steps(
     table: SymbolTable,
     root: Node,
     context: str,
@@ -239,8 +308,10 @@ def beam_search(
     lexicon_key: str = "",
     known: dict[str, Node] | None = None,
     allow_empty: bool = False,
-) -> tuple[list[Candidate], dict[str, Node]]:
+) -> Generator[ModelCall, tuple[Tensor, State], tuple[list[Candidate], dict[str, Node]]]:
     """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
+
+    A generator of model calls (see `drive`): one per step, for every live hypothesis at once.
 
     An empty completion (the text is already complete) is returned only with `allow_empty`:
     it says nothing about what was typed, but completes a correction ("jonh" → "john").
@@ -280,7 +351,7 @@ def beam_search(
             best_live = max(lp / (len(beam.texts[h]) + 2) ** alpha for h, _, _, lp in chosen)
             if best_live < kth:
                 break
-        beam = _expand(model, table, beam, chosen, known, tree)
+        beam = yield from _expand(table, beam, chosen, known, tree)
     finished.sort(key=lambda c: -c.score)
     seen: set[str] = set()
     unique = []
@@ -376,8 +447,8 @@ def _lexicon_step(beam: _Beam, table: SymbolTable, lexicon, key: str, width: int
     return chosen
 
 
-def _expand(model: CharModel, table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]],
-            known: dict[str, Node], tree: dict[str, Node]) -> _Beam:
+def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]],
+            known: dict[str, Node], tree: dict[str, Node]) -> Generator[ModelCall, tuple[Tensor, State], _Beam]:
     """One model step for all chosen extensions at once (skipping those already known)."""
     texts, lps, words, in_word = [], [], [], []
     for parent, _, ch, lp in chosen:
@@ -392,7 +463,7 @@ def _expand(model: CharModel, table: SymbolTable, beam: _Beam, chosen: list[tupl
         parents = torch.tensor([chosen[i][0] for i in missing])
         inputs = torch.tensor([[chosen[i][1]] for i in missing])
         state = tuple(s[parents] for s in beam.state)
-        logits, new_state = run_model(model, inputs, state)
+        logits, new_state = yield inputs, state
         new_lp = symbol_logprobs(logits[:, -1])
         if len(missing) == len(chosen):
             for row, text in enumerate(texts):

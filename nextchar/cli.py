@@ -19,6 +19,8 @@ from nextchar.argtypes import positive_int as _positive_int
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the commands import what they need when they run (a fast --help)
+    from nextchar.checkpoint import Checkpoint
+    from nextchar.evaluate import EvalResult
     from nextchar.models import ModelConfig
     from nextchar.training import TrainConfig, TrainResult
 
@@ -71,6 +73,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--embedding", type=_positive_int, default=m.embedding_size,
                    help=f"lstm/gru embedding size (default {m.embedding_size})")
     g.add_argument("--dropout", type=float, default=m.dropout, help=f"lstm/gru dropout (default {m.dropout})")
+    g.add_argument("--embedding-dropout", type=float, default=m.embedding_dropout,
+                   help=f"lstm/gru dropout on the input embeddings (default {m.embedding_dropout})")
+    g.add_argument("--weight-drop", type=float, default=m.weight_drop,
+                   help=f"lstm/gru DropConnect on the recurrent weights while training (default {m.weight_drop})")
     g.add_argument("--context", type=_positive_int, default=m.context,
                    help=f"window model: characters of context c (default {m.context})")
     g.add_argument("--nonlinearity", choices=("tanh", "relu"), default=m.nonlinearity,
@@ -144,8 +150,10 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
     from nextchar.models import ModelConfig
     from nextchar.training import TrainConfig
 
-    if not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), not {args.dropout}")
+    for flag, value in (("--dropout", args.dropout), ("--embedding-dropout", args.embedding_dropout),
+                        ("--weight-drop", args.weight_drop)):
+        if not 0 <= value < 1:
+            raise UserError(f"{flag} must be in [0, 1), not {value}")
     config = TrainConfig(
         batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
         warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.clip, steps=args.steps,
@@ -155,7 +163,9 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
         compile=args.compile,
     )
     model_config = ModelConfig(kind=args.kind, hidden_size=args.hidden, num_layers=args.layers,
-                               embedding_size=args.embedding, dropout=args.dropout, context=args.context,
+                               embedding_size=args.embedding, dropout=args.dropout,
+                               embedding_dropout=args.embedding_dropout, weight_drop=args.weight_drop,
+                               context=args.context,
                                nonlinearity=args.nonlinearity)
     return config, model_config
 
@@ -251,10 +261,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="bits per character and accuracy on a corpus",
                        description="Evaluate a model on a corpus: bits per character (BPC), top-1 and top-5 "
                                    "next-character accuracy, and the number of predicted characters.")
-    p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file")
+    p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, or a directory made by `nextchar prepare`")
     add_model_option(p)
     p.add_argument("--format", choices=("text", "lines"), default=None,
-                   help="how to frame the corpus (default: as the model was trained)")
+                   help="how to frame the corpus (default: as the model was trained; a prepared directory's own)")
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     from nextchar.adapt_cli import add_eval_options  # --adapt and its settings (issue 7)
@@ -267,9 +277,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
     from nextchar.data import count_targets, encode_corpus
     from nextchar.evaluate import evaluate_encoded
+    from nextchar.memmap_data import is_prepared
     from nextchar.text import read_corpus
 
     ckpt = load_checkpoint(args.model)
+    if is_prepared(args.corpus):
+        return _eval_prepared(args, ckpt)
     text = read_corpus(args.corpus, args.encoding_errors)
     encoded = encode_corpus(text, ckpt.vocab, args.format or ckpt.format)
     if count_targets(encoded) == 0:
@@ -278,12 +291,41 @@ def _run_eval(args: argparse.Namespace) -> int:
         from nextchar.adapt_cli import run_adapted_eval
 
         return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
-    result = evaluate_encoded(ckpt.model, encoded)
-    if args.json:
+    _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
+    return 0
+
+
+def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
+    """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
+    from nextchar.evaluate import evaluate_lines, evaluate_stream
+    from nextchar.memmap_data import PreparedCorpus, PreparedLines, vocabulary_mapping
+
+    directory = Path(args.corpus)
+    corpus = PreparedCorpus.open(directory)
+    if args.format and args.format != corpus.format:
+        raise UserError(f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
+                        "prepare it again with --format or leave --format out")
+    if args.adapt:
+        raise UserError(f"{directory}: --adapt reads a text file, not a prepared directory; give the text file")
+    mapping = vocabulary_mapping(corpus.vocab, ckpt.vocab, directory)
+    if corpus.format == "text":
+        if len(corpus.tokens) < 2:
+            raise UserError(f"{directory}: nothing to evaluate (no characters)")
+        result = evaluate_stream(ckpt.model, corpus.tokens, mapping=mapping)
+    else:
+        if corpus.n_lines == 0:
+            raise UserError(f"{directory}: nothing to evaluate (no lines)")
+        lines = PreparedLines(corpus, mapping)
+        result = evaluate_lines(ckpt.model, lines, lengths=lines.lengths())
+    _print_eval(result, args.json)
+    return 0
+
+
+def _print_eval(result: EvalResult, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result.to_json()))
     else:
         print(f"bpc   {result.bpc:.4f}\ntop1  {result.top1:.4f}\ntop5  {result.top5:.4f}\nchars {result.chars}")
-    return 0
 
 
 # ---------------------------------------------------------------------------------- sample

@@ -5,19 +5,26 @@ character of the text; in `lines` format every character of every line plus its 
 marker (knowing where a line stops is part of the job). Top-1/top-5 are the fractions of
 those positions whose true symbol is the model's first / among its five most likely.
 In `text` format the state is carried through the text (see `stream_eval_layout`).
+
+Both readers take their data piecewise: a stream may be a memory map of a prepared corpus
+(`nextchar.memmap_data`) and lines any sequence of index tensors, so evaluating a corpus larger
+than memory needs only one batch at a time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nextchar.data import IGNORE, frame_lines, stream_eval_layout
+from nextchar.data import IGNORE, frame_lines
 from nextchar.models import CharModel
+from nextchar.text import END
 
 
 @dataclass
@@ -56,31 +63,57 @@ class _Tally:
         return EvalResult(self.nats / n / math.log(2), self.top1 / n, self.top5 / n, self.count)
 
 
+def _gather(data: Tensor | np.ndarray, positions: Tensor, mapping: Tensor | None) -> Tensor:
+    """data[positions] as a long tensor (reading only those positions of a memory map)."""
+    if isinstance(data, Tensor):
+        out = data[positions]
+    else:
+        out = torch.from_numpy(np.asarray(data[positions.numpy()]).astype(np.int64))
+    return out if mapping is None else mapping[out]
+
+
 @torch.no_grad()
-def evaluate_stream(model: CharModel, data: Tensor, n_streams: int = 16, chunk: int = 512) -> EvalResult:
-    """BPC of a `text` stream (index tensor starting with <start>), state carried throughout."""
+def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int = 16, chunk: int = 512,
+                    mapping: Tensor | None = None) -> EvalResult:
+    """BPC of a `text` stream (indices starting with <start>), state carried throughout.
+
+    The layout is `nextchar.data.stream_eval_layout`'s, read `chunk` columns at a time;
+    `mapping` (if given) translates the stream's indices into the model's vocabulary.
+    """
     was_training = model.training
     model.eval()
-    x, y = stream_eval_layout(data, n_streams)
     device = model.device
-    x, y = x.to(device), y.to(device)
-    state = model.initial_state(x.shape[0], device)
+    n_targets = len(data) - 1
+    n_streams = max(1, min(n_streams, n_targets))
+    length = -(-n_targets // n_streams) if n_targets > 0 else 0
+    first = torch.arange(n_streams)[:, None] * length  # stream i predicts targets [i·L, (i+1)·L)
+    state = model.initial_state(n_streams, device)
     tally = _Tally()
-    for start in range(0, x.shape[1], chunk):
-        logits, state = model(x[:, start : start + chunk], state)
-        tally.add(logits, y[:, start : start + chunk])
+    for lo in range(0, length, chunk):
+        positions = first + torch.arange(lo, min(lo + chunk, length))
+        inside = positions < n_targets  # the last stream's tail is padding
+        positions = torch.where(inside, positions, 0)
+        x, y = _gather(data, positions, mapping), _gather(data, positions + 1, mapping)
+        x[~inside], y[~inside] = END, IGNORE
+        logits, state = model(x.to(device), state)
+        tally.add(logits, y.to(device))
     model.train(was_training)
     return tally.result()
 
 
 @torch.no_grad()
-def evaluate_lines(model: CharModel, lines: list[Tensor], batch_size: int = 128) -> EvalResult:
-    """BPC of a `lines` corpus: every line framed "^"+line → line+<end>, each from s_0."""
+def evaluate_lines(model: CharModel, lines: Sequence[Tensor], batch_size: int = 128,
+                   lengths: Sequence[int] | None = None) -> EvalResult:
+    """BPC of a `lines` corpus: every line framed "^"+line → line+<end>, each from s_0.
+
+    `lengths` (the lines' lengths, when they are known without reading the lines) saves a pass.
+    """
     was_training = model.training
     model.eval()
     device = model.device
     tally = _Tally()
-    order = sorted(range(len(lines)), key=lambda i: len(lines[i]))  # similar lengths, less padding
+    sizes = lengths if lengths is not None else [len(line) for line in lines]
+    order = sorted(range(len(lines)), key=lambda i: sizes[i])  # similar lengths, less padding
     for start in range(0, len(order), batch_size):
         x, y = frame_lines([lines[i] for i in order[start : start + batch_size]])
         logits, _ = model(x.to(device))

@@ -186,6 +186,42 @@ class PreparedCorpus:
         return PreparedSplit(self, train_end, val, digest, train_chars)
 
 
+def vocabulary_mapping(source: Vocabulary, target: Vocabulary, where: Path) -> Tensor | None:
+    """Index translation source → target (None when they are the same vocabulary).
+
+    Characters the target lacks become its <unk>, as when the text itself is encoded; the
+    special symbols keep their indices. Vocabularies of different alphabets cannot be mapped
+    (the lecture alphabet rewrites the text before encoding it).
+    """
+    if source == target:
+        return None
+    if source.alphabet != target.alphabet:
+        raise UserError(f"{where}: prepared with the {source.alphabet} alphabet, the model uses the "
+                        f"{target.alphabet} alphabet; prepare the corpus again with --vocab-from MODEL")
+    mapping = torch.arange(len(source))
+    mapping[len(source) - len(source.chars):] = torch.tensor(target.encode("".join(source.chars)), dtype=torch.long)
+    return mapping
+
+
+class PreparedLines:
+    """The lines of a prepared `lines` corpus as a sequence of index tensors, read on demand."""
+
+    def __init__(self, corpus: PreparedCorpus, mapping: Tensor | None = None):
+        assert corpus.offsets is not None
+        self.corpus, self.mapping = corpus, mapping
+
+    def __len__(self) -> int:
+        return self.corpus.n_lines
+
+    def __getitem__(self, i: int) -> Tensor:
+        line = self.corpus.line(i)
+        return line if self.mapping is None else self.mapping[line]
+
+    def lengths(self) -> np.ndarray:
+        assert self.corpus.offsets is not None
+        return np.diff(self.corpus.offsets.astype(np.int64)) - 1  # without each line's <end>
+
+
 @dataclass
 class PreparedSplit:
     """The training part of a prepared corpus, its validation data, and an identity for resuming."""

@@ -32,7 +32,9 @@ class ModelConfig:
     hidden_size: int = 512  # m, the size of the state s_t (rnn/lstm/gru)
     num_layers: int = 1  # stacked recurrent layers (lstm/gru; rnn is the lecture's single layer)
     embedding_size: int = 128  # input embedding (lstm/gru); the lecture's rnn uses one-hot x_t
-    dropout: float = 0.1  # between layers and before the output layer (lstm/gru)
+    dropout: float = 0.3  # between layers and before the output layer (lstm/gru)
+    embedding_dropout: float = 0.1  # on the input embeddings x_t while training (lstm/gru)
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights W_hh while training (lstm/gru)
     context: int = 8  # c, characters of context of the window model
     nonlinearity: str = "tanh"  # f1 of the lecture's rnn: tanh | relu
 
@@ -153,7 +155,7 @@ class LectureRNN(CharModel):
 
 
 class GatedRNN(CharModel):
-    """Embedding → stacked LSTM or GRU (dropout between layers) → dropout → linear → logits."""
+    """Embedding → dropout → stacked LSTM or GRU (dropout between layers) → dropout → linear → logits."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -168,6 +170,7 @@ class GatedRNN(CharModel):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(config.dropout)
+        self.drop_embedding = nn.Dropout(config.embedding_dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -180,14 +183,36 @@ class GatedRNN(CharModel):
             state = self.initial_state(idx.shape[0], idx.device)
         # nn.LSTM/GRU keep layers first; our states keep the batch first (see module docstring).
         layers_first = tuple(s.transpose(0, 1).contiguous() for s in state)
-        x = self.embedding(idx)
+        x = self.drop_embedding(self.embedding(idx))
         if torch.is_autocast_enabled("cpu"):
             x = x.to(torch.get_autocast_dtype("cpu"))
-            layers_first = tuple(s.to(x.dtype) for s in layers_first)
-        out, new = self.rnn(x, layers_first if self.config.kind == "lstm" else layers_first[0])
+        # States are kept in fp32 between calls; they enter in the compute dtype (bf16 under
+        # autocast, or when the weights themselves are bf16: see nextchar.completion).
+        layers_first = tuple(s.to(x.dtype) for s in layers_first)
+        hx = layers_first if self.config.kind == "lstm" else layers_first[0]
+        if self.training and self.config.weight_drop > 0:
+            out, new = self._weight_dropped(x, hx)
+        else:
+            out, new = self.rnn(x, hx)
         new = new if isinstance(new, tuple) else (new,)
         logits = self.head(self.drop(out))
         return logits, tuple(s.transpose(0, 1).float() for s in new)
+
+    def _weight_dropped(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | tuple]:
+        """The same fused kernel with DropConnect on each W_hh (AWD-LSTM's weight drop).
+
+        One mask per forward call (per window of T characters), shared by every time step:
+        it regularises the recurrence without breaking the state the way dropping s_t would.
+        """
+        rnn, weights = self.rnn, []
+        for layer in range(self.config.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{layer}")
+                                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            weights += [w_ih, F.dropout(w_hh, self.config.weight_drop, training=True), b_ih, b_hh]
+        kernel = torch.lstm if self.config.kind == "lstm" else torch.gru
+        between = self.config.dropout if self.config.num_layers > 1 else 0.0
+        out, *new = kernel(x, hx, weights, True, self.config.num_layers, between, True, False, True)
+        return out, tuple(new) if self.config.kind == "lstm" else new[0]
 
     def flops_per_char(self) -> int:
         c = self.config

@@ -96,7 +96,7 @@ class PersonalCompleter:
     def __init__(self, base: Completer, config: AdaptConfig = PERSONAL_DEFAULTS, stats: GradStats | None = None,
                  cache_size: int = 256):
         self.config = config
-        self.model = personal_view(base.model, adapted_names(base.model, config.params))
+        self.model = personal_view(base.ckpt.model, adapted_names(base.ckpt.model, config.params))  # fp32
         self.completer = base.with_model(self.model, cache_size=cache_size)
         self.adapter = Adapter(self.model, config, stats)
         self.learned_chars = 0

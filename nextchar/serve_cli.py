@@ -42,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--beam", type=_int, default=8, metavar="N", help="beam width (default 8)")
     g.add_argument("--max-chars", type=_int, default=48, metavar="N", help="longest completion (default 48)")
     g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
+    g.add_argument("--max-batch", type=_int, default=16, metavar="N",
+                   help="queued searches run together, sharing model calls (default 16; 1: one at a time)")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="fp32",
+                   help="weights for serving: fp32, bf16, or auto = bf16 on CPUs with bf16 units for lstm/gru "
+                        "models (suggestions can differ in near ties; measured no faster here) (default fp32)")
     g = p.add_argument_group("server")
     g.add_argument("--threads", type=_int, default=1,
                    help="torch threads per process (default 1: a keystroke's small batches run fastest on one)")
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from nextchar.service import ENV_SETTINGS, ServiceSettings, create_app
 
     for name in ("workers", "threads", "max_query", "max_pending", "limit_concurrency", "default_k", "beam",
-                 "max_chars", "max_words"):
+                 "max_chars", "max_words", "max_batch"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                                max_query=args.max_query, max_pending=args.max_pending, default_k=args.default_k,
                                default_mode=args.mode, beam_width=args.beam, max_chars=args.max_chars,
                                max_words=args.max_words, public_url=args.public_url, threads=args.threads,
-                               personal_users=args.personal_users)
+                               personal_users=args.personal_users, max_batch=args.max_batch,
+                               precision=args.precision)
     torch.set_num_threads(args.threads)
     # Load once here, so that a bad model or lexicon is a one-line error before anything listens
     # (and a single worker serves what was loaded).

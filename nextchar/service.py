@@ -23,11 +23,16 @@ machines behind any load balancer just work; each has its own caches.
 Why one model thread: the Completer serialises its calls (its caches are shared), and a
 keystroke's small batches run fastest on one core; the event loop stays free to parse
 requests, answer cached ones, serve /healthz and deal with slow clients meanwhile.
+Requests that queue up while the model thread is busy are taken together: their beam
+searches run in lockstep and share one model call per step (beam.drive_together), which on
+a CPU costs less than one call per request (bench/step.py). --precision bf16 serves bf16
+weights (faster steps for large batches, slower for one row: no faster overall here).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time, and their parameter types are local to create_app.
 import asyncio
+import inspect
 import json
 import logging
 import math
@@ -37,8 +42,9 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
+from collections.abc import Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -95,6 +101,8 @@ class ServiceSettings:
     public_url: str | None = None  # base URL in /opensearch.xml and /suggest's links (default: from the request)
     threads: int | None = None  # torch threads, set by app_from_env in each worker process (None: leave as is)
     personal_users: int = 0  # >0: per-user adapted weights for this many people (nextchar.personal_service)
+    max_batch: int = 16  # searches run together on the model thread at most (1: one at a time)
+    precision: str = "fp32"  # weights for serving: fp32 | bf16 | auto (bf16 on CPUs with bf16 units, lstm/gru)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -262,6 +270,7 @@ class Engine:
         # cache_stats: the Completer's own counts of how _node found each state (hook in completion.py)
         self._stats: dict[str, int] | None = getattr(completer, "cache_stats", None)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextchar-model")
+        self._queue: deque[tuple[Any, tuple, Future]] = deque()  # jobs for the model thread
         self.pending = 0
         self._inflight: dict[tuple, asyncio.Future] = {}
         self.started = time.time()
@@ -308,22 +317,58 @@ class Engine:
         return body, outcome
 
     async def run(self, job: Any, *args: Any) -> Any:
-        """Run job(*args) on the model thread; refuse when too many are queued (Overloaded)."""
+        """job(*args) on the model thread; refuse when too many are queued (Overloaded).
+
+        A job is a function, or a generator function built on Completer.suggest_steps: the
+        generators that are queued together run together (their model calls batched).
+        """
         if self.pending >= self.settings.max_pending:
             raise Overloaded
         self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, job, *args)
+            ticket: Future = Future()
+            self._queue.append((job, args, ticket))
+            self._pool.submit(self._drain)
+            return await asyncio.wrap_future(ticket)
         finally:
             self.pending -= 1
 
-    # The jobs (run on the model thread): each returns (body, cache outcome).
+    def _drain(self) -> None:
+        """On the model thread: the jobs queued by now, oldest first, as one batch of at most
+        max_batch searches (often none: an earlier drain took them; the rest wait for the next,
+        as every queued job submitted a drain of its own)."""
+        batch = []
+        while self._queue and len(batch) < self.settings.max_batch:
+            job, args, ticket = self._queue.popleft()
+            if ticket.set_running_or_notify_cancel():  # False: its client went away while it waited
+                batch.append((job, args, ticket))
+        searches = [(job(*args), ticket) for job, args, ticket in batch if inspect.isgeneratorfunction(job)]
+        for job, args, ticket in batch:
+            if not inspect.isgeneratorfunction(job):
+                try:
+                    ticket.set_result(job(*args))
+                except Exception as exc:
+                    ticket.set_exception(exc)
+        if not searches:
+            return
+        try:
+            results = self.completer.drive_together([search for search, _ in searches])
+        except Exception as exc:  # not from one search (those come back as results): fail them all
+            results = [exc] * len(searches)
+        for (_, ticket), result in zip(searches, results, strict=True):
+            if isinstance(result, Exception):
+                ticket.set_exception(result)
+            else:
+                ticket.set_result(result)
 
-    def complete_job(self, q: str, k: int, mode: str, typos: bool, chars: int) -> tuple[bytes, str]:
+    # The jobs (generators, run on the model thread): each returns (body, cache outcome).
+
+    def complete_job(self, q: str, k: int, mode: str, typos: bool,
+                     chars: int) -> Generator[Any, Any, tuple[bytes, str]]:
         before = dict(self._stats) if self._stats is not None else None
         next_chars = self.completer.next_chars(q, chars)  # the first lookup of q's state: it tells the outcome
         outcome = self._outcome(before)
-        suggestions = self.completer.suggest(q, k=k, mode=mode, typos=typos)
+        suggestions = yield from self.completer.suggest_steps(q, k, mode, typos)
         body = {
             "q": q, "mode": mode, "k": k, "typos": typos,
             "suggestions": [{**s.to_json(), "logprob": _finite(s.logprob), "score": _finite(s.score)}
@@ -332,11 +377,11 @@ class Engine:
         }
         return _dumps(body), outcome
 
-    def suggest_job(self, q: str, k: int, base_url: str) -> tuple[bytes, str]:
+    def suggest_job(self, q: str, k: int, base_url: str) -> Generator[Any, Any, tuple[bytes, str]]:
         before = dict(self._stats) if self._stats is not None else None
         self.completer.state_after(q)
         outcome = self._outcome(before)
-        suggestions = self.completer.suggest(q, k=k, mode=self.default_mode)
+        suggestions = yield from self.completer.suggest_steps(q, k, self.default_mode)
         texts, descriptions, urls = [], [], []
         for s in suggestions:
             text = s.text.rstrip("\n")
@@ -371,7 +416,8 @@ def build_engine(settings: ServiceSettings, completer: Completer | None = None,
         ckpt = ckpt if ckpt is not None else load_checkpoint(settings.model)
         lexicon = Lexicon.load(settings.lexicon) if settings.lexicon else None
         completer = Completer(ckpt, lexicon=lexicon, beam_width=settings.beam_width, max_chars=settings.max_chars,
-                              max_words=settings.max_words, typo_penalty=settings.typo_penalty)
+                              max_words=settings.max_words, typo_penalty=settings.typo_penalty,
+                              precision=settings.precision)
     path = completer.ckpt.path
     if path is None:
         name = "<memory>"

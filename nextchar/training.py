@@ -51,7 +51,7 @@ class TrainConfig:
     lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.05  # the cosine ends at lr × this
     warmup_steps: int = 100  # linear warm-up from 0
-    weight_decay: float = 0.01  # AdamW's decoupled decay
+    weight_decay: float = 0.1  # AdamW's decoupled decay
     momentum: float = 0.9  # SGD only
     grad_clip: float = 1.0  # max global gradient norm (exploding gradients); 0 disables
     # duration: whichever comes first

@@ -40,7 +40,7 @@ def model_config(kind: str, **overrides: object) -> ModelConfig:
     """A tiny model of `kind` (vocab_size is filled in by train / the test)."""
     kind, _, nonlinearity = kind.partition("-")  # "rnn-relu" → rnn with f1 = relu
     settings: dict = {"kind": kind, "hidden_size": 24, "num_layers": 1, "embedding_size": 12,
-                      "dropout": 0.0, "context": 4, "nonlinearity": nonlinearity or "tanh"}
+                      "dropout": 0.0, "embedding_dropout": 0.0, "context": 4, "nonlinearity": nonlinearity or "tanh"}
     settings.update(overrides)
     return ModelConfig(**settings)
 

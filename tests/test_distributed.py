@@ -34,7 +34,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # A tiny model and exact arithmetic (fp32, no dropout), so trajectories can be compared.
 TINY = ["--kind", "lstm", "--hidden", "16", "--layers", "1", "--embedding", "8", "--dropout", "0",
-        "--precision", "fp32", "--device", "cpu", "--lr", "0.01", "--warmup", "2", "--quiet"]
+        "--embedding-dropout", "0", "--precision", "fp32", "--device", "cpu", "--lr", "0.01", "--warmup", "2",
+        "--quiet"]
 
 # Trains with the library inside torchrun, then every rank saves its own final weights.
 REPLICA_SCRIPT = """

@@ -90,8 +90,9 @@ def test_one_call_equals_two_chunks_carrying_the_state(kind):
             steps.append(out)
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=1e-5, atol=1e-5)
-    for a, b in zip(state, final, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b, c in zip(state, step_state, final, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -120,6 +121,25 @@ def test_bf16_autocast_runs(kind):
         logits, state = model(torch.randint(0, V, (2, 4)))
     assert logits.shape == (2, 4, V) and torch.isfinite(logits.float()).all()
     assert all(s.dtype in (torch.float32, torch.long) for s in state)  # states stay exact between calls
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_weight_drop_masks_the_recurrent_weights_only_while_training(kind, layers):
+    plain = make(kind, num_layers=layers).train()
+    dropped = make(kind, num_layers=layers, weight_drop=0.5).train()  # same seed: same weights
+    idx = torch.randint(0, V, (3, 6))
+    # Without a mask (eval mode) the two are the same model.
+    torch.testing.assert_close(plain.eval()(idx)[0], dropped.eval()(idx)[0])
+    # The fused kernel with the weight list computes what nn.LSTM/GRU compute (weight drop → 0).
+    zero = make(kind, num_layers=layers, weight_drop=1e-12).train()
+    torch.testing.assert_close(zero(idx)[0], plain.train()(idx)[0])
+    # While training the mask changes the function, and W_hh still gets its gradient.
+    torch.manual_seed(1)
+    logits, _ = dropped.train()(idx)
+    assert not torch.allclose(logits, plain(idx)[0])
+    logits.square().sum().backward()
+    assert all(getattr(dropped.rnn, f"weight_hh_l{i}").grad.abs().sum() > 0 for i in range(layers))
 
 
 # ------------------------------------------------------------------------------ the lecture's equations

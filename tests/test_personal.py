@@ -213,7 +213,8 @@ def personal_client(lines_model_dir):
 
     from nextchar.service import ServiceSettings, create_app
 
-    settings = ServiceSettings(cache_mb=2, personal_users=2, max_chars=12, beam_width=4)
+    settings = ServiceSettings(cache_mb=2, personal_users=2, max_chars=12, beam_width=4,
+                               precision="fp32")  # personal weights are fp32: compare like with like
     with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)) as client:
         yield client
 

@@ -365,6 +365,47 @@ def test_prepare_train_eval_round_trip(capsys, tmp_path, write_file):
     assert "trained 6 steps" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", [PROSE * 3 + UNICODE, NAMES * 3 + LINES_UNICODE], ids=["text", "lines"])
+def test_eval_of_a_prepared_directory_equals_eval_of_its_file(capsys, tmp_path, write_file, content):
+    corpus = write_file("corpus.txt", content)
+    assert main(["prepare", str(corpus), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert main(train_argv(tmp_path / "p", tmp_path / "run")) == 0
+    capsys.readouterr()
+
+    def report(*argv: str) -> dict:
+        assert main(["eval", *argv, "-m", str(tmp_path / "run"), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    from_file = report(str(corpus))
+    from_dir = report(str(tmp_path / "p"))
+    assert from_dir["chars"] == from_file["chars"]
+    assert from_dir["bpc"] == pytest.approx(from_file["bpc"], rel=1e-6)
+    assert from_dir["top1"] == from_file["top1"]
+    # A corpus prepared with a vocabulary of its own (other characters, other indices) is
+    # translated into the model's: characters the model never saw count as <unk>, as in the file.
+    other = write_file("other.txt", "Zebra quotes ¿¡ " + content[::-1])
+    assert main(["prepare", str(other), "--out", str(tmp_path / "q"), "--quiet", "--format",
+                 PreparedCorpus.open(tmp_path / "p").format]) == 0
+    capsys.readouterr()
+    assert report(str(tmp_path / "q")) == pytest.approx(report(str(other)), rel=1e-6)
+
+
+def test_eval_of_a_prepared_directory_bad_input(capsys, tmp_path, write_file, prepared_dir):
+    assert main(train_argv(prepared_dir, tmp_path / "run")) == 0
+    capsys.readouterr()
+    model = ["-m", str(tmp_path / "run")]
+    assert main(["eval", str(prepared_dir), *model, "--format", "lines"]) == 2
+    assert "was prepared in text format, not lines" in capsys.readouterr().err
+    assert main(["eval", str(prepared_dir), *model, "--adapt"]) == 2
+    assert "--adapt reads a text file, not a prepared directory" in capsys.readouterr().err
+    prepare([str(write_file("lecture.txt", PROSE))], tmp_path / "lecture", alphabet="lecture", progress=False)
+    assert main(["eval", str(tmp_path / "lecture"), *model]) == 2
+    assert "prepared with the lecture alphabet, the model uses the corpus alphabet" in capsys.readouterr().err
+    (prepared_dir / TOKENS_NAME).write_bytes((prepared_dir / TOKENS_NAME).read_bytes()[:-3])
+    assert main(["eval", str(prepared_dir), *model]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ constant memory
 
 

@@ -34,7 +34,7 @@ from nextchar.service import (
     query_problem,
 )
 
-SMALL = ServiceSettings(cache_mb=2)
+SMALL = ServiceSettings(cache_mb=2, precision="fp32")  # exact: answers are compared with an fp32 Completer
 
 
 @pytest.fixture(scope="module", params=["text", "lines"])
@@ -257,12 +257,17 @@ def test_a_failing_model_is_a_500_and_the_server_goes_on(text_model_dir: Path, m
                                                          caplog: pytest.LogCaptureFixture) -> None:
     completer = Completer(load_checkpoint(text_model_dir))
     with TestClient(create_app(completer, settings=SMALL)) as c:
-        monkeypatch.setattr(completer, "suggest", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(completer, "suggest_steps", lambda *a, **k: 1 / 0)  # the search fails
         r = c.get("/api/complete", params={"q": "boom"})
         assert r.status_code == 500 and r.json() == {"detail": "internal error"}
         assert "ZeroDivisionError" in caplog.text
         monkeypatch.undo()
+        monkeypatch.setattr(completer.model, "forward", lambda *a, **k: [][0])  # the model itself fails
+        r = c.get("/suggest", params={"q": "boom!"})
+        assert r.status_code == 500 and "IndexError" in caplog.text
+        monkeypatch.undo()
         assert c.get("/api/complete", params={"q": "boom"}).status_code == 200
+        assert c.get("/suggest", params={"q": "boom!"}).status_code == 200
 
 
 def test_overload_is_a_503(text_model_dir: Path) -> None:
