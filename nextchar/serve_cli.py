@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nextchar.checkpoint import load_checkpoint
     from nextchar.lexicon import Lexicon
-    from nextchar.service import ENV_SETTINGS, ServiceSettings, create_app
+    from nextchar.service import ENV_SETTINGS, ServiceSettings, create_app, tune_gc_for_serving
 
     for name in ("workers", "threads", "max_query", "max_pending", "limit_concurrency", "default_k", "beam",
                  "max_chars", "max_words", "max_batch"):
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                   proxy_headers=True, server_header=False)
     try:
         if args.workers == 1:
+            tune_gc_for_serving()
             config = uvicorn.Config(create_app(ckpt=ckpt, settings=settings), lifespan="on", **common)
             uvicorn.Server(config).run(sockets=[sock])
         else:

@@ -32,6 +32,7 @@ weights (faster steps for large batches, slower for one row: no faster overall h
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time, and their parameter types are local to create_app.
 import asyncio
+import gc
 import inspect
 import json
 import logging
@@ -699,6 +700,18 @@ def create_app(completer: Completer | None = None, *, ckpt: Checkpoint | None = 
     return app
 
 
+def tune_gc_for_serving() -> None:
+    """Run Python's cyclic garbage collector less often in a serving process.
+
+    Why: the caches hold hundreds of thousands of small objects (states, search trees,
+    answers), and with the default thresholds a collection that scans them pauses a request
+    for 80–130 ms now and then (measured: the pauses vanish with the collector off). The
+    objects are freed by reference counting anyway; cycles are rare, so collecting them
+    every 20,000 allocations instead of 700 loses nothing.
+    """
+    gc.set_threshold(20_000, 10, 10)
+
+
 def app_from_env() -> FastAPI:
     """The application for a worker process (`nextchar serve --workers N`): settings from the environment."""
     text = os.environ.get(ENV_SETTINGS)
@@ -707,4 +720,5 @@ def app_from_env() -> FastAPI:
         import torch
 
         torch.set_num_threads(settings.threads)
+    tune_gc_for_serving()
     return create_app(settings=settings)
