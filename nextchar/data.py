@@ -121,6 +121,12 @@ class LineBatches:
         return Batch(x, y, reset=True)
 
 
+def stream_eval_shape(n_targets: int, n_streams: int) -> tuple[int, int]:
+    """(streams, length of each) of `stream_eval_layout` for a stream of n_targets targets."""
+    n_streams = max(1, min(n_streams, n_targets))
+    return n_streams, -(-n_targets // n_streams)
+
+
 def stream_eval_layout(data: Tensor, n_streams: int) -> tuple[Tensor, Tensor]:
     """Cut an evaluation stream into n contiguous streams covering every target exactly once.
 
@@ -130,8 +136,7 @@ def stream_eval_layout(data: Tensor, n_streams: int) -> tuple[Tensor, Tensor]:
     """
     inputs, targets = data[:-1], data[1:]
     n_targets = len(targets)
-    n_streams = max(1, min(n_streams, n_targets))
-    length = -(-n_targets // n_streams)
+    n_streams, length = stream_eval_shape(n_targets, n_streams)
     pad = n_streams * length - n_targets
     x = torch.cat([inputs, torch.full((pad,), END, dtype=torch.long)]).view(n_streams, length)
     y = torch.cat([targets, torch.full((pad,), IGNORE, dtype=torch.long)]).view(n_streams, length)

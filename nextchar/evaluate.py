@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nextchar.data import IGNORE, frame_lines
+from nextchar.data import IGNORE, frame_lines, stream_eval_shape
 from nextchar.models import CharModel
 from nextchar.text import END
 
@@ -84,8 +84,7 @@ def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int 
     model.eval()
     device = model.device
     n_targets = len(data) - 1
-    n_streams = max(1, min(n_streams, n_targets))
-    length = -(-n_targets // n_streams) if n_targets > 0 else 0
+    n_streams, length = stream_eval_shape(n_targets, n_streams)
     first = torch.arange(n_streams)[:, None] * length  # stream i predicts targets [i·L, (i+1)·L)
     state = model.initial_state(n_streams, device)
     tally = _Tally()
