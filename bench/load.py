@@ -255,8 +255,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     parser.add_argument("--cache-mb", type=float, default=256.0, help="server cache bound (default 256)")
     parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="fp32",
-                        help="the server's --precision (default fp32)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                        help="the server's --precision (default auto)")
     parser.add_argument("-k", type=int, default=8, help="suggestions per request (default 8)")
     parser.add_argument("--pool", type=int, default=2000, help="distinct queries per level (default 2000)")
     parser.add_argument("--zipf", type=float, default=1.0,

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nextchar.beam import run_model
 from nextchar.models import ModelConfig, build_model
+from nextchar.stepper import run_model
 
 
 def per_step_ms(fn, steps: int, rounds: int) -> float:

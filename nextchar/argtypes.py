@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 
+# --precision of the commands that search (nextchar.stepper.PRECISIONS; spelled out here so
+# that building a parser does not import torch).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISION_HELP = ("of the search's matrix products: fp32 (exact), bf16, int8 (suggestions can differ in near "
+                  "ties), or auto = int8 for lstm/gru models where PyTorch has x86 int8 kernels (default auto)")
+
 
 def whole_number(text: str) -> int:
     try:

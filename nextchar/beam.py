@@ -36,14 +36,14 @@ from __future__ import annotations
 import heapq
 import math
 import unicodedata
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from nextchar.models import CharModel, State, stack_states
+from nextchar.models import State, stack_states
 from nextchar.text import END, START, UNK, Vocabulary
 
 MODES = ("word", "line", "phrase")
@@ -126,37 +126,18 @@ def symbol_logprobs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
-def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, State]:
-    """model(idx, state), with oneDNN (mkldnn) off for short inputs to an fp32 model.
-
-    Why: PyTorch's oneDNN LSTM pays about 2 ms of set-up per call, whatever the length:
-    measured here, one step of the default 2×384 LSTM for 8 hypotheses took 2.5 ms with it
-    and 0.8 ms without; it only wins on long reads (2,048 characters: 175 vs 309 ms).
-    With bf16 weights it is the other way round: without oneDNN a step takes about 3× as
-    long as with it (bench/step.py).
-    """
-    weight = next(model.parameters(), None)
-    if idx.shape[1] > 64 or (weight is not None and weight.dtype == torch.bfloat16):
-        return model(idx, state)
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        return model(idx, state)
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 # A search is written as a generator that yields each model call it needs, (inputs (n, T),
 # states of n rows), and is sent back (logits (n, T, V), new states). One search alone is
 # driven by `drive`; several by `drive_together`, which answers one round of their requests
 # with ONE forward call: the concurrent requests of a server share a batch.
 ModelCall = tuple[Tensor, State]
+Forward = Callable[[Tensor, State], tuple[Tensor, State]]  # model(idx, state), e.g. a stepper.Stepper
 Steps = Generator[ModelCall, tuple[Tensor, State], Any]
 R = TypeVar("R")
 
 
 @torch.inference_mode()
-def drive(model: CharModel, steps: Generator[ModelCall, tuple[Tensor, State], R]) -> R:
+def drive(forward: Forward, steps: Generator[ModelCall, tuple[Tensor, State], R]) -> R:
     """Run one search to its end, one model call per request.
 
     The whole search runs in inference mode here, in the driver: a generator must not enter
@@ -165,13 +146,13 @@ def drive(model: CharModel, steps: Generator[ModelCall, tuple[Tensor, State], R]
     try:
         call = next(steps)
         while True:
-            call = steps.send(run_model(model, *call))
+            call = steps.send(forward(*call))
     except StopIteration as done:
         return done.value
 
 
 @torch.inference_mode()
-def drive_together(model: CharModel, searches: Sequence[Steps]) -> list[Any]:
+def drive_together(forward: Forward, searches: Sequence[Steps]) -> list[Any]:
     """Run several searches in lockstep; each round of their model calls is one batched call.
 
     Returns each search's result, or the exception it raised (one failing search does not
@@ -199,7 +180,7 @@ def drive_together(model: CharModel, searches: Sequence[Steps]) -> list[Any]:
             calls = [waiting.pop(i) for i in group]
             inputs = torch.cat([c[0] for c in calls]) if len(calls) > 1 else calls[0][0]
             state = stack_states([c[1] for c in calls]) if len(calls) > 1 else calls[0][1]
-            logits, new_state = run_model(model, inputs, state)
+            logits, new_state = forward(inputs, state)
             lo = 0
             for i, (rows, _) in zip(group, calls, strict=True):
                 hi = lo + rows.shape[0]
@@ -211,12 +192,40 @@ def drive_together(model: CharModel, searches: Sequence[Steps]) -> list[Any]:
     return results
 
 
-@dataclass
 class Node:
-    """The model after reading some text: its state s_t (batch of 1) and log p_t."""
+    """The model after reading some text: its state s_t (batch of 1) and log p_t (V,).
 
-    state: State
-    logprobs: Tensor  # (V,)
+    `Node.row(states, logprobs, r)` is row r of a batch, sliced when first read: a search makes
+    a node for every hypothesis of every step, and only a few are ever read again.
+    """
+
+    __slots__ = ("_batch", "_logprobs", "_row", "_state")
+
+    def __init__(self, state: State, logprobs: Tensor):
+        self._state: State | None = state
+        self._logprobs: Tensor | None = logprobs
+        self._batch: tuple[State, Tensor] | None = None
+        self._row = 0
+
+    @classmethod
+    def row(cls, states: State, logprobs: Tensor, row: int) -> Node:
+        node = cls.__new__(cls)
+        node._state = node._logprobs = None
+        node._batch, node._row = (states, logprobs), row
+        return node
+
+    @property
+    def state(self) -> State:
+        if self._state is None:
+            states, _ = self._batch  # type: ignore[misc]
+            self._state = tuple(s[self._row : self._row + 1] for s in states)
+        return self._state
+
+    @property
+    def logprobs(self) -> Tensor:
+        if self._logprobs is None:
+            self._logprobs = self._batch[1][self._row]  # type: ignore[index]
+        return self._logprobs
 
 
 @dataclass
@@ -328,12 +337,10 @@ def beam_steps(
     alpha = settings.length_alpha
     in_word0 = bool(context) and not is_boundary(context[-1])
     beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], root.state, root.logprobs.unsqueeze(0))
-    finished: list[Candidate] = []
-
-    def finish(text: str, logprob: float, symbols: int) -> None:
-        if logprob == -math.inf:
-            return
-        finished.append(Candidate(text, logprob, symbols, logprob / max(symbols, 1) ** alpha))
+    # Without a lexicon the search's score is the final ranking (completion.py): only the k
+    # best can ever be shown, so only they are kept.
+    finished = _Finished(alpha, top=k if lexicon is None else None)
+    finish = finished.add
 
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
     for _ in range(max_steps + 1):
@@ -346,21 +353,54 @@ def beam_steps(
             break
         # Early stop: k finished and no live hypothesis would score as well even if it ended now
         # (exact for α = 0 because log-probabilities only fall; the usual heuristic otherwise).
-        if len(finished) >= k:
-            kth = heapq.nlargest(k, (c.score for c in finished))[-1]
+        kth = finished.kth(k)
+        if kth > -math.inf:
             best_live = max(lp / (len(beam.texts[h]) + 2) ** alpha for h, _, _, lp in chosen)
             if best_live < kth:
                 break
         beam = yield from _expand(table, beam, chosen, known, tree)
-    finished.sort(key=lambda c: -c.score)
-    seen: set[str] = set()
-    unique = []
-    for cand in finished:
-        key = cand.completion.rstrip()
-        if key not in seen:  # no two suggestions that differ only in trailing whitespace
-            seen.add(key)
-            unique.append(cand)
-    return unique, tree
+    return finished.ranked(), tree
+
+
+class _Finished:
+    """The finished hypotheses, one per suggestion: completions that differ only in trailing
+    whitespace are one suggestion, and the better-scoring of them stands for it.
+
+    With `top`, only the `top` best suggestions are kept (ties included): a candidate below
+    the top-th can never be shown, and the k-th best score is then at hand for early stopping.
+    """
+
+    def __init__(self, alpha: float, top: int | None):
+        self.alpha, self.top = alpha, top
+        self.best: dict[str, Candidate] = {}
+        self.floor = -math.inf  # with `top`: the top-th best score, once there are that many
+
+    def add(self, text: str, logprob: float, symbols: int) -> None:
+        if logprob == -math.inf:
+            return
+        score = logprob / max(symbols, 1) ** self.alpha
+        if score < self.floor:
+            return
+        key = text.rstrip()
+        old = self.best.get(key)
+        if old is not None and old.score >= score:
+            return
+        self.best[key] = Candidate(text, logprob, symbols, score)
+        if self.top is not None and len(self.best) >= self.top:
+            self.floor = heapq.nlargest(self.top, (c.score for c in self.best.values()))[-1]
+            if len(self.best) > self.top:
+                self.best = {key: c for key, c in self.best.items() if c.score >= self.floor}
+
+    def kth(self, k: int) -> float:
+        """The k-th best score (−inf while there are fewer than k)."""
+        if len(self.best) < k:
+            return -math.inf
+        if self.top == k:
+            return self.floor
+        return heapq.nlargest(k, (c.score for c in self.best.values()))[-1]
+
+    def ranked(self) -> list[Candidate]:
+        return sorted(self.best.values(), key=lambda c: -c.score)
 
 
 def _free_step(beam: _Beam, table: SymbolTable, mode: str, settings: SearchSettings, width: int,
@@ -467,10 +507,10 @@ def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, f
         new_lp = symbol_logprobs(logits[:, -1])
         if len(missing) == len(chosen):
             for row, text in enumerate(texts):
-                tree[text] = Node(tuple(s[row : row + 1] for s in new_state), new_lp[row])
+                tree[text] = Node.row(new_state, new_lp, row)
             return _Beam(texts, lps, words, in_word, new_state, new_lp)
         for row, i in enumerate(missing):
-            nodes[i] = Node(tuple(s[row : row + 1] for s in new_state), new_lp[row])
+            nodes[i] = Node.row(new_state, new_lp, row)
     for text, node in zip(texts, nodes, strict=True):
         tree[text] = node
     state = tuple(torch.cat(parts, dim=0) for parts in zip(*(n.state for n in nodes), strict=True))

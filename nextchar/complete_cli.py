@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from nextchar.argtypes import add_model_option
+from nextchar.argtypes import PRECISION_HELP, PRECISIONS, add_model_option
 from nextchar.argtypes import finite_number as _number
 from nextchar.argtypes import whole_number as _int
 from nextchar.errors import UserError
@@ -33,6 +33,7 @@ def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
                    help="length normalisation: score = logprob / symbols^alpha (default 0)")
     g.add_argument("--threads", type=_int, default=1,
                    help="torch threads (default 1: a keystroke's small batches run fastest on one)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def _typo_options(p: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def build_completer(args: argparse.Namespace):
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
     return Completer(ckpt, lexicon=lexicon, beam_width=args.beam, max_chars=args.max_chars,
                      max_words=args.max_words, length_alpha=args.alpha, lexicon_weight=args.lexicon_weight,
-                     typo_penalty=getattr(args, "typo_penalty", 4.0))
+                     typo_penalty=getattr(args, "typo_penalty", 4.0), precision=args.precision)
 
 
 # ---------------------------------------------------------------------------------- complete
@@ -153,7 +154,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
             window_ckpt = load_checkpoint(args.baseline_window)
             window = Completer(window_ckpt, lexicon=completer.lexicon, beam_width=args.beam,
                                max_chars=args.max_chars, max_words=args.max_words, length_alpha=args.alpha,
-                               lexicon_weight=args.lexicon_weight)
+                               lexicon_weight=args.lexicon_weight, precision=args.precision)
             predictors.append(CompleterPredictor(window, args.mode, k,
                                                  name=f"baseline ({window_ckpt.model.config.kind})"))
     personal = None

@@ -13,6 +13,12 @@ batched step per character of the longest completion (beam.py), and reuse the pr
 keystroke's search: when the typed character continues a hypothesis of the previous beam,
 that hypothesis's states are taken instead of recomputed.
 
+Precision. `precision` is that of the one-character steps' matrix products (stepper.py):
+"fp32" (the default here) computes exactly the model's function; "int8" and "bf16" keep
+low-precision copies of the recurrent weights, about 1.6× and 1.2× faster per keystroke on
+this CPU, and may swap near ties; "auto" is int8 where PyTorch has its x86 int8 kernels. The
+commands and the service use "auto". Reads of longer texts are always fp32.
+
 Bounds. The model reads at most the last `max_context` characters of a text it has to read
 from scratch (a million-character paste costs `max_context` steps); a session keeps at most
 `max_stack` states, thinning the oldest (backspacing into a thinned stretch re-reads at most
@@ -36,7 +42,6 @@ correction (by more than typo_penalty nats, 4 by default: 55×) — "teh" become
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import unicodedata
@@ -56,7 +61,6 @@ from nextchar.beam import (
     beam_steps,
     drive,
     drive_together,
-    run_model,
     symbol_logprobs,
     word_start,
 )
@@ -64,8 +68,8 @@ from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.errors import UserError
 from nextchar.lexicon import Lexicon
 from nextchar.models import CharModel, State, stack_states
+from nextchar.stepper import PRECISIONS, Stepper
 from nextchar.text import END, START
-from nextchar.training import cpu_has_bf16
 from nextchar.typos import ranked_edits
 
 K_MAX = 50  # larger k is clamped: a drop-down longer than this is not a drop-down
@@ -149,18 +153,13 @@ class Completer:
                              ("typo_penalty", typo_penalty)):
             if not (isinstance(number, int | float) and math.isfinite(number) and number >= 0):
                 raise UserError(f"{name} must be a finite number ≥ 0, not {number!r}")
-        if precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be {', '.join(PRECISIONS)}, not {precision!r}")
         self.ckpt = ckpt if ckpt is not None else load_checkpoint(None)
         self.model = self.ckpt.model.eval()
-        if precision == "bf16" or (precision == "auto" and self.model.config.kind in ("lstm", "gru")
-                                   and self.model.device.type == "cpu" and cpu_has_bf16()):
-            # bf16 weights halve what every step reads and run on the CPU's bf16 units: measured
-            # here (bench/step.py) a step for 64 hypotheses 1.8× faster, for 8 about the same,
-            # for 1 row 2.4× slower. The states stay fp32 between steps; ckpt.model keeps the
-            # fp32 weights.
-            self.model = copy.deepcopy(self.model).to(torch.bfloat16)
-        self.precision = "bf16" if self.model is not self.ckpt.model else "fp32"
+        # model(idx, state), one character fast (stepper.py); precision: of its matrix products
+        self.forward = Stepper(self.model, precision)
+        self.precision = self.forward.precision
         self.vocab = self.ckpt.vocab
         self.format = self.ckpt.format
         self.table = SymbolTable(self.vocab, self.format)
@@ -203,14 +202,14 @@ class Completer:
     def _read(self, text: str) -> Node:
         """Read "^" + text from s_0 in one forward call."""
         idx = torch.tensor([[START, *self.table.encode(text)]], dtype=torch.long)
-        logits, state = run_model(self.model, idx, self.model.initial_state(1))
+        logits, state = self.forward(idx, self.model.initial_state(1))
         return Node(state, symbol_logprobs(logits[0, -1]))
 
     @torch.inference_mode()
     def _advance(self, node: Node, chars: str) -> Node:
         """Read `chars` on from `node` in one forward call (one model step per character)."""
         idx = torch.tensor([self.table.encode(chars)], dtype=torch.long)
-        logits, state = run_model(self.model, idx, node.state)
+        logits, state = self.forward(idx, node.state)
         return Node(state, symbol_logprobs(logits[0, -1]))
 
     def _node(self, prepared: str) -> Node:
@@ -258,7 +257,7 @@ class Completer:
     def suggest(self, text: str, k: int = 5, mode: str = "line", typos: bool = False) -> list[Suggestion]:
         """The k best suggestions after `text`, best first (see the module docstring for the scores)."""
         with self._lock:
-            return drive(self.model, self.suggest_steps(text, k, mode, typos))
+            return drive(self.forward, self.suggest_steps(text, k, mode, typos))
 
     def suggest_many(self, queries: Sequence[tuple[str, int, str, bool]]) -> list[list[Suggestion] | Exception]:
         """suggest(text, k, mode, typos) for each query, their beams batched into shared model calls.
@@ -271,7 +270,7 @@ class Completer:
     def drive_together(self, searches: Sequence[Generator[ModelCall, tuple, object]]) -> list:
         """Run generators built on `suggest_steps` in lockstep (beam.drive_together), under the lock."""
         with self._lock:
-            return drive_together(self.model, searches)
+            return drive_together(self.forward, searches)
 
     def suggest_steps(self, text: str, k: int = 5, mode: str = "line",
                       typos: bool = False) -> Generator[ModelCall, tuple, list[Suggestion]]:
@@ -333,9 +332,10 @@ class Completer:
         if model.config.vocab_size != len(self.vocab):
             raise UserError(f"the model has {model.config.vocab_size} symbols, the vocabulary {len(self.vocab)}")
         ckpt = Checkpoint(model, self.vocab, self.format, self.ckpt.meta, self.ckpt.path)
-        # The model is used as given (fp32): its owner may change its weights (nextchar.personal).
+        # The same precision: the stepper's low-precision copies follow the weights if their
+        # owner changes them (nextchar.personal adapts in place).
         clone = Completer(ckpt, cache_size=self.cache_size if cache_size is None else cache_size, **self._options,
-                          precision="fp32")
+                          precision=self.precision)
         clone.lexicon = self.lexicon  # already mapped to the vocabulary
         clone.settings = replace(self.settings)
         return clone
@@ -413,7 +413,7 @@ class Completer:
                                                                                                 strict=True))
                 continue
             inputs = torch.tensor([self.table.encode(e.new + prepared[e.end:]) for e in group], dtype=torch.long)
-            logits, state = run_model(self.model, inputs, stack_states([s.state for s in starts]))
+            logits, state = self.forward(inputs, stack_states([s.state for s in starts]))
             logprobs = symbol_logprobs(logits)
             for g, (edit, start) in enumerate(zip(group, starts, strict=True)):
                 lp = float(start.logprobs[inputs[g, 0]])
@@ -540,7 +540,7 @@ class TypingSession:
                 parent = self._stack[-2]
                 if parent.tree is not None and parent.pos == top.pos - 1:
                     known = _subtree(parent.tree, self._prepared[-1])
-            result, tree = drive(c.model, c._complete(top.node, self._prepared, self.text, mode, k, bool(typos),
+            result, tree = drive(c.forward, c._complete(top.node, self._prepared, self.text, mode, k, bool(typos),
                                                       known if c.reuse else None, self._path))
             if c.reuse:
                 top.tree = {**known, **tree} if known else tree

@@ -6,7 +6,7 @@ import argparse
 import socket
 import sys
 
-from nextchar.argtypes import add_model_option
+from nextchar.argtypes import PRECISION_HELP, PRECISIONS, add_model_option
 from nextchar.argtypes import finite_number as _number
 from nextchar.argtypes import whole_number as _int
 from nextchar.errors import UserError
@@ -44,9 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
     g.add_argument("--max-batch", type=_int, default=16, metavar="N",
                    help="queued searches run together, sharing model calls (default 16; 1: one at a time)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="fp32",
-                   help="weights for serving: fp32, bf16, or auto = bf16 on CPUs with bf16 units for lstm/gru "
-                        "models (suggestions can differ in near ties; measured no faster here) (default fp32)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     g = p.add_argument_group("server")
     g.add_argument("--threads", type=_int, default=1,
                    help="torch threads per process (default 1: a keystroke's small batches run fastest on one)")

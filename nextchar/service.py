@@ -25,8 +25,8 @@ keystroke's small batches run fastest on one core; the event loop stays free to 
 requests, answer cached ones, serve /healthz and deal with slow clients meanwhile.
 Requests that queue up while the model thread is busy are taken together: their beam
 searches run in lockstep and share one model call per step (beam.drive_together), which on
-a CPU costs less than one call per request (bench/step.py). --precision bf16 serves bf16
-weights (faster steps for large batches, slower for one row: no faster overall here).
+a CPU costs less than one call per request (bench/step.py). --precision (default auto: int8
+for LSTM/GRU models on x86) is that of the search's matrix products (nextchar.stepper).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
@@ -103,7 +103,7 @@ class ServiceSettings:
     threads: int | None = None  # torch threads, set by app_from_env in each worker process (None: leave as is)
     personal_users: int = 0  # >0: per-user adapted weights for this many people (nextchar.personal_service)
     max_batch: int = 16  # searches run together on the model thread at most (1: one at a time)
-    precision: str = "fp32"  # weights for serving: fp32 | bf16 | auto (bf16 on CPUs with bf16 units, lstm/gru)
+    precision: str = "auto"  # of the search's matrix products: auto | fp32 | bf16 | int8 (nextchar.stepper)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -36,6 +36,26 @@ PROSE = (
 NAMES = "emma\nolivia\nava\nisabella\nsophia\ncharlotte\nmia\namelia\nharper\nevelyn\nabigail\nemily\n"
 
 
+class CallCounter:
+    """Counts the model calls of completers (through their `forward`) and the characters read."""
+
+    def __init__(self, *completers: object) -> None:
+        self.calls = self.steps = 0
+        for completer in completers:
+            completer.forward = self._counting(completer.forward)  # type: ignore[attr-defined]
+
+    def _counting(self, forward: Callable) -> Callable:
+        def counted(idx: torch.Tensor, state: tuple) -> object:
+            self.calls += 1
+            self.steps += idx.shape[1]
+            return forward(idx, state)
+
+        return counted
+
+    def reset(self) -> None:
+        self.calls = self.steps = 0
+
+
 def model_config(kind: str, **overrides: object) -> ModelConfig:
     """A tiny model of `kind` (vocab_size is filled in by train / the test)."""
     kind, _, nonlinearity = kind.partition("-")  # "rnn-relu" → rnn with f1 = relu

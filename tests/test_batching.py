@@ -11,13 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import PROSE, model_config, train_config
+from conftest import PROSE, CallCounter, model_config, train_config
 
+from nextchar import argtypes, stepper
 from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.completion import Completer
 from nextchar.errors import UserError
 from nextchar.service import ServiceSettings, build_engine, create_app
-from nextchar.training import cpu_has_bf16, train
+from nextchar.stepper import auto_precision
+from nextchar.training import train
 
 QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4, "word", False),
            ("the sea", 2, "line", True), ("wors", 5, "phrase", True), ("It was", 1, "phrase", False)]
@@ -29,15 +31,6 @@ def prose_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     cut = int(0.9 * len(PROSE))
     train(PROSE[:cut], PROSE[cut:], out, train_config(steps=30), model_config(request.param), "text", progress=False)
     return load_checkpoint(out)
-
-
-class ForwardCounter:
-    def __init__(self, model: torch.nn.Module):
-        self.calls = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, *_: object) -> None:
-        self.calls += 1
 
 
 def same(a: list, b: list) -> None:
@@ -52,7 +45,7 @@ def test_suggest_many_equals_suggest_one_by_one_with_fewer_model_calls(prose_ckp
     for text, *_ in QUERIES:  # the same states cached in both: only the searches differ
         alone.state_after(text)
         together.state_after(text)
-    counter = ForwardCounter(prose_ckpt.model)
+    counter = CallCounter(alone, together)
     expected, calls_alone = [], []
     for query in QUERIES:
         counter.calls = 0
@@ -81,27 +74,30 @@ def test_one_bad_query_fails_alone(prose_ckpt: Checkpoint) -> None:
     same(results[3], results[0])
 
 
-def test_bf16_weights_serve_nearly_the_same_suggestions(prose_ckpt: Checkpoint) -> None:
-    if prose_ckpt.model.config.kind == "rnn":
-        assert Completer(prose_ckpt, precision="auto").precision == "fp32"  # measured for lstm/gru only
-    half, full = Completer(prose_ckpt, precision="bf16"), Completer(prose_ckpt)
-    assert half.precision == "bf16" and full.precision == "fp32"
-    assert next(half.model.parameters()).dtype == torch.bfloat16
-    assert next(prose_ckpt.model.parameters()).dtype == torch.float32  # the checkpoint's model is untouched
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_steps_serve_nearly_the_same_suggestions(prose_ckpt: Checkpoint, precision: str) -> None:
+    gated = prose_ckpt.model.config.kind != "rnn"
+    low, full = Completer(prose_ckpt, precision=precision), Completer(prose_ckpt)
+    assert full.precision == "fp32" and low.precision == (precision if gated else "fp32")  # lstm/gru only
+    assert Completer(prose_ckpt, precision="auto").precision == auto_precision(prose_ckpt.model)
+    assert low.model is prose_ckpt.model  # the low-precision copies are the stepper's own
+    assert next(prose_ckpt.model.parameters()).dtype == torch.float32
     for text in ("it was the ", "wor", ""):
-        a, b = half.next_chars(text, 3), full.next_chars(text, 3)
+        a, b = low.next_chars(text, 3), full.next_chars(text, 3)
         assert a[0][0] == b[0][0] and a[0][1] == pytest.approx(b[0][1], abs=0.03)
-        best_half, best_full = half.suggest(text, 1, "word")[0], full.suggest(text, 1, "word")[0]
-        # Near ties may swap: bf16's choice is at most a little less likely under fp32 weights.
+        best_low, best_full = low.suggest(text, 1, "word")[0], full.suggest(text, 1, "word")[0]
+        # Near ties may swap: the low-precision choice is at most a little less likely in fp32.
         ranked = {s.text: s.logprob for s in full.suggest(text, 8, "word")}
-        assert best_half.text in ranked and ranked[best_half.text] >= best_full.logprob - 0.1
-        assert best_half.logprob == pytest.approx(ranked[best_half.text], abs=0.1)
-    # A copy for other weights (per-person adaptation) computes in the weights it is given.
-    assert half.with_model(prose_ckpt.model).precision == "fp32"
-    with pytest.raises(UserError, match="precision must be auto, bf16 or fp32"):
+        assert best_low.text in ranked and ranked[best_low.text] >= best_full.logprob - 0.1
+        assert best_low.logprob == pytest.approx(ranked[best_low.text], abs=0.1)
+    # A copy for other weights (per-person adaptation) keeps the precision.
+    assert low.with_model(prose_ckpt.model).precision == low.precision
+    with pytest.raises(UserError, match="precision must be auto, fp32, bf16, int8"):
         Completer(prose_ckpt, precision="fp16")
-    if cpu_has_bf16() and prose_ckpt.model.config.kind != "rnn":
-        assert Completer(prose_ckpt, precision="auto").precision == "bf16"
+
+
+def test_the_commands_offer_the_steppers_precisions() -> None:
+    assert argtypes.PRECISIONS == stepper.PRECISIONS
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +122,7 @@ def test_jobs_queued_together_run_in_batches_of_at_most_max_batch(prose_dir: Pat
     ckpt = load_checkpoint(prose_dir)
     engine = build_engine(ServiceSettings(cache_mb=2, precision="fp32", max_batch=max_batch), ckpt=ckpt)
     reference = Completer(load_checkpoint(prose_dir))
-    calls = ForwardCounter(ckpt.model)
+    calls = CallCounter(engine.completer)
 
     async def queue_all() -> list:
         gate = threading.Event()
@@ -142,7 +138,7 @@ def test_jobs_queued_together_run_in_batches_of_at_most_max_batch(prose_dir: Pat
         assert json.loads(body)[:2] == [q, opensearch_texts(reference, q)]
     # Each search's own model calls: its text read (one call) + one per step of its beam.
     fresh = Completer(load_checkpoint(prose_dir), reuse=False)
-    alone = ForwardCounter(fresh.ckpt.model)
+    alone = CallCounter(fresh)
     steps = []
     for q in PREFIXES:
         fresh.state_after(q)

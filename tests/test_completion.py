@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NAMES, PROSE, model_config, train_config
+from conftest import NAMES, PROSE, CallCounter, model_config, train_config
 
 from nextchar.beam import is_boundary, is_extender, is_regional_indicator, needs_continuation
 from nextchar.checkpoint import Checkpoint, load_checkpoint
@@ -34,22 +34,6 @@ def text_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
     cut = int(0.9 * len(PROSE))
     train(PROSE[:cut], PROSE[cut:], out, train_config(steps=30), model_config("gru"), "text", progress=False)
     return load_checkpoint(out)
-
-
-class CallCounter:
-    """Counts the model's forward calls and the characters they read."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.calls = 0
-        self.steps = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple, output: object) -> None:
-        self.calls += 1
-        self.steps += args[0].shape[1]
-
-    def reset(self) -> None:
-        self.calls = self.steps = 0
 
 
 def reference_logprob(ckpt: Checkpoint, text: str, completion: str) -> tuple[float, torch.Tensor]:
@@ -170,7 +154,7 @@ def test_session_matches_stateless_suggestions(lines_ckpt: Checkpoint) -> None:
 
 def test_a_keystroke_costs_one_model_step_whatever_the_length(text_ckpt: Checkpoint) -> None:
     completer = Completer(text_ckpt)
-    counter = CallCounter(completer.model)
+    counter = CallCounter(completer)
     session = completer.session()
     for length in (10, 1000):
         session.set_text(PROSE[:length])
@@ -187,7 +171,7 @@ def test_a_keystroke_costs_one_model_step_whatever_the_length(text_ckpt: Checkpo
 
 def test_typing_a_character_the_beam_already_explored_is_free(lines_ckpt: Checkpoint) -> None:
     completer = Completer(lines_ckpt)
-    counter = CallCounter(completer.model)
+    counter = CallCounter(completer)
     session = completer.session()
     session.type("is")
     first = session.suggest(5)
@@ -198,7 +182,7 @@ def test_typing_a_character_the_beam_already_explored_is_free(lines_ckpt: Checkp
     reused = session.suggest(5)
     reused_calls = counter.calls
     plain = Completer(lines_ckpt, reuse=False)
-    counter_plain = CallCounter(plain.model)
+    counter_plain = CallCounter(plain)
     want = plain.suggest("is" + ch, 5)
     assert [s.text for s in reused] == [s.text for s in want]
     assert reused_calls < counter_plain.calls
@@ -206,7 +190,7 @@ def test_typing_a_character_the_beam_already_explored_is_free(lines_ckpt: Checkp
 
 def test_the_stateless_cache_makes_text_plus_one_character_one_step(lines_ckpt: Checkpoint) -> None:
     completer = Completer(lines_ckpt)
-    counter = CallCounter(completer.model)
+    counter = CallCounter(completer)
     completer.state_after("isabel")
     counter.reset()
     state, logprobs = completer.state_after("isabell")

@@ -262,7 +262,7 @@ def test_a_failing_model_is_a_500_and_the_server_goes_on(text_model_dir: Path, m
         assert r.status_code == 500 and r.json() == {"detail": "internal error"}
         assert "ZeroDivisionError" in caplog.text
         monkeypatch.undo()
-        monkeypatch.setattr(completer.model, "forward", lambda *a, **k: [][0])  # the model itself fails
+        monkeypatch.setattr(completer, "forward", lambda *a, **k: [][0])  # the model call itself fails
         r = c.get("/suggest", params={"q": "boom!"})
         assert r.status_code == 500 and "IndexError" in caplog.text
         monkeypatch.undo()
