@@ -272,6 +272,11 @@ class SymbolTable:
         self.line_end_idx = torch.tensor(self.line_end, dtype=torch.long)
         self.boundary_idx = torch.tensor(sorted(ends), dtype=torch.long)
         self.extender_idx = torch.tensor([i for i in range(size) if self.extender[i]], dtype=torch.long)
+        # Indicator columns of the sets above (line end, word end, extender): the three
+        # probability masses of every row of a step are then one product, p @ ends.
+        self.ends = torch.zeros(size, 3)
+        for column, idx in enumerate((self.line_end_idx, self.boundary_idx, self.extender_idx)):
+            self.ends[idx, column] = 1.0
         blocked = {END, *never, *self.line_end}  # end events finish a hypothesis; they never extend one
         masks = torch.full((4, size), -math.inf)
         for i in range(3, size):
@@ -288,13 +293,14 @@ class SymbolTable:
         return [self.index.get(ch, UNK) for ch in text]
 
 
-def _mass(logprobs: Tensor, idx: Tensor) -> list[float]:
-    """log Σ_{i ∈ idx} p[i] for every row (−inf where idx is empty)."""
-    if idx.numel() == 0:
-        return [-math.inf] * logprobs.shape[0]
-    if idx.numel() == 1:
-        return logprobs[:, int(idx[0])].tolist()
-    return torch.logsumexp(logprobs[:, idx], dim=1).tolist()
+def _end_masses(logprobs: Tensor, table: SymbolTable) -> tuple[list[float], list[float], list[float]]:
+    """For every row: log p(line end), log p(word end), log p(extender) (−inf for an empty set).
+
+    One product for all three (a mass below fp32's smallest number, 1e-38, is taken as 0).
+    """
+    masses = (logprobs.exp() @ table.ends).log_()
+    line_end, boundary, extend = masses.t().tolist()
+    return line_end, boundary, extend
 
 
 class _Beam:
@@ -407,12 +413,11 @@ def _free_step(beam: _Beam, table: SymbolTable, mode: str, settings: SearchSetti
                finish, allow_empty: bool = False) -> list[tuple[int, int, str, float]]:
     """Finish what may end here, and choose the best extensions (parent, symbol, char, logprob)."""
     size = len(beam.texts)
-    line_end = _mass(beam.logprobs, table.line_end_idx) if mode != "word" else []
-    boundary = _mass(beam.logprobs, table.boundary_idx) if mode != "line" else line_end
+    line_end, boundary, extend = _end_masses(beam.logprobs, table)
+    if mode == "line":
+        boundary = line_end
     limits = [settings.cjk_word_chars if mode == "word" and t and is_spaceless(t[0]) else settings.max_chars
               for t in beam.texts]  # no spaces to stop at: a word is a fixed number of characters
-    long = any(len(t) >= limit for t, limit in zip(beam.texts, limits, strict=True))
-    extend = _mass(beam.logprobs, table.extender_idx) if long else []
     kinds = []
     for h in range(size):
         text, lp, n, limit = beam.texts[h], beam.lps[h], len(beam.texts[h]), limits[h]
@@ -455,7 +460,8 @@ def _lexicon_step(beam: _Beam, table: SymbolTable, lexicon, key: str, width: int
                   finish) -> list[tuple[int, int, str, float]]:
     """Lockstep with the trie: finish entries, extend only along the trie's edges."""
     size = len(beam.texts)
-    ends = _mass(beam.logprobs, table.line_end_idx if table.lines else table.boundary_idx)
+    line_end, boundary, _ = _end_masses(beam.logprobs, table)
+    ends = line_end if table.lines else boundary
     for h in range(size):
         text = beam.texts[h]
         if key + text in lexicon:
@@ -500,8 +506,8 @@ def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, f
     nodes = [known.get(t) for t in texts]
     missing = [i for i, node in enumerate(nodes) if node is None]
     if missing:
-        parents = torch.tensor([chosen[i][0] for i in missing])
-        inputs = torch.tensor([[chosen[i][1]] for i in missing])
+        pairs = torch.tensor([chosen[i][:2] for i in missing])  # (parent, symbol) rows
+        parents, inputs = pairs[:, 0], pairs[:, 1:]
         state = tuple(s[parents] for s in beam.state)
         logits, new_state = yield inputs, state
         new_lp = symbol_logprobs(logits[:, -1])
