@@ -159,7 +159,12 @@ class Stepper:
                 news[0].append(h)
             x = h
         logits = torch.addmm(model.head.bias, x, model.head.weight.t())
+        if config.num_layers == 1:
+            return logits.unsqueeze(1), tuple(parts[0].unsqueeze(1) for parts in news)
         return logits.unsqueeze(1), tuple(torch.stack(parts, dim=1) for parts in news)
+
+
+_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default  # the overload itself: no lookup per call
 
 
 def _pack_int8(weight: Tensor) -> object:
@@ -180,7 +185,7 @@ def _affine(base: Tensor, h: Tensor, weight: object) -> Tensor:
             return torch.addmm(base, h, weight.t())
         return base + torch.mm(h.to(weight.dtype), weight.t()).float()
     # reduce_range: 7-bit activations, FBGEMM's choice for x86 (no overflow in its int16 sums)
-    return base + torch.ops.quantized.linear_dynamic(h.contiguous(), weight, True)
+    return base + _LINEAR_DYNAMIC(h.contiguous(), weight, True)
 
 
 def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: object) -> tuple[Tensor, Tensor]:
