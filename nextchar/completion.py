@@ -338,6 +338,7 @@ class Completer:
                           precision=self.precision)
         clone.lexicon = self.lexicon  # already mapped to the vocabulary
         clone.settings = replace(self.settings)
+        clone.forward = Stepper(clone.model, self.precision, share=self.forward)  # the weights it shares: made once
         return clone
 
     # ------------------------------------------------------------------ the search

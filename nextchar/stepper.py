@@ -85,7 +85,10 @@ class Stepper:
     Other kinds of model always run in fp32 (`self.precision` says so).
     """
 
-    def __init__(self, model: CharModel, precision: str = "fp32"):
+    def __init__(self, model: CharModel, precision: str = "fp32", share: Stepper | None = None):
+        """`share`: a stepper over a model with some of the same weight tensors (a per-person
+        view of it: nextchar.personal); what it made from those is used here, not made again
+        (the table and the int8 copies are 1.5 MB per person for the default model)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.model = model
@@ -94,6 +97,7 @@ class Stepper:
             precision = auto_precision(model)
         self.precision = precision if self.gated else "fp32"
         self._cache: dict[str, tuple[tuple, object]] = {}
+        self._share = share if share is not None and share.precision == self.precision else None
 
     def __call__(self, idx: Tensor, state: State) -> tuple[Tensor, State]:
         if idx.shape[1] == 1 and self._fast():
@@ -106,43 +110,50 @@ class Stepper:
         weight = self.model.embedding.weight
         return weight.dtype == torch.float32 and weight.device.type == "cpu"
 
-    def _cached(self, name: str, sources: tuple[Tensor, ...], make) -> object:
-        """make(*sources), remade whenever a source is replaced or changed in place."""
+    def _sources(self, name: str) -> tuple[Tensor, ...]:
+        """The weights that what is cached under `name` is made from."""
+        rnn = self.model.rnn
+        if name == "table":
+            return self.model.embedding.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+        return (getattr(rnn, name),)
+
+    def _cached(self, name: str) -> object:
+        """What `name` is made from its weights (`_make`), remade whenever one is replaced or
+        changed in place, and taken from the shared stepper when its weights are these."""
+        sources = self._sources(name)
         key = tuple((id(t), t._version) for t in sources)
         hit = self._cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]
-        # Plain tensors even when first asked for in inference mode: they outlive that call.
-        with torch.inference_mode(False), torch.no_grad():
-            made = make(*sources)
+        share = self._share
+        if share is not None and key == tuple((id(t), t._version) for t in share._sources(name)):
+            made = share._cached(name)
+        else:
+            # Plain tensors even when first asked for in inference mode: they outlive that call.
+            with torch.inference_mode(False), torch.no_grad():
+                made = self._make(name, sources)
         self._cache[name] = (key, made)
         return made
 
-    def _input_table(self) -> Tensor:
-        """(V, gates·H): W_ih E[x] + b_ih (+ b_hh for the LSTM, whose biases simply add)."""
-        rnn, lstm = self.model.rnn, self.model.config.kind == "lstm"
-
-        def make(embedding: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    def _make(self, name: str, sources: tuple[Tensor, ...]) -> object:
+        if name == "table":
+            # (V, gates·H): W_ih E[x] + b_ih (+ b_hh for the LSTM, whose biases simply add; for
+            # the GRU b_hn sits inside r ⊙ (W_hn h + b_hn), so b_hh stays with the recurrent term).
+            embedding, w_ih, b_ih, b_hh = sources
             table = torch.addmm(b_ih, embedding, w_ih.t())
-            # GRU: b_hn sits inside r ⊙ (W_hn h + b_hn), so b_hh stays with the recurrent term.
-            return table + b_hh if lstm else table
-
-        sources = (self.model.embedding.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-        return self._cached("table", sources, make)  # type: ignore[return-value]
+            return table + b_hh if self.model.config.kind == "lstm" else table
+        weight = sources[0]
+        return weight.to(torch.bfloat16) if self.precision == "bf16" else _pack_int8(weight)
 
     def _product(self, name: str) -> object:
         """The weight `name` of the rnn, in this stepper's precision (see `_affine`)."""
-        weight = getattr(self.model.rnn, name)
-        if self.precision == "fp32":
-            return weight
-        if self.precision == "bf16":
-            return self._cached(name, (weight,), lambda w: w.to(torch.bfloat16))
-        return self._cached(name, (weight,), _pack_int8)
+        return getattr(self.model.rnn, name) if self.precision == "fp32" else self._cached(name)
 
     def _step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         model, rnn = self.model, self.model.rnn
         config = model.config
-        x = self._input_table()[tokens]  # layer 0's input term, per row
+        table: Tensor = self._cached("table")  # type: ignore[assignment]
+        x = table[tokens]  # layer 0's input term, per row
         news: list[list[Tensor]] = [[] for _ in state]
         for layer in range(config.num_layers):
             w_hh = self._product(f"weight_hh_l{layer}")

@@ -99,3 +99,28 @@ def test_precision_is_checked_and_only_gated_models_use_it():
         Stepper(make("lstm", 1), "fp16")
     rnn = build_model(ModelConfig(kind="rnn", vocab_size=11, hidden_size=16)).eval()
     assert Stepper(rnn, "int8").precision == "fp32"
+
+
+def test_a_view_sharing_weights_shares_what_is_made_from_them():
+    """A per-person view owns its output layer only: the table and int8 copies are not made again."""
+    from nextchar.personal import personal_view
+
+    model = make("lstm", 1)
+    base = Stepper(model, "int8")
+    view = personal_view(model, ["head.weight", "head.bias"])
+    mine = Stepper(view, "int8", share=base)
+    idx, state = torch.tensor([[3], [4]]), random_state(model, 2)
+    with torch.no_grad():
+        view.head.bias += 1.0  # the person's own weights change
+    got, _ = mine(idx, state)
+    torch.testing.assert_close(got, view(idx, state)[0], rtol=0.05, atol=0.05)
+    assert mine._cache["table"][1] is base._cache["table"][1]
+    assert mine._cache["weight_hh_l0"][1] is base._cache["weight_hh_l0"][1]
+    # A view that owns a shared weight makes its own copy (and leaves the base's alone).
+    own = personal_view(model, ["rnn.weight_hh_l0"])
+    with torch.no_grad():
+        own.rnn.weight_hh_l0.mul_(-1.0)
+    theirs = Stepper(own, "int8", share=base)
+    theirs(idx, state)
+    assert theirs._cache["weight_hh_l0"][1] is not base._cache["weight_hh_l0"][1]
+    torch.testing.assert_close(base(idx, state)[0], model(idx, state)[0], rtol=0.05, atol=0.05)
