@@ -15,12 +15,12 @@ on the CPU, a one-character call here computes the same function directly:
 Measured (`python bench/step.py`, one thread, default 1×512 LSTM), a step for 8 hypotheses:
 0.56 ms through the model's forward; here 0.42 ms in fp32, 0.31 in bf16, 0.20 in int8.
 
-The table is a cache of weights, so it follows them: it is rebuilt when a weight it was made
-from is replaced or changed in place (every in-place update bumps a tensor's version counter;
-nextchar.personal adapts weights in place).
+`precision` bf16 or int8 keeps copies of the recurrent weights in that format for the
+products (see `Stepper`); the gates, the states and the logits stay fp32.
 
-With bf16 weights (Completer's precision="bf16") only the matrix products are bf16, on the
-CPU's bf16 units: the gates and the states stay fp32.
+The table and the copies are caches of weights, so they follow them: each is remade when a
+weight it was made from is replaced or changed in place (every in-place update bumps a
+tensor's version counter; nextchar.personal adapts weights in place).
 
 Anything else (longer inputs, other kinds, training mode) goes through the model's own
 forward, with oneDNN switched off for short fp32 inputs (`run_model`).
