@@ -60,14 +60,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def auto_precision(model: CharModel) -> str:
-    """What "auto" picks: int8 for LSTM/GRU models where PyTorch has its x86 int8 kernels.
+    """What "auto" picks: int8 for LSTM/GRU models on a CPU where PyTorch has its x86 int8 kernels.
 
     Measured on held-out Shakespeare lines (`python bench/complete.py --precision fp32|auto`,
     docs/autocomplete.md): p99 per keystroke 11.7 ms in fp32, 7.1 in int8, with the same
     keystroke savings (0.037) and the same ranking quality (MRR 0.044).
     """
     engines = torch.backends.quantized.supported_engines
-    if isinstance(model, GatedRNN) and ("fbgemm" in engines or "x86" in engines):
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if isinstance(model, GatedRNN) and on_cpu and ("fbgemm" in engines or "x86" in engines):
         return "int8"
     return "fp32"
 
