@@ -534,6 +534,7 @@ class HealthBody(BaseModel):
     format: str
     vocab_size: int
     default_mode: str
+    precision: str  # of the search's steps (nextchar.stepper): fp32, bf16 or int8
     pid: int
     uptime_s: float
     state_cache_entries: int
@@ -670,7 +671,8 @@ def create_app(completer: Completer | None = None, *, ckpt: Checkpoint | None = 
         eng = engine()
         c = eng.completer
         return HealthBody(status="ok", version=__version__, model=eng.name, kind=c.model.config.kind,
-                          format=c.format, vocab_size=len(c.vocab), default_mode=eng.default_mode, pid=os.getpid(),
+                          format=c.format, vocab_size=len(c.vocab), default_mode=eng.default_mode,
+                          precision=c.precision, pid=os.getpid(),
                           uptime_s=round(time.time() - eng.started, 3), state_cache_entries=eng.state_entries(),
                           state_cache_capacity=c.cache_size)
 

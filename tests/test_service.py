@@ -159,6 +159,7 @@ def test_healthz(client: TestClient, text_model_dir: Path) -> None:
     assert body["status"] == "ok"
     assert body["model"] == str(text_model_dir)
     assert (body["kind"], body["format"], body["default_mode"]) == ("gru", "text", "phrase")
+    assert body["precision"] == "fp32"  # SMALL asks for exact steps
     assert body["pid"] == os.getpid()
     assert body["state_cache_capacity"] > 0
 
