@@ -158,7 +158,10 @@ class Completer:
         self.ckpt = ckpt if ckpt is not None else load_checkpoint(None)
         self.model = self.ckpt.model.eval()
         # model(idx, state), one character fast (stepper.py); precision: of its matrix products
-        self.forward = Stepper(self.model, precision)
+        try:
+            self.forward = Stepper(self.model, precision)
+        except ValueError as exc:  # int8 asked for where PyTorch lacks its kernels
+            raise UserError(str(exc)) from None
         self.precision = self.forward.precision
         self.vocab = self.ckpt.vocab
         self.format = self.ckpt.format

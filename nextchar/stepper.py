@@ -59,6 +59,18 @@ def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, Stat
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
+def _int8_kernel() -> object | None:
+    """FBGEMM's dynamic-quantised linear, the overload itself (no lookup per call), or None
+    where this PyTorch has no such operator (it is deprecated; torch is pinned below 2.14)."""
+    try:
+        return torch.ops.quantized.linear_dynamic.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR_DYNAMIC = _int8_kernel()
+
+
 def auto_precision(model: CharModel) -> str:
     """What "auto" picks: int8 for LSTM/GRU models on a CPU where PyTorch has its x86 int8 kernels.
 
@@ -68,7 +80,8 @@ def auto_precision(model: CharModel) -> str:
     """
     engines = torch.backends.quantized.supported_engines
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if isinstance(model, GatedRNN) and on_cpu and ("fbgemm" in engines or "x86" in engines):
+    x86 = "fbgemm" in engines or "x86" in engines
+    if isinstance(model, GatedRNN) and on_cpu and x86 and _LINEAR_DYNAMIC is not None:
         return "int8"
     return "fp32"
 
@@ -97,6 +110,9 @@ class Stepper:
         if precision == "auto":
             precision = auto_precision(model)
         self.precision = precision if self.gated else "fp32"
+        if self.precision == "int8" and _LINEAR_DYNAMIC is None:
+            raise ValueError("precision int8 needs PyTorch's FBGEMM int8 kernels, which this PyTorch lacks: "
+                             "use fp32 or bf16")
         self._cache: dict[str, tuple[tuple, object]] = {}
         self._share = share if share is not None and share.precision == self.precision else None
 
@@ -175,9 +191,6 @@ class Stepper:
         if config.num_layers == 1:
             return logits.unsqueeze(1), tuple(parts[0].unsqueeze(1) for parts in news)
         return logits.unsqueeze(1), tuple(torch.stack(parts, dim=1) for parts in news)
-
-
-_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default  # the overload itself: no lookup per call
 
 
 def _pack_int8(weight: Tensor) -> object:

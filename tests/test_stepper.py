@@ -124,3 +124,15 @@ def test_a_view_sharing_weights_shares_what_is_made_from_them():
     theirs(idx, state)
     assert theirs._cache["weight_hh_l0"][1] is not base._cache["weight_hh_l0"][1]
     torch.testing.assert_close(base(idx, state)[0], model(idx, state)[0], rtol=0.05, atol=0.05)
+
+
+def test_int8_without_its_kernels_is_a_clear_error(monkeypatch):
+    """A PyTorch without FBGEMM's int8 operator: auto falls back to fp32, int8 says why not."""
+    from nextchar import stepper
+
+    monkeypatch.setattr(stepper, "_LINEAR_DYNAMIC", None)
+    model = make("lstm", 1)
+    assert stepper.auto_precision(model) == "fp32"
+    assert Stepper(model, "auto").precision == "fp32"
+    with pytest.raises(ValueError, match="int8 needs PyTorch's FBGEMM int8 kernels"):
+        Stepper(model, "int8")
