@@ -6,6 +6,9 @@ the answer arrives (closed loop, no think time unless --think-ms: this measures 
 a human pace). Queries come from phrases of the embedded corpus (what the bundled model was
 trained on), drawn Zipf-like from a pool — a few are popular, most are rare — like a real
 search box; each concurrency level draws from its own pool, so the caches start cold for it.
+A query's keystrokes go over one keep-alive connection, and the next query opens a new one, as
+a new visitor would (--keep-connections: one connection per typist for the whole run, which
+leaves each worker's share of the typists to how the connections happened to be accepted).
 
 The load comes from Debian's `wrk` with a generated Lua script (wrk -c N: N typists); without
 wrk, from a small asyncio client (slower: it eats the cores the server needs). Both report
