@@ -89,13 +89,18 @@ def write_file(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def train_on_prose(out: Path, kind: str, steps: int) -> Path:
+    """A tiny model of `kind` trained for `steps` steps on PROSE in `text` format (its last
+    10% validates), written to `out`."""
+    cut = int(0.9 * len(PROSE))
+    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=steps), model_config(kind), "text", progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GRU trained briefly on PROSE (text format); read it, never write into it."""
-    out = tmp_path_factory.mktemp("text-model")
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=20), model_config("gru"), "text", progress=False)
-    return out
+    return train_on_prose(tmp_path_factory.mktemp("text-model"), "gru", steps=20)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import PROSE, CallCounter, model_config, train_config
+from conftest import CallCounter, train_on_prose
 
 from nextchar import argtypes, stepper
 from nextchar.checkpoint import Checkpoint, load_checkpoint
@@ -19,7 +19,6 @@ from nextchar.completion import Completer
 from nextchar.errors import UserError
 from nextchar.service import ServiceSettings, build_engine, create_app
 from nextchar.stepper import auto_precision
-from nextchar.training import train
 
 QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4, "word", False),
            ("the sea", 2, "line", True), ("wors", 5, "phrase", True), ("It was", 1, "phrase", False)]
@@ -27,10 +26,7 @@ QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4,
 
 @pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])
 def prose_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    out = tmp_path_factory.mktemp(f"prose-{request.param}")
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=30), model_config(request.param), "text", progress=False)
-    return load_checkpoint(out)
+    return load_checkpoint(train_on_prose(tmp_path_factory.mktemp(f"prose-{request.param}"), request.param, 30))
 
 
 def same(a: list, b: list) -> None:
@@ -103,10 +99,7 @@ def test_the_commands_offer_the_steppers_precisions() -> None:
 @pytest.fixture(scope="module")
 def prose_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An LSTM of PROSE: /suggest completes phrases of it, searches of several steps."""
-    out = tmp_path_factory.mktemp("prose-lstm")
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=30), model_config("lstm"), "text", progress=False)
-    return out
+    return train_on_prose(tmp_path_factory.mktemp("prose-lstm"), "lstm", steps=30)
 
 
 PREFIXES = ["i", "it", "it w", "the", "of", "a", "was", "th", "wi", "e", "ag", "it wa"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NAMES, PROSE, CallCounter, model_config, train_config
+from conftest import NAMES, PROSE, CallCounter, model_config, train_config, train_on_prose
 
 from nextchar.beam import is_boundary, is_extender, is_regional_indicator, needs_continuation
 from nextchar.checkpoint import Checkpoint, load_checkpoint
@@ -30,10 +30,7 @@ def lines_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def text_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    out = tmp_path_factory.mktemp("prose-gru")
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=30), model_config("gru"), "text", progress=False)
-    return load_checkpoint(out)
+    return load_checkpoint(train_on_prose(tmp_path_factory.mktemp("prose-gru"), "gru", steps=30))
 
 
 def reference_logprob(ckpt: Checkpoint, text: str, completion: str) -> tuple[float, torch.Tensor]:

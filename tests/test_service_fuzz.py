@@ -13,7 +13,6 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from nextchar.checkpoint import load_checkpoint  # noqa: E402
 from nextchar.service import ServiceSettings, create_app  # noqa: E402
-from nextchar.training import train  # noqa: E402
 
 # Tests are collected before fixtures run, and schemathesis needs the app at collection time:
 # the app is built lazily and trains its own tiny model (the same recipe as conftest's).
@@ -22,11 +21,9 @@ from nextchar.training import train  # noqa: E402
 def _app():  # type: ignore[no-untyped-def]
     import tempfile
 
-    from conftest import PROSE, model_config, train_config
+    from conftest import train_on_prose
 
-    out = Path(tempfile.mkdtemp(prefix="nextchar-fuzz-"))
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=5), model_config("gru"), "text", progress=False)
+    out = train_on_prose(Path(tempfile.mkdtemp(prefix="nextchar-fuzz-")), "gru", steps=5)
     return create_app(ckpt=load_checkpoint(out), settings=ServiceSettings(cache_mb=2, max_chars=12))
 
 
