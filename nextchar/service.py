@@ -343,13 +343,15 @@ class Engine:
             job, args, ticket = self._queue.popleft()
             if ticket.set_running_or_notify_cancel():  # False: its client went away while it waited
                 batch.append((job, args, ticket))
-        searches = [(job(*args), ticket) for job, args, ticket in batch if inspect.isgeneratorfunction(job)]
+        searches = []
         for job, args, ticket in batch:
-            if not inspect.isgeneratorfunction(job):
-                try:
-                    ticket.set_result(job(*args))
-                except Exception as exc:
-                    ticket.set_exception(exc)
+            if inspect.isgeneratorfunction(job):
+                searches.append((job(*args), ticket))  # nothing runs until it is driven
+                continue
+            try:
+                ticket.set_result(job(*args))
+            except Exception as exc:
+                ticket.set_exception(exc)
         if not searches:
             return
         try:

@@ -23,7 +23,7 @@ weight it was made from is replaced or changed in place (every in-place update b
 tensor's version counter; nextchar.personal adapts weights in place).
 
 Anything else (longer inputs, other kinds, training mode) goes through the model's own
-forward, with oneDNN switched off for short fp32 inputs (`run_model`).
+forward, with oneDNN switched off for short inputs (`run_model`).
 """
 
 from __future__ import annotations
@@ -37,16 +37,13 @@ from nextchar.models import CharModel, GatedRNN, State
 
 
 def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, State]:
-    """model(idx, state), with oneDNN (mkldnn) off for short inputs to an fp32 model.
+    """model(idx, state), with oneDNN (mkldnn) off for short inputs.
 
     Why: PyTorch's oneDNN LSTM pays about 2 ms of set-up per call, whatever the length:
     measured here, one step of the default 2×384 LSTM for 8 hypotheses took 2.5 ms with it
     and 0.8 ms without; it only wins on long reads (2,048 characters: 175 vs 309 ms).
-    With bf16 weights it is the other way round: without oneDNN a step takes about 3× as
-    long as with it (bench/step.py).
     """
-    weight = next(model.parameters(), None)
-    if idx.shape[1] > 64 or (weight is not None and weight.dtype == torch.bfloat16):
+    if idx.shape[1] > 64:
         return model(idx, state)
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
