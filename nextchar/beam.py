@@ -5,7 +5,7 @@ A hypothesis is a completion c (a string of vocabulary characters) with its log-
     log p(c | x) = Σ_t log p_t[c_t]          p_t = softmax(W_o s_t + W0_o), s_t after x + c_<t
 
 Every step extends the live hypotheses by one symbol, all of them in ONE batched forward
-call (their states stacked with `select_state`), keeps the `beam_width` best, and moves a
+call (their parents' states gathered from the step before), keeps the `beam_width` best, and moves a
 hypothesis to the finished list when an end event is likely enough to matter:
 
     word    the rest of the current word: ends at a boundary (space, punctuation, <end>);
@@ -126,72 +126,6 @@ def symbol_logprobs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
-# A search is written as a generator that yields each model call it needs, (inputs (n, T),
-# states of n rows), and is sent back (logits (n, T, V), new states). One search alone is
-# driven by `drive`; several by `drive_together`, which answers one round of their requests
-# with ONE forward call: the concurrent requests of a server share a batch.
-ModelCall = tuple[Tensor, State]
-Forward = Callable[[Tensor, State], tuple[Tensor, State]]  # model(idx, state), e.g. a stepper.Stepper
-Steps = Generator[ModelCall, tuple[Tensor, State], Any]
-R = TypeVar("R")
-
-
-@torch.inference_mode()
-def drive(forward: Forward, steps: Generator[ModelCall, tuple[Tensor, State], R]) -> R:
-    """Run one search to its end, one model call per request.
-
-    The whole search runs in inference mode here, in the driver: a generator must not enter
-    a context manager across its yields (it would leak into whatever runs between them).
-    """
-    try:
-        call = next(steps)
-        while True:
-            call = steps.send(forward(*call))
-    except StopIteration as done:
-        return done.value
-
-
-@torch.inference_mode()
-def drive_together(forward: Forward, searches: Sequence[Steps]) -> list[Any]:
-    """Run several searches in lockstep; each round of their model calls is one batched call.
-
-    Returns each search's result, or the exception it raised (one failing search does not
-    stop the others). Why batch: per hypothesis, a step for 64 costs half what a step for 8
-    does on this CPU (bench/step.py): concurrent searches share the weights' trip through memory.
-    """
-    results: list[Any] = [None] * len(searches)
-    waiting: dict[int, ModelCall] = {}
-
-    def advance(i: int, reply: tuple[Tensor, State] | None) -> None:
-        try:
-            waiting[i] = next(searches[i]) if reply is None else searches[i].send(reply)
-        except StopIteration as done:
-            results[i] = done.value
-        except Exception as exc:  # handed back to that search's caller, who raises it
-            results[i] = exc
-
-    for i in range(len(searches)):
-        advance(i, None)
-    while waiting:
-        by_length: dict[int, list[int]] = {}
-        for i, (inputs, _) in waiting.items():
-            by_length.setdefault(inputs.shape[1], []).append(i)
-        for group in by_length.values():
-            calls = [waiting.pop(i) for i in group]
-            inputs = torch.cat([c[0] for c in calls]) if len(calls) > 1 else calls[0][0]
-            state = stack_states([c[1] for c in calls]) if len(calls) > 1 else calls[0][1]
-            logits, new_state = forward(inputs, state)
-            lo = 0
-            for i, (rows, _) in zip(group, calls, strict=True):
-                hi = lo + rows.shape[0]
-                # Copies, not views: a view would keep the whole batch alive in the caches.
-                part = (logits[lo:hi], tuple(s[lo:hi] for s in new_state)) if len(calls) == 1 else \
-                    (logits[lo:hi].clone(), tuple(s[lo:hi].clone() for s in new_state))
-                advance(i, part)
-                lo = hi
-    return results
-
-
 class Node:
     """The model after reading some text: its state s_t (batch of 1) and log p_t (V,).
 
@@ -293,23 +227,255 @@ class SymbolTable:
         return [self.index.get(ch, UNK) for ch in text]
 
 
-def _end_masses(logprobs: Tensor, table: SymbolTable) -> tuple[list[float], list[float], list[float]]:
-    """For every row: log p(line end), log p(word end), log p(extender) (−inf for an empty set).
+# ---------------------------------------------------------------------------------- driving searches
+#
+# A search is a generator that yields what it needs computed and is sent back the answer: the
+# end-event masses of its hypotheses (_Masses), their best extensions (_TopK), the model's step
+# for the extensions it chose (_Extend). `drive_together` answers each kind of request for
+# every search at once, so a round of a dozen concurrent searches costs about one search's
+# tensor operations and ONE model call. Why: per hypothesis, a step for 64 costs half what a
+# step for 8 does on this CPU (bench/step.py), and a search's own tensor operations, a few µs
+# each, cost as much as its share of the model call (bench/search.py: 17–24% less per search
+# in batches of 5–16). A search's hypotheses are rows lo…hi of the round's `_Batch`, which
+# holds every search's rows.
 
-    One product for all three (a mass below fp32's smallest number, 1e-38, is taken as 0).
+
+class _Batch:
+    """One round's hypotheses, of every search driven together: log p_t rows (N, V) and states."""
+
+    __slots__ = ("logprobs", "masses", "state")
+
+    def __init__(self, logprobs: Tensor, state: State):
+        self.logprobs, self.state = logprobs, state
+        self.masses: list[list[float]] | None = None  # log p of [line end, word end, extender] per row
+
+
+class _Masses:
+    """Request: log p(line end), log p(word end), log p(extender) of rows lo…hi."""
+
+    __slots__ = ("batch", "hi", "lo", "table")
+
+    def __init__(self, batch: _Batch, lo: int, hi: int, table: SymbolTable):
+        self.batch, self.lo, self.hi, self.table = batch, lo, hi, table
+
+
+class _TopK:
+    """Request: the `width` best (row, symbol) pairs by lps[row] + log p[row, symbol] + mask,
+    the mask of each row chosen by its kind (SymbolTable.ANY …); indices are row·V + symbol."""
+
+    __slots__ = ("batch", "hi", "kinds", "lo", "lps", "table", "width")
+
+    def __init__(self, batch: _Batch, lo: int, hi: int, lps: list[float], kinds: list[int], width: int,
+                 table: SymbolTable):
+        self.batch, self.lo, self.hi, self.table = batch, lo, hi, table
+        self.lps, self.kinds, self.width = lps, kinds, width
+
+
+class _Extend:
+    """Request: one model step for each (parent row, symbol), unless its node is known already.
+    Answered by (batch, lo): the new hypotheses are rows lo… of the next round's batch."""
+
+    __slots__ = ("batch", "known", "lo", "parents", "symbols")
+
+    def __init__(self, batch: _Batch, lo: int, parents: list[int], symbols: list[int], known: list[Node | None]):
+        self.batch, self.lo, self.parents, self.symbols, self.known = batch, lo, parents, symbols, known
+
+
+Request = _Masses | _TopK | _Extend
+Forward = Callable[[Tensor, State], tuple[Tensor, State]]  # model(idx, state), e.g. a stepper.Stepper
+Steps = Generator[Request, Any, Any]
+R = TypeVar("R")
+
+
+@torch.inference_mode()
+def drive(forward: Forward, steps: Generator[Request, Any, R]) -> R:
+    """Run one search to its end.
+
+    The whole search runs in inference mode here, in the driver: a generator must not enter
+    a context manager across its yields (it would leak into whatever runs between them).
     """
-    masses = (logprobs.exp() @ table.ends).log_()
-    line_end, boundary, extend = masses.t().tolist()
-    return line_end, boundary, extend
+    result = drive_together(forward, [steps])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@torch.inference_mode()
+def drive_together(forward: Forward, searches: Sequence[Steps]) -> list[Any]:
+    """Run several searches in lockstep, each kind of request answered for all of them at once.
+
+    Returns each search's result, or the exception it raised (one failing search does not
+    stop the others).
+    """
+    results: list[Any] = [None] * len(searches)
+    waiting: dict[int, Request] = {}
+
+    def advance(i: int, reply: Any) -> None:
+        try:
+            request = next(searches[i]) if reply is None else searches[i].send(reply)
+        except StopIteration as done:
+            results[i] = done.value
+        except Exception as exc:  # handed back to that search's caller, who raises it
+            results[i] = exc
+        else:
+            if isinstance(request, _PHASES):
+                waiting[i] = request
+            else:
+                searches[i].close()
+                results[i] = TypeError(f"a search yielded {type(request).__name__}, not a request")
+
+    for i in range(len(searches)):
+        advance(i, None)
+    while waiting:
+        # The earliest phase of a round first: searches at a later one wait there for the rest.
+        for phase in _PHASES:
+            group = [i for i, request in waiting.items() if type(request) is phase]
+            if group:
+                break
+        replies = _SERVE[phase](forward, [waiting.pop(i) for i in group])
+        for i, reply in zip(group, replies, strict=True):
+            advance(i, reply)
+    return results
+
+
+def _serve_masses(forward: Forward, requests: list[_Masses]) -> list[tuple[list[float], list[float], list[float]]]:
+    replies = []
+    for r in requests:
+        batch = r.batch
+        if batch.masses is None:  # one product per batch (a mass below 1e-38 is taken as 0)
+            batch.masses = (batch.logprobs.exp() @ r.table.ends).log_().t().tolist()
+        line_end, boundary, extend = batch.masses
+        replies.append((line_end[r.lo : r.hi], boundary[r.lo : r.hi], extend[r.lo : r.hi]))
+    return replies
+
+
+def _serve_topk(forward: Forward, requests: list[_TopK]) -> list[tuple[list[float], list[int]]]:
+    replies: list[Any] = [None] * len(requests)
+    by_batch: dict[int, list[int]] = {}
+    for j, r in enumerate(requests):
+        by_batch.setdefault(id(r.batch), []).append(j)
+    for js in by_batch.values():
+        group = [requests[j] for j in js]
+        batch, table = group[0].batch, group[0].table
+        n, size = batch.logprobs.shape
+        if len(group) == 1 and group[0].hi - group[0].lo == n:
+            lps, kinds = group[0].lps, group[0].kinds
+        else:  # rows no search asks about (theirs ended) get nothing
+            lps, kinds = [-math.inf] * n, [SymbolTable.NONE] * n
+            for r in group:
+                lps[r.lo : r.hi], kinds[r.lo : r.hi] = r.lps, r.kinds
+        mask = table.masks[kinds[0]] if kinds.count(kinds[0]) == n else table.masks[torch.tensor(kinds)]
+        scores = torch.tensor(lps).unsqueeze(1) + batch.logprobs + mask
+        heights = [r.hi - r.lo for r in group]
+        tallest = max(heights)
+        if len(group) == 1:
+            flat = scores[group[0].lo : group[0].hi].reshape(1, -1)
+        elif tallest * len(group) == n and all(r.lo == g * tallest for g, r in enumerate(group)):
+            flat = scores.view(len(group), -1)  # the searches tile the batch evenly: one row each
+        else:  # pad every search to the tallest with rows of −inf (row n)
+            padded = torch.cat((scores, scores.new_full((1, size), -math.inf)))
+            index = [[r.lo + h if h < r.hi - r.lo else n for h in range(tallest)] for r in group]
+            flat = padded[torch.tensor(index)].view(len(group), -1)
+        top = flat.topk(min(max(r.width for r in group), flat.shape[1]), dim=1)
+        for j, r, values, indices in zip(js, group, top.values.tolist(), top.indices.tolist(), strict=True):
+            replies[j] = (values[: r.width], indices[: r.width])
+    return replies
+
+
+def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batch, int]]:
+    # The next batch is made of blocks: the model's step for the rows it must take (by batch:
+    # (batch, rows, symbols)), known rows copied out of the batch they live in (by tensor),
+    # and single known nodes. `plan` says where the new hypotheses are, in runs:
+    # (block kind, key, place in the block, count).
+    steps: dict[int, tuple[_Batch, list[int], list[int]]] = {}
+    copies: dict[int, tuple[State, Tensor, list[int]]] = {}
+    singles: list[Node] = []
+    plan: list[tuple[int, int, int, int]] = []
+    for r in requests:
+        if not any(r.known):  # the usual case: every row from the model
+            rows, symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
+            plan.append((0, id(r.batch), len(rows), len(r.parents)))
+            rows.extend([r.lo + parent for parent in r.parents])
+            symbols.extend(r.symbols)
+            continue
+        for parent, symbol, node in zip(r.parents, r.symbols, r.known, strict=True):
+            if node is None:
+                rows, symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
+                plan.append((0, id(r.batch), len(rows), 1))
+                rows.append(r.lo + parent)
+                symbols.append(symbol)
+            elif node._batch is not None:  # one gather for all of a batch's rows, not a slice each
+                states, logprobs = node._batch
+                rows = copies.setdefault(id(logprobs), (states, logprobs, []))[2]
+                plan.append((1, id(logprobs), len(rows), 1))
+                rows.append(node._row)
+            else:
+                plan.append((2, 0, len(singles), 1))
+                singles.append(node)
+    offsets: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
+    blocks: list[tuple[Tensor, State]] = []
+    start = 0
+    if steps:
+        parts, symbols = [], []
+        for key, (batch, rows, syms) in steps.items():
+            index = torch.tensor(rows)
+            parts.append(tuple(s[index] for s in batch.state))
+            symbols.extend(syms)
+            offsets[0][key], start = start, start + len(rows)
+        state = parts[0] if len(parts) == 1 else stack_states(parts)
+        logits, state = forward(torch.tensor(symbols).unsqueeze(1), state)
+        blocks.append((symbol_logprobs(logits[:, -1]), state))
+    for key, (states, logprobs, rows) in copies.items():
+        index = torch.tensor(rows)
+        blocks.append((logprobs[index], tuple(s[index] for s in states)))
+        offsets[1][key], start = start, start + len(rows)
+    if singles:
+        blocks.append((torch.stack([n.logprobs for n in singles]), stack_states([n.state for n in singles])))
+        offsets[2][0] = start
+    if len(blocks) == 1:
+        logprobs, state = blocks[0]
+    else:
+        logprobs, state = torch.cat([b[0] for b in blocks]), stack_states([b[1] for b in blocks])
+    order: list[int] = []
+    for kind, key, place, count in plan:
+        first = offsets[kind][key] + place
+        order.extend(range(first, first + count))
+    if order != list(range(len(order))):
+        index = torch.tensor(order)
+        logprobs, state = logprobs[index], tuple(s[index] for s in state)
+    out = _Batch(logprobs, state)
+    replies, lo = [], 0
+    for r in requests:
+        replies.append((out, lo))
+        lo += len(r.parents)
+    return replies
+
+
+_PHASES = (_Masses, _TopK, _Extend)  # a round's requests, in order
+_SERVE: dict[type, Callable[[Forward, list], list]] = {_Masses: _serve_masses, _TopK: _serve_topk,
+                                                       _Extend: _serve_extend}
+
+
+# ---------------------------------------------------------------------------------- one search
 
 
 class _Beam:
-    """The live hypotheses of one step, as parallel lists plus batched tensors."""
+    """The live hypotheses of one step: parallel lists, their tensors rows lo… of `batch`."""
+
+    __slots__ = ("batch", "in_word", "lo", "lps", "texts", "words")
 
     def __init__(self, texts: list[str], lps: list[float], words: list[int], in_word: list[bool],
-                 state: State, logprobs: Tensor):
+                 batch: _Batch, lo: int):
         self.texts, self.lps, self.words, self.in_word = texts, lps, words, in_word
-        self.state, self.logprobs = state, logprobs
+        self.batch, self.lo = batch, lo
+
+    @property
+    def hi(self) -> int:
+        return self.lo + len(self.texts)
+
+    @property
+    def logprobs(self) -> Tensor:
+        return self.batch.logprobs[self.lo : self.hi]
 
 
 def beam_steps(
@@ -323,10 +489,11 @@ def beam_steps(
     lexicon_key: str = "",
     known: dict[str, Node] | None = None,
     allow_empty: bool = False,
-) -> Generator[ModelCall, tuple[Tensor, State], tuple[list[Candidate], dict[str, Node]]]:
+) -> Generator[Request, Any, tuple[list[Candidate], dict[str, Node]]]:
     """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
 
-    A generator of model calls (see `drive`): one per step, for every live hypothesis at once.
+    A generator of requests (see `drive`): one model step per round, for every live
+    hypothesis at once.
 
     An empty completion (the text is already complete) is returned only with `allow_empty`:
     it says nothing about what was typed, but completes a correction ("jonh" → "john").
@@ -342,7 +509,7 @@ def beam_steps(
     width = max(settings.beam_width, k)
     alpha = settings.length_alpha
     in_word0 = bool(context) and not is_boundary(context[-1])
-    beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], root.state, root.logprobs.unsqueeze(0))
+    beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], _Batch(root.logprobs.unsqueeze(0), root.state), 0)
     # Without a lexicon the search's score is the final ranking (completion.py): only the k
     # best can ever be shown, so only they are kept.
     finished = _Finished(alpha, top=k if lexicon is None else None)
@@ -350,11 +517,20 @@ def beam_steps(
 
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
     for _ in range(max_steps + 1):
+        masses = yield _Masses(beam.batch, beam.lo, beam.hi, table)
         if lexicon is not None:
-            chosen = _lexicon_step(beam, table, lexicon, lexicon_key, width, finish)
+            chosen = _lexicon_step(beam, masses, table, lexicon, lexicon_key, width, finish)
         else:
-            chosen = _free_step(beam, table, mode, settings, width, finish, allow_empty)
+            kinds = _free_finish(beam, masses, mode, settings, finish, allow_empty)
             allow_empty = False
+            values, indices = yield _TopK(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table)
+            size = len(table.chars)
+            chosen = []
+            for value, index in zip(values, indices, strict=True):
+                if value == -math.inf:
+                    break
+                parent, symbol = divmod(index, size)
+                chosen.append((parent, symbol, table.chars[symbol], value))
         if not chosen:
             break
         # Early stop: k finished and no live hypothesis would score as well even if it ended now
@@ -392,8 +568,8 @@ class _Finished:
         if old is not None and old.score >= score:
             return
         self.best[key] = Candidate(text, logprob, symbols, score)
-        if self.top is not None and len(self.best) >= self.top:
-            self.floor = heapq.nlargest(self.top, (c.score for c in self.best.values()))[-1]
+        if self.top is not None and len(self.best) >= self.top:  # (sorting ≤ top + 1 floats beats a heap)
+            self.floor = sorted([c.score for c in self.best.values()], reverse=True)[self.top - 1]
             if len(self.best) > self.top:
                 self.best = {key: c for key, c in self.best.items() if c.score >= self.floor}
 
@@ -403,24 +579,24 @@ class _Finished:
             return -math.inf
         if self.top == k:
             return self.floor
-        return heapq.nlargest(k, (c.score for c in self.best.values()))[-1]
+        return sorted([c.score for c in self.best.values()], reverse=True)[k - 1]
 
     def ranked(self) -> list[Candidate]:
         return sorted(self.best.values(), key=lambda c: -c.score)
 
 
-def _free_step(beam: _Beam, table: SymbolTable, mode: str, settings: SearchSettings, width: int,
-               finish, allow_empty: bool = False) -> list[tuple[int, int, str, float]]:
-    """Finish what may end here, and choose the best extensions (parent, symbol, char, logprob)."""
-    size = len(beam.texts)
-    line_end, boundary, extend = _end_masses(beam.logprobs, table)
+def _free_finish(beam: _Beam, masses: tuple[list[float], list[float], list[float]], mode: str,
+                 settings: SearchSettings, finish: Callable[[str, float, int], None],
+                 allow_empty: bool = False) -> list[int]:
+    """Finish what may end here; returns how each hypothesis may go on (SymbolTable.ANY …)."""
+    line_end, boundary, extend = masses
     if mode == "line":
         boundary = line_end
-    limits = [settings.cjk_word_chars if mode == "word" and t and is_spaceless(t[0]) else settings.max_chars
-              for t in beam.texts]  # no spaces to stop at: a word is a fixed number of characters
     kinds = []
-    for h in range(size):
-        text, lp, n, limit = beam.texts[h], beam.lps[h], len(beam.texts[h]), limits[h]
+    for h, text in enumerate(beam.texts):
+        lp, n = beam.lps[h], len(text)
+        # No spaces to stop at (Chinese…): a word is a fixed number of characters
+        limit = settings.cjk_word_chars if mode == "word" and text and is_spaceless(text[0]) else settings.max_chars
         pending = needs_continuation(text)
         kind = SymbolTable.WORD if mode == "word" else SymbolTable.ANY
         if (n or allow_empty) and not pending:
@@ -441,26 +617,15 @@ def _free_step(beam: _Beam, table: SymbolTable, mode: str, settings: SearchSetti
                     finish(text, lp, n)  # cut by the length limit: no end event
                 kind = SymbolTable.EXTEND
         kinds.append(kind)
-    same = all(kind == kinds[0] for kind in kinds)
-    mask = table.masks[kinds[0]] if same else table.masks[torch.tensor(kinds)]
-    scores = torch.tensor(beam.lps).unsqueeze(1) + beam.logprobs + mask
-    flat = scores.view(-1)
-    top = flat.topk(min(width, flat.numel()))
-    size_v = scores.shape[1]
-    chosen = []
-    for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        if value == -math.inf:
-            break
-        parent, symbol = divmod(index, size_v)
-        chosen.append((parent, symbol, table.chars[symbol], value))
-    return chosen
+    return kinds
 
 
-def _lexicon_step(beam: _Beam, table: SymbolTable, lexicon, key: str, width: int,
-                  finish) -> list[tuple[int, int, str, float]]:
+def _lexicon_step(beam: _Beam, masses: tuple[list[float], list[float], list[float]], table: SymbolTable,
+                  lexicon, key: str, width: int, finish: Callable[[str, float, int], None],
+                  ) -> list[tuple[int, int, str, float]]:
     """Lockstep with the trie: finish entries, extend only along the trie's edges."""
     size = len(beam.texts)
-    line_end, boundary, _ = _end_masses(beam.logprobs, table)
+    line_end, boundary, _ = masses
     ends = line_end if table.lines else boundary
     for h in range(size):
         text = beam.texts[h]
@@ -493,31 +658,19 @@ def _lexicon_step(beam: _Beam, table: SymbolTable, lexicon, key: str, width: int
     return chosen
 
 
-def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]],
-            known: dict[str, Node], tree: dict[str, Node]) -> Generator[ModelCall, tuple[Tensor, State], _Beam]:
-    """One model step for all chosen extensions at once (skipping those already known)."""
+def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]], known: dict[str, Node],
+            tree: dict[str, Node]) -> Generator[Request, Any, _Beam]:
+    """One model step for all chosen extensions at once (those already known skip it)."""
     texts, lps, words, in_word = [], [], [], []
-    for parent, _, ch, lp in chosen:
+    boundary = table.boundary  # is_boundary of each symbol, computed once
+    for parent, symbol, ch, lp in chosen:
         texts.append(beam.texts[parent] + ch)
         lps.append(lp)
-        inside = not is_boundary(ch)
+        inside = not (boundary[symbol] if symbol != UNK else is_boundary(ch))
         words.append(beam.words[parent] + (1 if inside and not beam.in_word[parent] else 0))
         in_word.append(inside)
-    nodes = [known.get(t) for t in texts]
-    missing = [i for i, node in enumerate(nodes) if node is None]
-    if missing:
-        pairs = torch.tensor([chosen[i][:2] for i in missing])  # (parent, symbol) rows
-        parents, inputs = pairs[:, 0], pairs[:, 1:]
-        state = tuple(s[parents] for s in beam.state)
-        logits, new_state = yield inputs, state
-        new_lp = symbol_logprobs(logits[:, -1])
-        if len(missing) == len(chosen):
-            for row, text in enumerate(texts):
-                tree[text] = Node.row(new_state, new_lp, row)
-            return _Beam(texts, lps, words, in_word, new_state, new_lp)
-        for row, i in enumerate(missing):
-            nodes[i] = Node.row(new_state, new_lp, row)
-    for text, node in zip(texts, nodes, strict=True):
-        tree[text] = node
-    state = tuple(torch.cat(parts, dim=0) for parts in zip(*(n.state for n in nodes), strict=True))
-    return _Beam(texts, lps, words, in_word, state, torch.stack([n.logprobs for n in nodes]))
+    nodes = [known.get(t) for t in texts] if known else [None] * len(texts)
+    batch, lo = yield _Extend(beam.batch, beam.lo, [c[0] for c in chosen], [c[1] for c in chosen], nodes)
+    for i, (text, node) in enumerate(zip(texts, nodes, strict=True)):
+        tree[text] = node if node is not None else Node.row(batch.state, batch.logprobs, lo + i)
+    return _Beam(texts, lps, words, in_word, batch, lo)

@@ -48,14 +48,15 @@ import unicodedata
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 
 from nextchar.beam import (
     MODES,
     Candidate,
-    ModelCall,
     Node,
+    Request,
     SearchSettings,
     SymbolTable,
     beam_steps,
@@ -270,13 +271,13 @@ class Completer:
         with self._lock:
             return self.drive_together([self.suggest_steps(*query) for query in queries])
 
-    def drive_together(self, searches: Sequence[Generator[ModelCall, tuple, object]]) -> list:
+    def drive_together(self, searches: Sequence[Generator[Request, Any, object]]) -> list:
         """Run generators built on `suggest_steps` in lockstep (beam.drive_together), under the lock."""
         with self._lock:
             return drive_together(self.forward, searches)
 
     def suggest_steps(self, text: str, k: int = 5, mode: str = "line",
-                      typos: bool = False) -> Generator[ModelCall, tuple, list[Suggestion]]:
+                      typos: bool = False) -> Generator[Request, Any, list[Suggestion]]:
         """`suggest` as a generator of its model calls (beam.drive). Caller holds the lock."""
         k, mode = check_k(k), check_mode(mode)
         memo_key = (text, k, mode, bool(typos))
@@ -348,7 +349,7 @@ class Completer:
 
     def _complete(self, root: Node, prepared: str, typed: str, mode: str, k: int, typos: bool,
                   known: dict[str, Node] | None, path: Callable[[int], tuple[int, list[Node]]],
-                  ) -> Generator[ModelCall, tuple, tuple[list[Suggestion], dict[str, Node]]]:
+                  ) -> Generator[Request, Any, tuple[list[Suggestion], dict[str, Node]]]:
         exact, tree = yield from self._search(root, prepared, typed, mode, k, known, corrected=False, delta=0.0)
         suggestions = sorted(exact, key=lambda s: -s.score)
         if typos:
@@ -370,7 +371,7 @@ class Completer:
         return suggestions[:k], tree
 
     def _search(self, root: Node, prepared: str, base: str, mode: str, k: int, known: dict[str, Node] | None,
-                corrected: bool, delta: float) -> Generator[ModelCall, tuple, tuple[list[Suggestion], dict[str, Node]]]:
+                corrected: bool, delta: float) -> Generator[Request, Any, tuple[list[Suggestion], dict[str, Node]]]:
         """Beam search from `root`; suggestions are `base` + completion."""
         key = ""
         if self.lexicon is not None:
@@ -391,7 +392,7 @@ class Completer:
         return cand.score + self.lexicon_weight * math.log(self.lexicon.weight(key + cand.completion))
 
     def _corrections(self, prepared: str, mode: str, k: int, path: Callable[[int], tuple[int, list[Node]]],
-                     ) -> Generator[ModelCall, tuple, list[Suggestion]]:
+                     ) -> Generator[Request, Any, list[Suggestion]]:
         """Completions of the best texts within edit distance 1 of `prepared` (typos.py)."""
         n = len(prepared)
         key_start = word_start(prepared) if self.lexicon is not None and mode == "word" else 0

@@ -24,8 +24,9 @@ Why one model thread: the Completer serialises its calls (its caches are shared)
 keystroke's small batches run fastest on one core; the event loop stays free to parse
 requests, answer cached ones, serve /healthz and deal with slow clients meanwhile.
 Requests that queue up while the model thread is busy are taken together: their beam
-searches run in lockstep and share one model call per step (beam.drive_together), which on
-a CPU costs less than one call per request (bench/step.py). --precision (default auto: int8
+searches run in lockstep and share one model call per step, and the rest of each round's
+tensor work (beam.drive_together), which on a CPU costs less than one call per request
+(bench/step.py, bench/search.py). --precision (default auto: int8
 for LSTM/GRU models on x86) is that of the search's matrix products (nextchar.stepper).
 """
 

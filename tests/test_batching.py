@@ -70,6 +70,30 @@ def test_one_bad_query_fails_alone(prose_ckpt: Checkpoint) -> None:
     same(results[3], results[0])
 
 
+def test_a_search_that_yields_no_request_fails_alone(prose_ckpt: Checkpoint) -> None:
+    completer = Completer(prose_ckpt)
+
+    def confused():  # type: ignore[no-untyped-def]
+        yield "not a request"
+
+    results = completer.drive_together([confused(), completer.suggest_steps("it w", 3, "phrase")])
+    assert isinstance(results[0], TypeError) and "str" in str(results[0])
+    same(results[1], completer.suggest("it w", 3, "phrase"))
+
+
+def test_typists_batched_while_reusing_their_trees_get_what_a_fresh_search_gets(prose_ckpt: Checkpoint) -> None:
+    # Each keystroke's search reuses the nodes of the previous one's tree (skipping the model
+    # for them) inside batches that mix them with other typists' new rows.
+    batched, fresh = Completer(prose_ckpt), Completer(prose_ckpt, reuse=False)
+    counter = CallCounter(batched)
+    fresh_counter = CallCounter(fresh)
+    texts = ["it was the", "the sea was", "worst of it"]
+    for n in range(1, max(map(len, texts)) + 1):
+        typed = [(text[:n], 4, mode, False) for text in texts for mode in ("phrase", "line") if n <= len(text)]
+        for query, got in zip(typed, batched.suggest_many(typed), strict=True):
+            same(got, fresh.suggest(*query))
+    assert counter.calls < fresh_counter.calls
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_low_precision_steps_serve_nearly_the_same_suggestions(prose_ckpt: Checkpoint, precision: str) -> None:
     gated = prose_ckpt.model.config.kind != "rnn"

@@ -75,7 +75,8 @@ def test_search_box_drop_down_keyboard(page) -> None:  # type: ignore[no-untyped
     expect(listbox).to_be_visible()
     expect(box).to_have_attribute("aria-expanded", "true")
     options = page.get_by_role("option")
-    expect(options.first).to_be_visible()
+    # Until the answer for "wha" arrives the drop-down may still show the one for "wh".
+    expect(options.first).to_have_attribute("data-text", re.compile("^wha"))
     texts = [o.get_attribute("data-text") for o in options.all()]
     assert texts and all(t.startswith("wha") for t in texts)
     # The typed part plain, the completion bold.
