@@ -140,7 +140,8 @@ def main() -> None:
     results["matmul_peak_gflops"] = peak
     print(f"fp32 matmul peak (2048², torch, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", flush=True)
 
-    default_model, default_train = ModelConfig(), TrainConfig()
+    default_model = ModelConfig()
+    default_train = TrainConfig().for_kind(default_model.kind)
     vocab = Vocabulary.from_text(train_text)
     for kind in args.kinds.split(","):
         model_config = ModelConfig(kind=kind)

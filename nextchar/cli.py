@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from nextchar.models import KINDS, ModelConfig
-    from nextchar.training import TrainConfig
+    from nextchar.training import BASE_OPTIMISER_DEFAULTS, KIND_OPTIMISER_DEFAULTS, TrainConfig
 
     m, t = ModelConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a model on a corpus",
@@ -85,9 +85,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=_positive_int, default=t.batch_size, help=f"B (default {t.batch_size})")
     g.add_argument("--seq-len", type=_positive_int, default=t.seq_len, help=f"BPTT window T (default {t.seq_len})")
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default=t.optimizer, help="default adamw")
-    g.add_argument("--lr", type=_positive_float, default=t.lr, help=f"peak learning rate (default {t.lr})")
-    g.add_argument("--warmup", type=int, default=t.warmup_steps, help=f"warm-up steps (default {t.warmup_steps})")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"AdamW decay (default {t.weight_decay})")
+    def by_kind(name: str) -> str:  # e.g. "0.04 for lstm, 0.003 for the other kinds"
+        special = [f"{values[name]:g} for {kind}" for kind, values in KIND_OPTIMISER_DEFAULTS.items()]
+        return f"default {', '.join(special)}, {BASE_OPTIMISER_DEFAULTS[name]:g} for the other kinds"
+
+    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({by_kind('lr')})")
+    g.add_argument("--warmup", type=int, help=f"warm-up steps ({by_kind('warmup_steps')})")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW decay ({by_kind('weight_decay')})")
     g.add_argument("--clip", type=float, default=t.grad_clip,
                    help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
     g = p.add_argument_group("duration and system")

@@ -17,7 +17,7 @@ from nextchar.errors import UserError
 from nextchar.evaluate import evaluate_encoded, evaluate_lines, evaluate_stream
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
-from nextchar.training import RESUME_DIR, TrainConfig, learning_rate, train
+from nextchar.training import RESUME_DIR, TrainConfig, learning_rate, optimiser_default, train
 
 # ------------------------------------------------------------------------------ overfitting
 
@@ -183,6 +183,23 @@ def test_resume_keeps_the_runs_settings(tmp_path):
     assert meta["vocabulary"]["alphabet"] == "lecture"
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["training"]["alphabet"] == "lecture"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_unset_optimiser_settings_take_the_kinds_defaults_and_are_recorded(tmp_path, kind):
+    # lstm has defaults of its own (measured, README), gru the base ones; given values win.
+    config = train_config(steps=2, lr=None, warmup_steps=None, weight_decay=None)
+    train(PROSE, "the end", tmp_path, config, model_config(kind), progress=False)
+    meta, _ = resume_weights(tmp_path)
+    recorded = meta["train_config"]
+    for name in ("lr", "warmup_steps", "weight_decay"):
+        assert recorded[name] == optimiser_default(kind, name)
+    assert optimiser_default("lstm", "lr") != optimiser_default("gru", "lr")
+    given = TrainConfig(lr=1e-3, weight_decay=0.0).for_kind(kind)
+    assert (given.lr, given.weight_decay, given.warmup_steps) == (1e-3, 0.0, optimiser_default(kind, "warmup_steps"))
+    # a resumed run keeps the numbers it started with
+    train(PROSE, "the end", tmp_path, TrainConfig(steps=3, time_budget=None), resume=True, progress=False)
+    assert resume_weights(tmp_path)[0]["train_config"]["lr"] == recorded["lr"]
 
 
 def test_resume_without_a_run_is_a_user_error(tmp_path):
