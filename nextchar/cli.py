@@ -85,6 +85,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=_positive_int, default=t.batch_size, help=f"B (default {t.batch_size})")
     g.add_argument("--seq-len", type=_positive_int, default=t.seq_len, help=f"BPTT window T (default {t.seq_len})")
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default=t.optimizer, help="default adamw")
+
     def by_kind(name: str) -> str:  # e.g. "0.04 for lstm, 0.003 for the other kinds"
         special = [f"{values[name]:g} for {kind}" for kind, values in KIND_OPTIMISER_DEFAULTS.items()]
         return f"default {', '.join(special)}, {BASE_OPTIMISER_DEFAULTS[name]:g} for the other kinds"

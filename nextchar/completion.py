@@ -278,7 +278,7 @@ class Completer:
 
     def suggest_steps(self, text: str, k: int = 5, mode: str = "line",
                       typos: bool = False) -> Generator[Request, Any, list[Suggestion]]:
-        """`suggest` as a generator of its model calls (beam.drive). Caller holds the lock."""
+        """`suggest` as a generator of its search's requests (beam.drive). Caller holds the lock."""
         k, mode = check_k(k), check_mode(mode)
         memo_key = (text, k, mode, bool(typos))
         prepared = self.prepare(text)
