@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from nextchar.models import State, stack_states
+from nextchar.models import State, select_state, stack_states
 from nextchar.text import END, START, UNK, Vocabulary
 
 MODES = ("word", "line", "phrase")
@@ -419,7 +419,7 @@ def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batc
         parts, symbols = [], []
         for key, (batch, rows, syms) in steps.items():
             index = torch.tensor(rows)
-            parts.append(tuple(s[index] for s in batch.state))
+            parts.append(select_state(batch.state, index))
             symbols.extend(syms)
             offsets[0][key], start = start, start + len(rows)
         state = parts[0] if len(parts) == 1 else stack_states(parts)
@@ -427,7 +427,7 @@ def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batc
         blocks.append((symbol_logprobs(logits[:, -1]), state))
     for key, (states, logprobs, rows) in copies.items():
         index = torch.tensor(rows)
-        blocks.append((logprobs[index], tuple(s[index] for s in states)))
+        blocks.append((logprobs[index], select_state(states, index)))
         offsets[1][key], start = start, start + len(rows)
     if singles:
         blocks.append((torch.stack([n.logprobs for n in singles]), stack_states([n.state for n in singles])))
@@ -442,7 +442,7 @@ def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batc
         order.extend(range(first, first + count))
     if order != list(range(len(order))):
         index = torch.tensor(order)
-        logprobs, state = logprobs[index], tuple(s[index] for s in state)
+        logprobs, state = logprobs[index], select_state(state, index)
     out = _Batch(logprobs, state)
     replies, lo = [], 0
     for r in requests:
@@ -516,6 +516,7 @@ def beam_steps(
     finish = finished.add
 
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
+    size = len(table.chars)  # V: a top-k index is row·V + symbol
     for _ in range(max_steps + 1):
         masses = yield _Masses(beam.batch, beam.lo, beam.hi, table)
         if lexicon is not None:
@@ -524,7 +525,6 @@ def beam_steps(
             kinds = _free_finish(beam, masses, mode, settings, finish, allow_empty)
             allow_empty = False
             values, indices = yield _TopK(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table)
-            size = len(table.chars)
             chosen = []
             for value, index in zip(values, indices, strict=True):
                 if value == -math.inf:

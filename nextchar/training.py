@@ -81,8 +81,6 @@ class TrainConfig:
         """This config with the defaults of models of `kind` where lr, warmup_steps or
         weight_decay are unset."""
         unset = {name: optimiser_default(kind, name) for name in BASE_OPTIMISER_DEFAULTS if getattr(self, name) is None}
-        if "warmup_steps" in unset:
-            unset["warmup_steps"] = int(unset["warmup_steps"])
         return replace(self, **unset)
 
     def to_json(self) -> dict:
