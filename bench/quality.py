@@ -93,12 +93,14 @@ def plain_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, ste
 
 
 def nextchar_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, steps: int, bf16: bool) -> float:
-    """nextchar's own training step (batches, model, loss, clipping, schedule) without evaluation."""
-    from nextchar.training import learning_rate, make_optimizer
+    """nextchar's own training step (batches, model, loss, clipping, schedule, weight average)
+    without evaluation."""
+    from nextchar.training import learning_rate, make_optimizer, moving_average
 
     torch.manual_seed(0)
     model = build_model(cfg)
     opt = make_optimizer(model, tcfg)
+    averaged = moving_average(model, tcfg.ema) if tcfg.ema else None
     batches = StreamBatches(data, tcfg.batch_size, tcfg.seq_len)
     carry = None
     started, chars = time.perf_counter(), 0
@@ -113,6 +115,8 @@ def nextchar_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, 
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         opt.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         carry = tuple(s.detach() for s in state)
         chars += batch.x.numel()
     return chars / (time.perf_counter() - started)

@@ -87,12 +87,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default=t.optimizer, help="default adamw")
 
     def by_kind(name: str) -> str:  # e.g. "0.04 for lstm, 0.003 for the other kinds"
-        special = [f"{values[name]:g} for {kind}" for kind, values in KIND_OPTIMISER_DEFAULTS.items()]
-        return f"default {', '.join(special)}, {BASE_OPTIMISER_DEFAULTS[name]:g} for the other kinds"
+        special = [f"{values[name]:g} for {kind}" for kind, values in KIND_OPTIMISER_DEFAULTS.items() if name in values]
+        base = f"{BASE_OPTIMISER_DEFAULTS[name]:g}"
+        return f"default {', '.join(special)}, {base} for the other kinds" if special else f"default {base}"
 
     g.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({by_kind('lr')})")
     g.add_argument("--warmup", type=int, help=f"warm-up steps ({by_kind('warmup_steps')})")
     g.add_argument("--weight-decay", type=float, help=f"AdamW decay ({by_kind('weight_decay')})")
+    g.add_argument("--min-lr-ratio", type=float, metavar="R",
+                   help=f"the cosine decays the learning rate to lr × R ({by_kind('min_lr_ratio')})")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and save a moving average of the weights with this decay a step, "
+                        f"0 = the trained weights themselves ({by_kind('ema')})")
     g.add_argument("--clip", type=float, default=t.grad_clip,
                    help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
     g = p.add_argument_group("duration and system")
@@ -159,9 +165,14 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
                         ("--weight-drop", args.weight_drop)):
         if not 0 <= value < 1:
             raise UserError(f"{flag} must be in [0, 1), not {value}")
+    if args.min_lr_ratio is not None and not 0 <= args.min_lr_ratio <= 1:
+        raise UserError(f"--min-lr-ratio must be in [0, 1], not {args.min_lr_ratio}")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), not {args.ema}")
     config = TrainConfig(
         batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
-        warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.clip, steps=args.steps,
+        warmup_steps=args.warmup, weight_decay=args.weight_decay, min_lr_ratio=args.min_lr_ratio,
+        ema=args.ema, grad_clip=args.clip, steps=args.steps,
         # On --resume without a new duration, None keeps the run's own (see train()).
         time_budget=args.time_budget if (args.time_budget or args.steps or args.resume) else TrainConfig.time_budget,
         eval_interval=args.eval_interval, seed=args.seed, precision=args.precision, device=args.device,

@@ -247,3 +247,14 @@ def test_sample_and_predict_reject_bad_arguments(text_model_dir):
         predict(ckpt, "x", k=0)
     assert len(sample(ckpt, "It", length=30, top_k=1, seed=5)) == 30  # text format: never stops early
     assert sample(ckpt, "It", length=30, top_k=1, seed=5) == sample(ckpt, "It", length=30, top_k=1, seed=6)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--ema", "1"], "--ema must be in [0, 1), not 1.0"),
+     (["--min-lr-ratio", "-0.5"], "--min-lr-ratio must be in [0, 1], not -0.5")],
+)
+def test_train_refuses_bad_schedule_settings(capsys, tmp_path, flags, message):
+    code, _, err = run(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "1", *flags)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

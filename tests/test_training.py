@@ -17,7 +17,15 @@ from nextchar.errors import UserError
 from nextchar.evaluate import evaluate_encoded, evaluate_lines, evaluate_stream
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
-from nextchar.training import RESUME_DIR, TrainConfig, learning_rate, optimiser_default, train
+from nextchar.training import (
+    BASE_OPTIMISER_DEFAULTS,
+    RESUME_DIR,
+    TrainConfig,
+    learning_rate,
+    moving_average,
+    optimiser_default,
+    train,
+)
 
 # ------------------------------------------------------------------------------ overfitting
 
@@ -134,10 +142,11 @@ def resume_weights(out) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize(
-    ("corpus_format", "kind", "precision"),
-    [("text", "lstm", "fp32"), ("lines", "lstm", "fp32"), ("text", "rnn-tanh", "auto"), ("lines", "window", "fp32")],
+    ("corpus_format", "kind", "precision", "ema"),
+    [("text", "lstm", "fp32", 0.0), ("lines", "lstm", "fp32", 0.0), ("text", "rnn-tanh", "auto", 0.0),
+     ("lines", "window", "fp32", 0.0), ("text", "gru", "fp32", 0.9)],
 )
-def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_format, kind, precision):
+def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_format, kind, precision, ema):
     if corpus_format == "text":
         cut = int(0.9 * len(PROSE))
         train_text, val_text = PROSE[:cut], PROSE[cut:]
@@ -145,7 +154,7 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_
         train_text, val_text = NAMES, "mia\nava\n"
     # Two layers with dropout, so that the random-number state has to be restored too.
     model = model_config(kind, num_layers=2, dropout=0.2)
-    config = train_config(steps=12, eval_interval=4, precision=precision)
+    config = train_config(steps=12, eval_interval=4, precision=precision, ema=ema)
     straight = train(train_text, val_text, tmp_path / "a", config, model, corpus_format, progress=False)
 
     stopped = train(train_text, val_text, tmp_path / "b", config, model, corpus_format, progress=False,
@@ -161,6 +170,7 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_
     assert meta_b["step"] == 12
     assert set(tensors_a) == set(tensors_b)
     assert any(k.startswith("model.") for k in tensors_a) and any(k.startswith("optim.") for k in tensors_a)
+    assert any(k.startswith("ema.") for k in tensors_a) == (ema > 0)  # the average goes on where it stopped
     for key in tensors_a:  # weights, optimizer moments, RNG and carried state: bit for bit
         assert torch.equal(tensors_a[key], tensors_b[key]), key
     assert straight.final_val.bpc == resumed.final_val.bpc
@@ -188,11 +198,11 @@ def test_resume_keeps_the_runs_settings(tmp_path):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_unset_optimiser_settings_take_the_kinds_defaults_and_are_recorded(tmp_path, kind):
     # lstm has defaults of its own (measured, README), gru the base ones; given values win.
-    config = train_config(steps=2, lr=None, warmup_steps=None, weight_decay=None)
+    config = train_config(steps=2, **dict.fromkeys(BASE_OPTIMISER_DEFAULTS))
     train(PROSE, "the end", tmp_path, config, model_config(kind), progress=False)
     meta, _ = resume_weights(tmp_path)
     recorded = meta["train_config"]
-    for name in ("lr", "warmup_steps", "weight_decay"):
+    for name in BASE_OPTIMISER_DEFAULTS:
         assert recorded[name] == optimiser_default(kind, name)
     assert optimiser_default("lstm", "lr") != optimiser_default("gru", "lr")
     given = TrainConfig(lr=1e-3, weight_decay=0.0).for_kind(kind)
@@ -229,6 +239,37 @@ def test_training_writes_checkpoint_metrics_plot_and_resume_state(tmp_path):
     ckpt = load_checkpoint(tmp_path)
     assert evaluate_encoded(ckpt.model, encode_corpus("mia\nemma\n", ckpt.vocab, "lines")).bpc == pytest.approx(
         result.best_val.bpc, rel=1e-6)
+
+
+def test_moving_average_ramps_its_decay_up_to_the_given_one():
+    model = build_model(ModelConfig(kind="window", vocab_size=5, context=1))
+    averaged = moving_average(model, decay=0.3)
+    expected = None
+    for n in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p))
+        averaged.update_parameters(model)
+        current = torch.cat([p.detach().flatten() for p in model.parameters()])
+        # the first update copies; then decay min(0.3, (1+n)/(10+n)): 2/11, 3/12, 0.3, 0.3
+        decay = min(0.3, (1 + n) / (10 + n))
+        expected = current.clone() if expected is None else decay * expected + (1 - decay) * current
+        got = torch.cat([p.detach().flatten() for p in averaged.module.parameters()])
+        torch.testing.assert_close(got, expected)
+
+
+def test_evaluations_score_and_save_the_moving_average(tmp_path):
+    cut = int(0.9 * len(PROSE))
+    result = train(PROSE[:cut], PROSE[cut:], tmp_path, train_config(steps=8, ema=0.5), model_config("lstm"),
+                   progress=False)
+    _, tensors = resume_weights(tmp_path)
+    ckpt = load_checkpoint(tmp_path)
+    for name, saved in ckpt.model.state_dict().items():
+        assert torch.equal(saved, tensors[f"ema.module.{name}"]), name
+    assert any(not torch.equal(saved, tensors[f"model.{name}"]) for name, saved in ckpt.model.state_dict().items())
+    val = encode_corpus(PROSE[cut:], ckpt.vocab, "text")
+    assert evaluate_encoded(ckpt.model, val).bpc == pytest.approx(result.best_val.bpc, rel=1e-6)
+    assert evaluate_encoded(result.model, val).bpc != pytest.approx(result.best_val.bpc, rel=1e-6)
 
 
 def test_time_budget_ends_training(tmp_path):
