@@ -2,13 +2,15 @@
 
 One function, `train`, does the whole job: it builds the vocabulary from the training split,
 encodes both splits, optimises (AdamW or SGD, warm-up + cosine learning rate, gradient-norm
-clipping), evaluates on the validation text every `eval_interval` steps, keeps the best
-checkpoint by validation BPC in `out`, and keeps the latest full training state in
-`out/resume/` so that `resume=True` continues exactly where the run stopped.
+clipping), evaluates on the validation text every `eval_interval` steps (the weights, or with
+`ema` their moving average), keeps the best checkpoint by validation BPC in `out`, and keeps the
+latest full training state in `out/resume/` so that `resume=True` continues exactly where the
+run stopped.
 
 Output directory:
     config.json + model-*.safetensors    best checkpoint (usable as `-m out`)
-    resume/state.json + state-*.safetensors   weights, optimizer, RNG, carried state, position
+    resume/state.json + state-*.safetensors   weights (and their average), optimizer, RNG,
+                                              carried state, position
     metrics.jsonl                        one JSON object per evaluation
     bpc.png                              train/validation BPC over steps
 """

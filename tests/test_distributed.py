@@ -76,7 +76,8 @@ def assert_same_trajectory(got: list[dict], expected: list[dict]) -> None:
 def test_replicas_stay_identical_and_equal_one_process(tmp_path, write_file, corpus_format, kind, batch_size):
     content = PROSE * 2 if corpus_format == "text" else NAMES * 2
     train_text, val_text = split_validation(content, corpus_format, 0.1)
-    config = train_config(steps=8, batch_size=batch_size, eval_interval=4)  # 5 lines: ranks get 3 and 2
+    # 5 lines: ranks get 3 and 2; the evaluations score a moving average of the weights (--ema)
+    config = train_config(steps=8, batch_size=batch_size, eval_interval=4, ema=0.9)
     model = model_config(kind, num_layers=2 if kind == "lstm" else 1)
     script = write_file("replicas.py", REPLICA_SCRIPT)
     done = torchrun(str(script), str(write_file("train.txt", train_text)), str(write_file("val.txt", val_text)),
