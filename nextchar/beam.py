@@ -366,8 +366,7 @@ def _serve_topk(forward: Forward, requests: list[_TopK]) -> list[tuple[list[floa
                 lps[r.lo : r.hi], kinds[r.lo : r.hi] = r.lps, r.kinds
         mask = table.masks[kinds[0]] if kinds.count(kinds[0]) == n else table.masks[torch.tensor(kinds)]
         scores = torch.tensor(lps).unsqueeze(1) + batch.logprobs + mask
-        heights = [r.hi - r.lo for r in group]
-        tallest = max(heights)
+        tallest = max(r.hi - r.lo for r in group)
         if len(group) == 1:
             flat = scores[group[0].lo : group[0].hi].reshape(1, -1)
         elif tallest * len(group) == n and all(r.lo == g * tallest for g, r in enumerate(group)):
@@ -391,19 +390,20 @@ def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batc
     copies: dict[int, tuple[State, Tensor, list[int]]] = {}
     singles: list[Node] = []
     plan: list[tuple[int, int, int, int]] = []
+
+    def from_model(r: _Extend, parents: list[int], symbols: list[int]) -> None:
+        rows, block_symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
+        plan.append((0, id(r.batch), len(rows), len(parents)))
+        rows.extend([r.lo + parent for parent in parents])
+        block_symbols.extend(symbols)
+
     for r in requests:
-        if not any(r.known):  # the usual case: every row from the model
-            rows, symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
-            plan.append((0, id(r.batch), len(rows), len(r.parents)))
-            rows.extend([r.lo + parent for parent in r.parents])
-            symbols.extend(r.symbols)
+        if not any(r.known):  # the usual case: every row from the model, one run
+            from_model(r, r.parents, r.symbols)
             continue
         for parent, symbol, node in zip(r.parents, r.symbols, r.known, strict=True):
             if node is None:
-                rows, symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
-                plan.append((0, id(r.batch), len(rows), 1))
-                rows.append(r.lo + parent)
-                symbols.append(symbol)
+                from_model(r, [parent], [symbol])
             elif node._batch is not None:  # one gather for all of a batch's rows, not a slice each
                 states, logprobs = node._batch
                 rows = copies.setdefault(id(logprobs), (states, logprobs, []))[2]

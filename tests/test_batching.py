@@ -94,6 +94,7 @@ def test_typists_batched_while_reusing_their_trees_get_what_a_fresh_search_gets(
             same(got, fresh.suggest(*query))
     assert counter.calls < fresh_counter.calls
 
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_low_precision_steps_serve_nearly_the_same_suggestions(prose_ckpt: Checkpoint, precision: str) -> None:
     gated = prose_ckpt.model.config.kind != "rnn"
