@@ -9,7 +9,7 @@ Standard split (train = first 90%, validation = the rest). For one model:
      8·(C(train + val) − C(train)) / len(val);
   4. personalisation: eval-complete (line mode, k = 5) on the validation text's speaker-name
      lines ("PROSPERO:"), typed in order, by the model and by the same model learning each line
-     once it is typed (nextchar.personal's defaults): keystroke savings, MRR, per-keystroke
+     once it is typed (nextchar.completion.personal's defaults): keystroke savings, MRR, per-keystroke
      latency (one torch thread, as the CLI), and the time learning takes per line.
 
     python bench/adapt.py -m DIR        # a checkpoint trained on the split (e.g. by bench/quality.py)
@@ -35,13 +35,13 @@ from compressors import compressors, conditional_bpc
 
 from nextchar.adapt import AdaptConfig, dynamic_evaluate, gradient_statistics
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.complete_eval import CompleterPredictor, evaluate_completion
-from nextchar.completion import Completer
-from nextchar.data import encode_corpus
-from nextchar.evaluate import evaluate_encoded
+from nextchar.evaluation.keystrokes import CompleterPredictor, evaluate_completion
+from nextchar.completion.completer import Completer
+from nextchar.data.batches import encode_corpus
+from nextchar.evaluation.bpc import evaluate_encoded
 from nextchar.models import ModelConfig
-from nextchar.personal import PersonalCompleter, PersonalPredictor
-from nextchar.training import TrainConfig, train
+from nextchar.completion.personal import PersonalCompleter, PersonalPredictor
+from nextchar.training.loop import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 PPMD = "PPMd order 6 (var. H)"

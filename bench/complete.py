@@ -34,17 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nextchar.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
-from nextchar.complete_eval import (  # noqa: E402
+from nextchar.evaluation.keystrokes import (  # noqa: E402
     CompleterPredictor,
     TriePredictor,
     evaluate_completion,
     typing_latency,
 )
-from nextchar.completion import Completer  # noqa: E402
-from nextchar.data import split_validation  # noqa: E402
+from nextchar.completion.completer import Completer  # noqa: E402
+from nextchar.data.batches import split_validation  # noqa: E402
 from nextchar.models import ModelConfig  # noqa: E402
 from nextchar.text import read_corpus, split_lines  # noqa: E402
-from nextchar.training import TrainConfig, train  # noqa: E402
+from nextchar.training.loop import TrainConfig, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 LENGTHS = (1, 10, 100, 10_000)

@@ -38,7 +38,7 @@ from nextchar.lecture.rnn import init_params, loss_and_gradients, make_batch  # 
 from nextchar.lecture.sgd import clip_gradients, sgd_step  # noqa: E402
 from nextchar.models import ModelConfig, build_model  # noqa: E402
 from nextchar.text import Vocabulary, embedded_corpus  # noqa: E402
-from nextchar.training import sequence_loss  # noqa: E402
+from nextchar.training.loop import sequence_loss  # noqa: E402
 
 
 def batches(count: int, batch_size: int, seq_len: int, seed: int = 0) -> list[np.ndarray]:

@@ -30,10 +30,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compressors import compressors, conditional_bpc
 
-from nextchar.data import StreamBatches, encode_corpus
+from nextchar.data.batches import StreamBatches, encode_corpus
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import Vocabulary
-from nextchar.training import TrainConfig, sequence_loss, train, use_bf16
+from nextchar.training.loop import TrainConfig, sequence_loss, train, use_bf16
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -95,7 +95,7 @@ def plain_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, ste
 def nextchar_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, steps: int, bf16: bool) -> float:
     """nextchar's own training step (batches, model, loss, clipping, schedule, weight average)
     without evaluation."""
-    from nextchar.training import learning_rate, make_optimizer, moving_average
+    from nextchar.training.loop import learning_rate, make_optimizer, moving_average
 
     torch.manual_seed(0)
     model = build_model(cfg)

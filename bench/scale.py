@@ -36,7 +36,7 @@ SOURCES = [DATA / "tinyshakespeare.txt", DATA / "names.txt"]
 PREPARE_PROBE = """
 import re, resource, sys, time
 from pathlib import Path
-from nextchar.prepare import prepare
+from nextchar.data.prepare import prepare
 
 def status(field):
     return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import query_pool, typing_paths
 
-from nextchar.service import ServiceSettings, build_engine
+from nextchar.service.app import ServiceSettings, build_engine
 
 
 def keystroke_rounds(typists: int, rounds: int) -> list[list[str]]:

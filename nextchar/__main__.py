@@ -1,5 +1,5 @@
 """`python -m nextchar` is the `nextchar` command."""
 
-from nextchar.cli import main
+from nextchar.cli.main import main
 
 raise SystemExit(main())

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nextchar.data import IGNORE, LineBatches, StreamBatches, frame_lines, stream_eval_layout
+from nextchar.data.batches import IGNORE, LineBatches, StreamBatches, frame_lines, stream_eval_layout
 from nextchar.errors import UserError
-from nextchar.evaluate import EvalResult, _Tally, evaluate_lines, evaluate_stream
+from nextchar.evaluation.bpc import EvalResult, _Tally, evaluate_lines, evaluate_stream
 from nextchar.models import CharModel, State, detach_state
 
 RULES = ("rms", "sgd")
@@ -181,7 +181,7 @@ class Adapter:
     """The online update on some of a model's parameters, with θ0, rollback and reset.
 
     `Adapter(model, config, stats)` changes `model`'s adapted parameters in place (callers pass
-    a copy, or a view that owns them: nextchar.personal) and nothing else: gradients are taken
+    a copy, or a view that owns them: nextchar.completion.personal) and nothing else: gradients are taken
     with torch.autograd.grad for the adapted parameters only, so no other parameter's `.grad`
     or `requires_grad` is touched (a shared model stays as it was). After the caller has scored
     a window with the current weights: `checkpoint()` (they scored sanely), then `learn(loss)`.

@@ -187,7 +187,7 @@ class GatedRNN(CharModel):
         if torch.is_autocast_enabled("cpu"):
             x = x.to(torch.get_autocast_dtype("cpu"))
         # States are kept in fp32 between calls; they enter in the compute dtype (bf16 under
-        # autocast, or when the weights themselves are bf16: see nextchar.completion).
+        # autocast, or when the weights themselves are bf16: see nextchar.completion.completer).
         layers_first = tuple(s.to(x.dtype) for s in layers_first)
         hx = layers_first if self.config.kind == "lstm" else layers_first[0]
         if self.training and self.config.weight_drop > 0:

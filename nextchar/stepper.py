@@ -20,7 +20,7 @@ products (see `Stepper`); the gates, the states and the logits stay fp32.
 
 The table and the copies are caches of weights, so they follow them: each is remade when a
 weight it was made from is replaced or changed in place (every in-place update bumps a
-tensor's version counter; nextchar.personal adapts weights in place).
+tensor's version counter; nextchar.completion.personal adapts weights in place).
 
 Anything else (longer inputs, other kinds, training mode) goes through the model's own
 forward, with oneDNN switched off for short inputs (`run_model`).
@@ -98,7 +98,7 @@ class Stepper:
 
     def __init__(self, model: CharModel, precision: str = "fp32", share: Stepper | None = None):
         """`share`: a stepper over a model with some of the same weight tensors (a per-person
-        view of it: nextchar.personal); what it made from those is used here, not made again
+        view of it: nextchar.completion.personal); what it made from those is used here, not made again
         (the table and the int8 copies are 1.5 MB per person for the default model)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

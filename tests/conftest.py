@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nextchar.models import ModelConfig
-from nextchar.training import TrainConfig, train
+from nextchar.training.loop import TrainConfig, train
 
 # Why one thread: the models in tests are tiny, and on a small shared machine two OpenMP
 # threads spin against each other and against other processes — measured here, a 100-step

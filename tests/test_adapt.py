@@ -24,10 +24,10 @@ from nextchar.adapt import (
     iter_windows,
 )
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
-from nextchar.data import IGNORE, encode_corpus, stream_eval_layout
+from nextchar.cli.main import main
+from nextchar.data.batches import IGNORE, encode_corpus, stream_eval_layout
 from nextchar.errors import UserError
-from nextchar.evaluate import evaluate_stream
+from nextchar.evaluation.bpc import evaluate_stream
 from nextchar.models import CharModel, build_model
 from nextchar.text import Vocabulary
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 from conftest import CallCounter, train_on_prose
 
-from nextchar import argtypes, stepper
+from nextchar import stepper
+from nextchar.cli import options as argtypes
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.completion import Completer
+from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
-from nextchar.service import ServiceSettings, build_engine, create_app
+from nextchar.service.app import ServiceSettings, build_engine, create_app
 from nextchar.stepper import auto_precision
 
 QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4, "word", False),

@@ -18,7 +18,7 @@ import pytest
 from _live_server import live_server
 
 from nextchar.checkpoint import load_checkpoint
-from nextchar.service import ServiceSettings, create_app
+from nextchar.service.app import ServiceSettings, create_app
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = os.environ.get("NEXTCHAR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

@@ -20,7 +20,7 @@ from nextchar.checkpoint import (
     save_checkpoint,
     write_bundle,
 )
-from nextchar.cli import main
+from nextchar.cli.main import main
 from nextchar.errors import UserError
 from nextchar.models import build_model
 from nextchar.sampling import predict, read_text

@@ -11,7 +11,7 @@ import torch
 from conftest import NAMES, PROSE
 
 from nextchar.checkpoint import load_checkpoint, read_bundle
-from nextchar.cli import main
+from nextchar.cli.main import main
 from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
 from nextchar.text import END, START, UNK
 

@@ -10,8 +10,8 @@ import pytest
 from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
-from nextchar.complete_eval import (
+from nextchar.cli.main import main
+from nextchar.evaluation.keystrokes import (
     CompleterPredictor,
     Predictor,
     TriePredictor,
@@ -21,9 +21,9 @@ from nextchar.complete_eval import (
     typing_latency,
     word_spans,
 )
-from nextchar.completion import Completer
+from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
-from nextchar.training import train
+from nextchar.training.loop import train
 
 
 def test_word_spans_and_prediction_points() -> None:

@@ -6,10 +6,10 @@ import pytest
 from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.completion import Completer
-from nextchar.lexicon import Lexicon
-from nextchar.training import train
-from nextchar.typos import Edit, edits1
+from nextchar.completion.completer import Completer
+from nextchar.completion.lexicon import Lexicon
+from nextchar.training.loop import train
+from nextchar.completion.typos import Edit, edits1
 
 
 def damerau1(text: str, alphabet: str) -> set[str]:

@@ -22,10 +22,10 @@ from conftest import NAMES, PROSE, model_config, train_config
 from safetensors.torch import load_file
 
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
-from nextchar.data import split_validation
-from nextchar.prepare import prepare
-from nextchar.training import RESUME_DIR, train
+from nextchar.cli.main import main
+from nextchar.data.batches import split_validation
+from nextchar.data.prepare import prepare
+from nextchar.training.loop import RESUME_DIR, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no gloo backend")
@@ -42,9 +42,9 @@ REPLICA_SCRIPT = """
 import json, sys
 import torch
 from safetensors.torch import save_file
-from nextchar import distributed
+from nextchar.training import distributed
 from nextchar.models import ModelConfig
-from nextchar.training import TrainConfig, train
+from nextchar.training.loop import TrainConfig, train
 
 train_text, val_text, out, config, model, corpus_format = sys.argv[1:]
 distributed.init(torch.device("cpu"))

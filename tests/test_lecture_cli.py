@@ -7,9 +7,9 @@ from conftest import NAMES as NAME_LIST
 from conftest import model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
+from nextchar.cli.main import main
 from nextchar.lecture import THREE_LINES
-from nextchar.training import train as nextchar_train
+from nextchar.training.loop import train as nextchar_train
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

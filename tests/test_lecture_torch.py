@@ -13,8 +13,8 @@ from conftest import NAMES as NAME_LIST
 from conftest import model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint, save_checkpoint
-from nextchar.cli import build_parser, main
-from nextchar.data import IGNORE, frame_lines
+from nextchar.cli.main import build_parser, main
+from nextchar.data.batches import IGNORE, frame_lines
 from nextchar.lecture import (
     THREE_LINES,
     LectureInputError,
@@ -36,7 +36,7 @@ from nextchar.lecture.convert import (
 from nextchar.lecture.rnn import NAMES, random_problem, relative_error
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
-from nextchar.training import train as nextchar_train
+from nextchar.training.loop import train as nextchar_train
 
 
 def _engine_batch(lines: list[list[int]], v: int):

@@ -13,11 +13,11 @@ import torch
 from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.completion import Completer
+from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
-from nextchar.lexicon import Lexicon
+from nextchar.completion.lexicon import Lexicon
 from nextchar.text import END, START
-from nextchar.training import train
+from nextchar.training.loop import train
 
 
 @pytest.fixture(scope="module")

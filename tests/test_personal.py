@@ -11,11 +11,11 @@ from conftest import NAMES
 
 from nextchar.adapt import AdaptConfig
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
-from nextchar.completion import Completer
+from nextchar.cli.main import main
+from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
 from nextchar.models import ModelConfig, build_model
-from nextchar.personal import PERSONAL_DEFAULTS, PersonalCompleter, PersonalCompleters, personal_view
+from nextchar.completion.personal import PERSONAL_DEFAULTS, PersonalCompleter, PersonalCompleters, personal_view
 from nextchar.text import END, START
 
 NEW_NAME = "prospero"  # letters the names model knows, a name it has never seen
@@ -211,7 +211,7 @@ def test_eval_complete_adapt_rms_needs_a_training_text(capsys, lines_model_dir, 
 def personal_client(lines_model_dir):
     from fastapi.testclient import TestClient
 
-    from nextchar.service import ServiceSettings, create_app
+    from nextchar.service.app import ServiceSettings, create_app
 
     settings = ServiceSettings(cache_mb=2, personal_users=2, max_chars=12, beam_width=4,
                                precision="fp32")  # personal weights are fp32: compare like with like
@@ -230,7 +230,7 @@ def personal_texts(client, user: str, q: str = "prosp") -> list[str]:
 def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_model_dir):
     from fastapi.testclient import TestClient
 
-    from nextchar.service import ServiceSettings, create_app
+    from nextchar.service.app import ServiceSettings, create_app
 
     client = personal_client
     shared_before = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
@@ -288,7 +288,7 @@ def test_service_personal_learns_any_text(personal_client):
 @pytest.fixture(scope="module")
 def personal_schema(lines_model_dir):
     schemathesis = pytest.importorskip("schemathesis")
-    from nextchar.service import ServiceSettings, create_app
+    from nextchar.service.app import ServiceSettings, create_app
 
     app = create_app(ckpt=load_checkpoint(lines_model_dir),
                      settings=ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2))

@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import NAMES, PROSE, model_config, train_config
 
-from nextchar import prepare as prepare_module
+from nextchar.data import prepare as prepare_module
 from nextchar.checkpoint import load_checkpoint
-from nextchar.cli import main
-from nextchar.data import LineBatches, StreamBatches, encode_corpus, split_validation
+from nextchar.cli.main import main
+from nextchar.data.batches import LineBatches, StreamBatches, encode_corpus, split_validation
 from nextchar.errors import UserError
-from nextchar.memmap_data import (
+from nextchar.data.prepared import (
     LINES_NAME,
     PREPARED_NAME,
     TOKENS_NAME,
@@ -34,9 +34,9 @@ from nextchar.memmap_data import (
     PreparedCorpus,
     token_dtype,
 )
-from nextchar.prepare import prepare
+from nextchar.data.prepare import prepare
 from nextchar.text import UNK, Vocabulary, choose_format, read_corpus
-from nextchar.training import train
+from nextchar.training.loop import train
 
 # Text that stresses the streaming: multi-byte characters (2, 3 and 4 bytes), a decomposed
 # "e" + combining acute that NFC composes (and must compose across a chunk boundary too),
@@ -307,7 +307,7 @@ def test_memmap_line_batches_equal_line_batches(prepared_lines):
 
 
 def test_huge_line_counts_use_an_affine_permutation_that_visits_every_line(prepared_lines, monkeypatch):
-    monkeypatch.setattr("nextchar.memmap_data.FULL_SHUFFLE_LINES", 0)
+    monkeypatch.setattr("nextchar.data.prepared.FULL_SHUFFLE_LINES", 0)
     corpus = PreparedCorpus.open(prepared_lines)
     batches = MemmapLineBatches(corpus, corpus.n_lines, 6, 64, seed=3)
     for epoch in range(2):
@@ -412,7 +412,7 @@ def test_eval_of_a_prepared_directory_bad_input(capsys, tmp_path, write_file, pr
 MEMORY_GROWTH = """
 import re
 from pathlib import Path
-from nextchar.prepare import prepare
+from nextchar.data.prepare import prepare
 
 def status(field):
     return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024

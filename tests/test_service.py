@@ -1,4 +1,4 @@
-"""The suggestion service (nextchar.service, `nextchar serve`): every route in-process, bad
+"""The suggestion service (nextchar.service.app, `nextchar serve`): every route in-process, bad
 input, caches and their bounds, metrics, slow clients on a real server, and the CLI."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from _live_server import live_server
 from fastapi.testclient import TestClient
 
 from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint
-from nextchar.cli import main
-from nextchar.completion import Completer
-from nextchar.service import (
+from nextchar.cli.main import main
+from nextchar.completion.completer import Completer
+from nextchar.service.app import (
     SUGGESTIONS_TYPE,
     ResponseCache,
     ServiceSettings,
@@ -177,7 +177,7 @@ def test_page_and_static_files(client: TestClient) -> None:
 
 
 def test_static_files_load_nothing_from_elsewhere() -> None:
-    static = Path(__file__).parent.parent / "nextchar" / "static"
+    static = Path(__file__).parent.parent / "nextchar" / "service" / "static"
     for path in static.iterdir():
         text = path.read_text(encoding="utf-8")
         # Any absolute or protocol-relative URL in src/href/url()/fetch/import would leave the machine.
@@ -386,7 +386,7 @@ def test_metrics_are_prometheus_text(text_model_dir: Path) -> None:
 
 
 def test_model_is_loaded_once_in_the_lifespan(text_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nextchar.service as service
+    import nextchar.service.app as service
 
     calls = []
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 schemathesis = pytest.importorskip("schemathesis")
 
 from nextchar.checkpoint import load_checkpoint  # noqa: E402
-from nextchar.service import ServiceSettings, create_app  # noqa: E402
+from nextchar.service.app import ServiceSettings, create_app  # noqa: E402
 
 # Tests are collected before fixtures run, and schemathesis needs the app at collection time:
 # the app is built lazily and trains its own tiny model (the same recipe as conftest's).

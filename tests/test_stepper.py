@@ -103,7 +103,7 @@ def test_precision_is_checked_and_only_gated_models_use_it():
 
 def test_a_view_sharing_weights_shares_what_is_made_from_them():
     """A per-person view owns its output layer only: the table and int8 copies are not made again."""
-    from nextchar.personal import personal_view
+    from nextchar.completion.personal import personal_view
 
     model = make("lstm", 1)
     base = Stepper(model, "int8")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import NAMES, PROSE
 
-from nextchar.data import (
+from nextchar.data.batches import (
     IGNORE,
     LineBatches,
     StreamBatches,

@@ -11,13 +11,13 @@ import torch
 from conftest import NAMES, ONE_LINE, PROSE, model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint, read_bundle, save_checkpoint
-from nextchar.cli import main
-from nextchar.data import encode_corpus
+from nextchar.cli.main import main
+from nextchar.data.batches import encode_corpus
 from nextchar.errors import UserError
-from nextchar.evaluate import evaluate_encoded, evaluate_lines, evaluate_stream
+from nextchar.evaluation.bpc import evaluate_encoded, evaluate_lines, evaluate_stream
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
-from nextchar.training import (
+from nextchar.training.loop import (
     BASE_OPTIMISER_DEFAULTS,
     RESUME_DIR,
     TrainConfig,

@@ -1,7 +1,7 @@
 """Reading a prepared directory: the token array as a memory map, and training batches from it.
 
-`nextchar prepare` writes the directory (see `nextchar.prepare`); this module checks it and
-serves the same batches that `nextchar.data` cuts from an in-memory corpus, reading only the
+`nextchar prepare` writes the directory (see `nextchar.data.prepare`); this module checks it and
+serves the same batches that `nextchar.data.batches` cuts from an in-memory corpus, reading only the
 rows a process needs from the memory map, so a corpus larger than RAM trains the same way:
 
     text:   tokens = ^ c0 c1 c2 …            StreamBatches' layout, B streams read in windows
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from nextchar import __version__
-from nextchar.data import Batch, StreamBatches, encode_corpus, frame_lines
+from nextchar.data.batches import Batch, StreamBatches, encode_corpus, frame_lines
 from nextchar.errors import UserError
 from nextchar.text import FORMATS, START, Vocabulary
 
@@ -151,7 +151,7 @@ class PreparedCorpus:
 
         The tail is the last `val_fraction` (of characters, or of lines), at most
         `max_val_chars` characters (a whole line at least): the same cut as
-        `nextchar.data.split_validation` when the cap does not bite.
+        `nextchar.data.batches.split_validation` when the cap does not bite.
         """
         if val_text is None and not 0.0 < val_fraction < 1.0:
             raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}")

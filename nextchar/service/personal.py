@@ -1,4 +1,4 @@
-"""The service's personal routes: suggestions from one person's adapted weights (nextchar.personal).
+"""The service's personal routes: suggestions from one person's adapted weights (nextchar.completion.personal).
 
 Off unless `ServiceSettings.personal_users` > 0: then the service keeps, per `user` key, that
 person's own output layer (an LRU of at most `personal_users` people) and adds
@@ -14,7 +14,7 @@ route each user to the same one (or run one worker).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
-# their parameter types are local to add_personal_routes (as in nextchar.service).
+# their parameter types are local to add_personal_routes (as in nextchar.service.app).
 import math
 import sys
 from collections.abc import Callable
@@ -24,9 +24,9 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from nextchar.completion import K_MAX
+from nextchar.completion.completer import K_MAX
 from nextchar.errors import UserError
-from nextchar.personal import MAX_LEARN_CHARS, PersonalCompleters
+from nextchar.completion.personal import MAX_LEARN_CHARS, PersonalCompleters
 
 MAX_LEARN_BODY = 4 * MAX_LEARN_CHARS  # characters accepted in one learn request (only the tail is learned)
 
@@ -55,8 +55,8 @@ def _finite(x: float) -> float:
 
 def add_personal_routes(app: FastAPI, engine: Callable[[], Any], settings: Any) -> None:
     """Add the personal routes to `app`: `engine()` is the service's Engine and `settings` its
-    ServiceSettings (nextchar.service), whose `personal_users` bounds the people kept."""
-    from nextchar.service import CompleteBody, ErrorBody, Overloaded
+    ServiceSettings (nextchar.service.app), whose `personal_users` bounds the people kept."""
+    from nextchar.service.app import CompleteBody, ErrorBody, Overloaded
 
     max_users = settings.personal_users
 

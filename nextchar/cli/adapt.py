@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, dynamic_evaluate, gradient_statistics
-from nextchar.argtypes import finite_number as _float
-from nextchar.argtypes import positive_int as _count
+from nextchar.cli.options import finite_number as _float
+from nextchar.cli.options import positive_int as _count
 from nextchar.checkpoint import Checkpoint
-from nextchar.data import Encoded, count_targets, encode_corpus, split_validation
+from nextchar.data.batches import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:
-    from nextchar.completion import Completer
-    from nextchar.personal import PersonalPredictor
+    from nextchar.completion.completer import Completer
+    from nextchar.completion.personal import PersonalPredictor
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -117,7 +117,7 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
 # ---------------------------------------------------------------------------------- eval-complete --adapt
 
 def add_personal_options(p: argparse.ArgumentParser) -> None:
-    from nextchar.personal import PERSONAL_DEFAULTS as d
+    from nextchar.completion.personal import PERSONAL_DEFAULTS as d
 
     g = p.add_argument_group("personalisation (docs/adaptation.md)")
     g.add_argument("--adapt", action="store_true",
@@ -136,8 +136,8 @@ def add_personal_options(p: argparse.ArgumentParser) -> None:
 
 
 def personal_predictor(args: argparse.Namespace, completer: Completer, k: int) -> PersonalPredictor:
-    """A typist whose completer learns each finished line (see nextchar.personal)."""
-    from nextchar.personal import PersonalCompleter, PersonalPredictor
+    """A typist whose completer learns each finished line (see nextchar.completion.personal)."""
+    from nextchar.completion.personal import PersonalCompleter, PersonalPredictor
 
     config = adapt_config(args)
     stats = None

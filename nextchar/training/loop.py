@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from nextchar import distributed
+from nextchar.training import distributed
 from nextchar.checkpoint import FORMAT_VERSION, read_bundle, save_checkpoint, write_bundle
-from nextchar.data import IGNORE, Batch, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.data.batches import IGNORE, Batch, LineBatches, StreamBatches, count_targets, encode_corpus
 from nextchar.errors import UserError
-from nextchar.evaluate import EvalResult, evaluate_encoded
-from nextchar.memmap_data import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
+from nextchar.evaluation.bpc import EvalResult, evaluate_encoded
+from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
 from nextchar.text import Vocabulary
 
@@ -260,7 +260,7 @@ def train(
     `prepared` (a split of a prepared directory) replaces the two texts, its vocabulary and
     format replace `alphabet` and `corpus_format`.
 
-    Inside a process group (`nextchar.distributed.init`, under torchrun) the model is wrapped
+    Inside a process group (`nextchar.training.distributed.init`, under torchrun) the model is wrapped
     in DistributedDataParallel: rank r trains on rows r, r+W, … of every global batch of
     `batch_size` rows, so W ranks take the same steps as one process with the same batch.
     """

@@ -8,9 +8,9 @@ import math
 import sys
 from pathlib import Path
 
-from nextchar.argtypes import PRECISION_HELP, PRECISIONS, add_model_option
-from nextchar.argtypes import finite_number as _number
-from nextchar.argtypes import whole_number as _int
+from nextchar.cli.options import PRECISION_HELP, PRECISIONS, add_model_option
+from nextchar.cli.options import finite_number as _number
+from nextchar.cli.options import whole_number as _int
 from nextchar.errors import UserError
 
 
@@ -48,8 +48,8 @@ def build_completer(args: argparse.Namespace):
     import torch
 
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.completion import Completer
-    from nextchar.lexicon import Lexicon
+    from nextchar.completion.completer import Completer
+    from nextchar.completion.lexicon import Lexicon
 
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, not {args.threads}")
@@ -68,7 +68,7 @@ def _visible(text: str) -> str:
 
 
 def _run_complete(args: argparse.Namespace) -> int:
-    from nextchar.completion import check_k
+    from nextchar.completion.completer import check_k
 
     check_k(args.k)
     completer = build_completer(args)
@@ -89,8 +89,8 @@ def _run_complete(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- type
 
 def _run_type(args: argparse.Namespace) -> int:
-    from nextchar.completion import check_k
-    from nextchar.terminal import run_terminal
+    from nextchar.completion.completer import check_k
+    from nextchar.cli.terminal import run_terminal
 
     check_k(args.k)
     completer = build_completer(args)
@@ -102,7 +102,7 @@ def _run_type(args: argparse.Namespace) -> int:
 
 def training_lines(ckpt) -> list[str] | None:
     """The training split's lines of a checkpoint, rebuilt from what it recorded (None if unknown)."""
-    from nextchar.data import split_validation
+    from nextchar.data.batches import split_validation
     from nextchar.text import embedded_corpus, read_corpus, split_lines
 
     source = ckpt.meta.get("training", {}).get("source", {}) if isinstance(ckpt.meta, dict) else {}
@@ -122,13 +122,13 @@ def training_lines(ckpt) -> list[str] | None:
 
 def _run_eval_complete(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.complete_eval import (
+    from nextchar.evaluation.keystrokes import (
         CompleterPredictor,
         TriePredictor,
         evaluate_completion,
         format_table,
     )
-    from nextchar.completion import Completer, check_k
+    from nextchar.completion.completer import Completer, check_k
     from nextchar.text import read_corpus, split_lines
 
     k = check_k(args.k)
@@ -159,7 +159,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
                                                  name=f"baseline ({window_ckpt.model.config.kind})"))
     personal = None
     if args.adapt:  # the same model learning each line once it is typed (personalisation, issue 7)
-        from nextchar.adapt_cli import personal_predictor
+        from nextchar.cli.adapt import personal_predictor
 
         personal = personal_predictor(args, completer, k)
         predictors.insert(1, personal)
@@ -179,7 +179,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
           f"{main.chars:,} characters")
     print(format_table(results))
     if personal is not None:
-        from nextchar.adapt_cli import describe_learning
+        from nextchar.cli.adapt import describe_learning
 
         print(describe_learning(personal))
     for note in notes:
@@ -225,7 +225,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print JSON: ksr, mrr, success_at_1, success_at_k, latency_ms {p50,p95,p99}, targets, "
                         "… and baselines {trie, window}")
-    from nextchar.adapt_cli import add_personal_options  # --adapt: personalisation (issue 7)
+    from nextchar.cli.adapt import add_personal_options  # --adapt: personalisation (issue 7)
 
     add_personal_options(p)
     p.set_defaults(run=_run_eval_complete)

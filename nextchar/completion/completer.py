@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from nextchar.beam import (
+from nextchar.completion.search import (
     MODES,
     Candidate,
     Node,
@@ -67,11 +67,11 @@ from nextchar.beam import (
 )
 from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.errors import UserError
-from nextchar.lexicon import Lexicon
+from nextchar.completion.lexicon import Lexicon
 from nextchar.models import CharModel, State, stack_states
 from nextchar.stepper import PRECISIONS, Stepper
 from nextchar.text import END, START
-from nextchar.typos import ranked_edits
+from nextchar.completion.typos import ranked_edits
 
 K_MAX = 50  # larger k is clamped: a drop-down longer than this is not a drop-down
 DENSE_TAIL = 16  # a paste keeps one state per character for its last this many characters …
@@ -191,7 +191,7 @@ class Completer:
         self._memo: OrderedDict[tuple, list[Suggestion]] = OrderedDict()
         self._lock = threading.RLock()
         # How _node found each state: cached (hit), one step from a cached prefix (step), or read
-        # from the start (read). Read by the service's /metrics (nextchar.service).
+        # from the start (read). Read by the service's /metrics (nextchar.service.app).
         self.cache_stats = {"hit": 0, "step": 0, "read": 0}
 
     # ------------------------------------------------------------------ model steps
@@ -337,7 +337,7 @@ class Completer:
             raise UserError(f"the model has {model.config.vocab_size} symbols, the vocabulary {len(self.vocab)}")
         ckpt = Checkpoint(model, self.vocab, self.format, self.ckpt.meta, self.ckpt.path)
         # The same precision: the stepper's low-precision copies follow the weights if their
-        # owner changes them (nextchar.personal adapts in place).
+        # owner changes them (nextchar.completion.personal adapts in place).
         clone = Completer(ckpt, cache_size=self.cache_size if cache_size is None else cache_size, **self._options,
                           precision=self.precision)
         clone.lexicon = self.lexicon  # already mapped to the vocabulary

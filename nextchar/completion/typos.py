@@ -67,7 +67,7 @@ def ranked_edits(
     index: dict[str, int],
     per_position: int,
     limit: int | None = None,
-    lexicon=None,  # nextchar.lexicon.Lexicon | None
+    lexicon=None,  # nextchar.completion.lexicon.Lexicon | None
     key_start: int = 0,
 ) -> list[tuple[float, Edit]]:
     """Candidate edits at positions lo…len(text)−1 (at most `limit`), by local gain, best first.

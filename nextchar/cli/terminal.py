@@ -28,8 +28,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 
-from nextchar.completion import Completer as NextcharCompleter
-from nextchar.completion import Suggestion
+from nextchar.completion.completer import Completer as NextcharCompleter
+from nextchar.completion.completer import Suggestion
 
 
 class Suggester:

@@ -44,10 +44,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nextchar.beam import is_boundary, word_start
-from nextchar.completion import Completer, check_k, check_mode
+from nextchar.completion.search import is_boundary, word_start
+from nextchar.completion.completer import Completer, check_k, check_mode
 from nextchar.errors import UserError
-from nextchar.lexicon import Lexicon
+from nextchar.completion.lexicon import Lexicon
 
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 
@@ -114,7 +114,7 @@ class Predictor:
         raise NotImplementedError
 
     def finish(self, line: str) -> None:
-        """The line is done (untimed): an adapting predictor learns from it (nextchar.personal)."""
+        """The line is done (untimed): an adapting predictor learns from it (nextchar.completion.personal)."""
 
 
 class CompleterPredictor(Predictor):

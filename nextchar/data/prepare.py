@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from nextchar.errors import UserError
-from nextchar.memmap_data import (
+from nextchar.data.prepared import (
     LINES_NAME,
     PREPARED_NAME,
     TOKENS_NAME,
@@ -457,7 +457,7 @@ def prepare(
             encode_bar = stack.enter_context(bar("encode"))
             encoder = _Encoder(vocab, corpus_format, tokens_file, lines_file)
             # The lecture's mapping joins whitespace runs across pieces in a stream; lines are
-            # split first and mapped one by one (by the encoder), as nextchar.data does.
+            # split first and mapped one by one (by the encoder), as nextchar.data.batches does.
             mapper = _LectureMapper() if vocab.alphabet == "lecture" and corpus_format == "text" else None
             bytes_read = 0
 

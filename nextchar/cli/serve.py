@@ -6,9 +6,9 @@ import argparse
 import socket
 import sys
 
-from nextchar.argtypes import PRECISION_HELP, PRECISIONS, add_model_option
-from nextchar.argtypes import finite_number as _number
-from nextchar.argtypes import whole_number as _int
+from nextchar.cli.options import PRECISION_HELP, PRECISIONS, add_model_option
+from nextchar.cli.options import finite_number as _number
+from nextchar.cli.options import whole_number as _int
 from nextchar.errors import UserError
 
 
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.lexicon import Lexicon
-    from nextchar.service import ENV_SETTINGS, ServiceSettings, create_app, tune_gc_for_serving
+    from nextchar.completion.lexicon import Lexicon
+    from nextchar.service.app import ENV_SETTINGS, ServiceSettings, create_app, tune_gc_for_serving
 
     for name in ("workers", "threads", "max_query", "max_pending", "limit_concurrency", "default_k", "beam",
                  "max_chars", "max_words", "max_batch"):
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             # Each worker process builds its own app (and loads the model once, in its lifespan)
             # from the settings handed down in the environment.
             os.environ[ENV_SETTINGS] = settings.to_env()
-            config = uvicorn.Config("nextchar.service:app_from_env", factory=True, workers=args.workers,
+            config = uvicorn.Config("nextchar.service.app:app_from_env", factory=True, workers=args.workers,
                                     lifespan="on", **common)
             Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:

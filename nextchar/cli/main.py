@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.argtypes import add_model_option
-from nextchar.argtypes import positive_float as _positive_float
-from nextchar.argtypes import positive_int as _positive_int
+from nextchar.cli.options import add_model_option
+from nextchar.cli.options import positive_float as _positive_float
+from nextchar.cli.options import positive_int as _positive_int
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the commands import what they need when they run (a fast --help)
     from nextchar.checkpoint import Checkpoint
-    from nextchar.evaluate import EvalResult
+    from nextchar.evaluation.bpc import EvalResult
     from nextchar.models import ModelConfig
-    from nextchar.training import TrainConfig, TrainResult
+    from nextchar.training.loop import TrainConfig, TrainResult
 
 EXIT_USAGE = 2
 
@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from nextchar.models import KINDS, ModelConfig
-    from nextchar.training import BASE_OPTIMISER_DEFAULTS, KIND_OPTIMISER_DEFAULTS, TrainConfig
+    from nextchar.training.loop import BASE_OPTIMISER_DEFAULTS, KIND_OPTIMISER_DEFAULTS, TrainConfig
 
     m, t = ModelConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a model on a corpus",
@@ -127,8 +127,8 @@ def _load_corpus(path: str | None, encoding_errors: str) -> tuple[str, str]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    """The train command, alone or as one of the processes torchrun started (nextchar.distributed)."""
-    from nextchar import distributed
+    """The train command, alone or as one of the processes torchrun started (nextchar.training.distributed)."""
+    from nextchar.training import distributed
 
     try:
         distributed.init(distributed.resolve_device(args.device))
@@ -159,7 +159,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
     from nextchar.models import ModelConfig
-    from nextchar.training import TrainConfig
+    from nextchar.training.loop import TrainConfig
 
     for flag, value in (("--dropout", args.dropout), ("--embedding-dropout", args.embedding_dropout),
                         ("--weight-drop", args.weight_drop)):
@@ -187,10 +187,10 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
 
 
 def _train(args: argparse.Namespace, rank: int) -> int:
-    from nextchar import distributed
-    from nextchar.data import split_validation
+    from nextchar.training import distributed
+    from nextchar.data.batches import split_validation
     from nextchar.text import choose_format, read_corpus
-    from nextchar.training import RESUME_DIR, train
+    from nextchar.training.loop import RESUME_DIR, train
 
     if not args.resume and distributed.is_restart() and (Path(args.out) / RESUME_DIR / "state.json").is_file():
         args.resume = args.out  # torchrun restarted the processes after a failure: continue the run
@@ -231,10 +231,10 @@ def _train(args: argparse.Namespace, rank: int) -> int:
 
 
 def _train_prepared(args: argparse.Namespace, directory: Path, out: Path, source: dict | None, rank: int) -> int:
-    """Train from a directory made by `nextchar prepare` (memory-mapped; see nextchar.memmap_data)."""
-    from nextchar.memmap_data import PreparedCorpus
+    """Train from a directory made by `nextchar prepare` (memory-mapped; see nextchar.data.prepared)."""
+    from nextchar.data.prepared import PreparedCorpus
     from nextchar.text import read_corpus
-    from nextchar.training import train
+    from nextchar.training.loop import train
 
     corpus = PreparedCorpus.open(directory)
     if source is None and args.format != "auto" and args.format != corpus.format:
@@ -259,7 +259,7 @@ def _train_prepared(args: argparse.Namespace, directory: Path, out: Path, source
 
 
 def _report_training(result: TrainResult, out: Path, rank: int) -> int:
-    from nextchar import distributed
+    from nextchar.training import distributed
 
     if rank != 0:
         return 0
@@ -283,7 +283,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="how to frame the corpus (default: as the model was trained; a prepared directory's own)")
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from nextchar.adapt_cli import add_eval_options  # --adapt and its settings (issue 7)
+    from nextchar.cli.adapt import add_eval_options  # --adapt and its settings (issue 7)
 
     add_eval_options(p)
     p.set_defaults(run=_run_eval)
@@ -291,9 +291,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.data import count_targets, encode_corpus
-    from nextchar.evaluate import evaluate_encoded
-    from nextchar.memmap_data import is_prepared
+    from nextchar.data.batches import count_targets, encode_corpus
+    from nextchar.evaluation.bpc import evaluate_encoded
+    from nextchar.data.prepared import is_prepared
     from nextchar.text import read_corpus
 
     ckpt = load_checkpoint(args.model)
@@ -304,7 +304,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if count_targets(encoded) == 0:
         raise UserError(f"{args.corpus}: nothing to evaluate after mapping onto the model's alphabet")
     if args.adapt:  # dynamic evaluation, printed beside the static figures
-        from nextchar.adapt_cli import run_adapted_eval
+        from nextchar.cli.adapt import run_adapted_eval
 
         return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
     _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
@@ -313,8 +313,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
-    from nextchar.evaluate import evaluate_lines, evaluate_stream
-    from nextchar.memmap_data import PreparedCorpus, PreparedLines, vocabulary_mapping
+    from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
+    from nextchar.data.prepared import PreparedCorpus, PreparedLines, vocabulary_mapping
 
     directory = Path(args.corpus)
     corpus = PreparedCorpus.open(directory)
@@ -404,7 +404,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- prepare
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    from nextchar.prepare import add_parser
+    from nextchar.data.prepare import add_parser
 
     add_parser(sub)
 
@@ -412,13 +412,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------- autocomplete
 
 def _add_autocomplete(sub: argparse._SubParsersAction) -> None:
-    from nextchar.complete_cli import add_parser  # complete, type, eval-complete
+    from nextchar.cli.complete import add_parser  # complete, type, eval-complete
 
     add_parser(sub)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from nextchar.serve_cli import add_parser  # serve
+    from nextchar.cli.serve import add_parser  # serve
 
     add_parser(sub)
 

@@ -485,7 +485,7 @@ def beam_steps(
     mode: str,
     k: int,
     settings: SearchSettings,
-    lexicon=None,  # nextchar.lexicon.Lexicon | None
+    lexicon=None,  # nextchar.completion.lexicon.Lexicon | None
     lexicon_key: str = "",
     known: dict[str, Node] | None = None,
     allow_empty: bool = False,

@@ -60,9 +60,9 @@ from pydantic import BaseModel, Field
 
 from nextchar import __version__
 from nextchar.checkpoint import BUNDLED_DIR, Checkpoint, load_checkpoint
-from nextchar.completion import K_MAX, Completer
+from nextchar.completion.completer import K_MAX, Completer
 from nextchar.errors import UserError
-from nextchar.lexicon import Lexicon
+from nextchar.completion.lexicon import Lexicon
 
 STATIC_DIR = Path(__file__).parent / "static"
 ENV_SETTINGS = "NEXTCHAR_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
@@ -81,7 +81,7 @@ PER_TENSOR_OVERHEAD = 512  # bytes a cached tensor costs beyond its data (Tensor
 PER_ENTRY_OVERHEAD = 400  # bytes an LRU entry costs beyond its key and tensors (dict slot, Node, tuple)
 RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states the rest
 
-log = logging.getLogger("nextchar.service")
+log = logging.getLogger("nextchar.service.app")
 
 
 @dataclass
@@ -89,20 +89,20 @@ class ServiceSettings:
     """What `nextchar serve` configures; JSON-able, so that worker processes get the same."""
 
     model: str | None = None  # checkpoint directory; None: the bundled model
-    lexicon: str | None = None  # suggest only entries of this file (see nextchar.lexicon)
+    lexicon: str | None = None  # suggest only entries of this file (see nextchar.completion.lexicon)
     cache_mb: float = 256.0  # memory bound of both caches (states and responses), per process
     max_query: int = 1000  # longest q in characters (longer: 422)
     max_query_bytes: int = 16384  # longest raw query string in bytes (longer: 413), before any decoding
     max_pending: int = 64  # model jobs queued at once; more are refused with 503 (load shedding)
     default_k: int = 8  # suggestions when k is not given
     default_mode: str | None = None  # None: "line" for `lines` models (whole entries), "phrase" for `text`
-    beam_width: int = 8  # Completer settings (see nextchar.completion)
+    beam_width: int = 8  # Completer settings (see nextchar.completion.completer)
     max_chars: int = 48
     max_words: int = 3
     typo_penalty: float = 4.0
     public_url: str | None = None  # base URL in /opensearch.xml and /suggest's links (default: from the request)
     threads: int | None = None  # torch threads, set by app_from_env in each worker process (None: leave as is)
-    personal_users: int = 0  # >0: per-user adapted weights for this many people (nextchar.personal_service)
+    personal_users: int = 0  # >0: per-user adapted weights for this many people (nextchar.service.personal)
     max_batch: int = 16  # searches run together on the model thread at most (1: one at a time)
     precision: str = "auto"  # of the search's matrix products: auto | fp32 | bf16 | int8 (nextchar.stepper)
 
@@ -693,7 +693,7 @@ def create_app(completer: Completer | None = None, *, ckpt: Checkpoint | None = 
         return FileResponse(STATIC_DIR / "docs.html", headers=PAGE_HEADERS)
 
     if settings.personal_users > 0:  # per-user adapted suggestions (issue 7); off by default: no per-user state
-        from nextchar.personal_service import add_personal_routes
+        from nextchar.service.personal import add_personal_routes
 
         add_personal_routes(app, engine, settings)
 

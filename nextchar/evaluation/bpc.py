@@ -7,7 +7,7 @@ those positions whose true symbol is the model's first / among its five most lik
 In `text` format the state is carried through the text (see `stream_eval_layout`).
 
 Both readers take their data piecewise: a stream may be a memory map of a prepared corpus
-(`nextchar.memmap_data`) and lines any sequence of index tensors, so evaluating a corpus larger
+(`nextchar.data.prepared`) and lines any sequence of index tensors, so evaluating a corpus larger
 than memory needs only one batch at a time.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nextchar.data import IGNORE, frame_lines, stream_eval_shape
+from nextchar.data.batches import IGNORE, frame_lines, stream_eval_shape
 from nextchar.models import CharModel
 from nextchar.text import END
 
@@ -77,7 +77,7 @@ def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int 
                     mapping: Tensor | None = None) -> EvalResult:
     """BPC of a `text` stream (indices starting with <start>), state carried throughout.
 
-    The layout is `nextchar.data.stream_eval_layout`'s, read `chunk` columns at a time;
+    The layout is `nextchar.data.batches.stream_eval_layout`'s, read `chunk` columns at a time;
     `mapping` (if given) translates the stream's indices into the model's vocabulary.
     """
     was_training = model.training
@@ -122,7 +122,7 @@ def evaluate_lines(model: CharModel, lines: Sequence[Tensor], batch_size: int = 
 
 
 def evaluate_encoded(model: CharModel, encoded: Tensor | list[Tensor]) -> EvalResult:
-    """Evaluate a `text` stream or a list of lines (see `nextchar.data.encode_corpus`)."""
+    """Evaluate a `text` stream or a list of lines (see `nextchar.data.batches.encode_corpus`)."""
     if isinstance(encoded, Tensor):
         return evaluate_stream(model, encoded)
     return evaluate_lines(model, encoded)

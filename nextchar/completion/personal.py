@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
-from nextchar.complete_eval import CompleterPredictor
-from nextchar.completion import Completer
+from nextchar.evaluation.keystrokes import CompleterPredictor
+from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
 from nextchar.models import CharModel, detach_state
 from nextchar.text import END, START
