@@ -28,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest
 
-# Debian's Chromium for tests/test_browser.py (Playwright cannot download a browser here).
+# Debian's Chromium for tests/service/test_browser.py (Playwright cannot download a browser here).
 # Idempotent: nothing happens when /usr/bin/chromium exists; without apt-get the test is skipped.
 APT := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 browser:

@@ -8,7 +8,7 @@ predicts the next one.
 
 Score first, learn after. The log-probability of every character is computed with weights
 that have learned only from the windows before its own, so the adapted BPC is an honest
-sequential code length (tests/test_adapt.py checks that changing a character changes no score
+sequential code length (tests/evaluation/test_dynamic.py checks that changing a character changes no score
 of any character read before it). The recurrent state is carried from window to window as in
 evaluation; it is computed by the weights of the window it belongs to.
 

@@ -1,6 +1,5 @@
-"""Shared fixtures: tiny corpora written by the tests, tiny model settings, one trained model.
-
-Nothing here needs the corpora in /work/shared/data: every test writes its own few lines.
+"""Shared fixtures: tiny corpora written by the tests and tiny trained models (tests/helpers.py
+holds the corpora and settings they use).
 """
 
 from __future__ import annotations
@@ -9,68 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
-from nextchar.models import ModelConfig
-from nextchar.training.loop import TrainConfig, train
-
-# Why one thread: the models in tests are tiny, and on a small shared machine two OpenMP
-# threads spin against each other and against other processes — measured here, a 100-step
-# LSTM run took 0.2 s with one thread and up to 38 s with two while a benchmark was running.
-torch.set_num_threads(1)
-
-# A one-line corpus: every 6-character context determines the next character (see
-# test_training's overfitting test, which checks that before relying on it).
-ONE_LINE = "a quick fox jumps over 7 lazy dogs!"
-
-PROSE = (
-    "It was the best of times, it was the worst of times, it was the age of wisdom,\n"
-    "it was the age of foolishness, it was the epoch of belief, it was the epoch of\n"
-    "incredulity, it was the season of Light, it was the season of Darkness.\n"
-    "\n"
-    "There were a king with a large jaw and a queen with a plain face, on the throne\n"
-    "of England; there were a king with a large jaw and a queen with a fair face, on\n"
-    "the throne of France.\n"
-)
-
-NAMES = "emma\nolivia\nava\nisabella\nsophia\ncharlotte\nmia\namelia\nharper\nevelyn\nabigail\nemily\n"
-
-
-class CallCounter:
-    """Counts the model calls of completers (through their `forward`) and the characters read."""
-
-    def __init__(self, *completers: object) -> None:
-        self.calls = self.steps = 0
-        for completer in completers:
-            completer.forward = self._counting(completer.forward)  # type: ignore[attr-defined]
-
-    def _counting(self, forward: Callable) -> Callable:
-        def counted(idx: torch.Tensor, state: tuple) -> object:
-            self.calls += 1
-            self.steps += idx.shape[1]
-            return forward(idx, state)
-
-        return counted
-
-    def reset(self) -> None:
-        self.calls = self.steps = 0
-
-
-def model_config(kind: str, **overrides: object) -> ModelConfig:
-    """A tiny model of `kind` (vocab_size is filled in by train / the test)."""
-    kind, _, nonlinearity = kind.partition("-")  # "rnn-relu" → rnn with f1 = relu
-    settings: dict = {"kind": kind, "hidden_size": 24, "num_layers": 1, "embedding_size": 12,
-                      "dropout": 0.0, "embedding_dropout": 0.0, "context": 4, "nonlinearity": nonlinearity or "tanh"}
-    settings.update(overrides)
-    return ModelConfig(**settings)
-
-
-def train_config(**overrides: object) -> TrainConfig:
-    """A short, exact (fp32, CPU) run measured in steps, evaluating only at the end."""
-    settings: dict = {"batch_size": 4, "seq_len": 16, "lr": 0.01, "warmup_steps": 2, "steps": 10,
-                      "time_budget": None, "eval_interval": 1000, "precision": "fp32", "device": "cpu"}
-    settings.update(overrides)
-    return TrainConfig(**settings)
+from nextchar.training.loop import train
+from tests.helpers import NAMES, model_config, train_config, train_on_prose
 
 
 @pytest.fixture
@@ -87,14 +27,6 @@ def write_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
-
-
-def train_on_prose(out: Path, kind: str, steps: int) -> Path:
-    """A tiny model of `kind` trained for `steps` steps on PROSE in `text` format (its last
-    10% validates), written to `out`."""
-    cut = int(0.9 * len(PROSE))
-    train(PROSE[:cut], PROSE[cut:], out, train_config(steps=steps), model_config(kind), "text", progress=False)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import PROSE, model_config
 
 import nextchar.checkpoint as checkpoint
 from nextchar.checkpoint import (
@@ -25,6 +24,7 @@ from nextchar.errors import UserError
 from nextchar.models import build_model
 from nextchar.sampling import predict, read_text
 from nextchar.text import Vocabulary
+from tests.helpers import PROSE, model_config
 
 KINDS = ["window", "rnn-tanh", "rnn-relu", "lstm", "gru"]
 

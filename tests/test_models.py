@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import model_config
 
 from nextchar.models import (
     KINDS,
@@ -19,6 +18,7 @@ from nextchar.models import (
     stack_states,
 )
 from nextchar.text import START
+from tests.helpers import model_config
 
 ALL_KINDS = ["window", "rnn-tanh", "rnn-relu", "lstm", "gru"]
 V = 11

@@ -6,7 +6,6 @@ import unicodedata
 
 import pytest
 import torch
-from conftest import NAMES, PROSE
 
 from nextchar.data.batches import (
     IGNORE,
@@ -33,6 +32,7 @@ from nextchar.text import (
     split_lines,
     to_lecture_alphabet,
 )
+from tests.helpers import NAMES, PROSE
 
 # ------------------------------------------------------------------------------ reading
 

@@ -253,7 +253,7 @@ class MemmapStreamBatches(StreamBatches):
         self.span = np.arange(seq_len + 1)
 
     def __call__(self, step: int) -> Batch:
-        # The arithmetic of StreamBatches.__call__ (tests/test_prepare.py checks they agree).
+        # The arithmetic of StreamBatches.__call__ (tests/data/test_prepare.py checks they agree).
         epoch, window = divmod(step, self.windows_per_epoch)
         n = len(self.data)
         offset = (epoch * 7919) % min(self.seq_len, n - self.batch_size * self.stream_len + 1)

@@ -1,10 +1,10 @@
 """`nextchar lecture …`: the lecture's steps, one sub-command each (see docs/lecture.md).
 
-    table TEXT -m M          the "last m characters" state machine's table (and the RNN's check)
-    weights                  the fixed W^sx, W^ss of that machine for a small alphabet
-    gradcheck                hand-written BPTT vs finite differences and vs PyTorch autograd
-    train                    SGD on the lecture's three lines until they are reproduced
-    load -m DIR TEXT         a nextchar rnn (or window) checkpoint run by the NumPy engine
+table TEXT -m M          the "last m characters" state machine's table (and the RNN's check)
+weights                  the fixed W^sx, W^ss of that machine for a small alphabet
+gradcheck                hand-written BPTT vs finite differences and vs PyTorch autograd
+train                    SGD on the lecture's three lines until they are reproduced
+load -m DIR TEXT         a nextchar rnn (or window) checkpoint run by the NumPy engine
 """
 
 from __future__ import annotations
@@ -15,47 +15,63 @@ import time
 
 import numpy as np
 
-from nextchar.argtypes import add_model_option
-from nextchar.argtypes import positive_float as _positive_float
-from nextchar.argtypes import positive_int as _positive_int
+from nextchar.cli.options import add_model_option
+from nextchar.cli.options import positive_float as _positive_float
+from nextchar.cli.options import positive_int as _positive_int
 from nextchar.errors import UserError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lecture", help="the RNN lecture, runnable (NumPy, hand-written backprop)",
-                       description="Every step of MIT 6.036's RNN lecture, run in the lecture's notation: "
-                                   "state machines, the window machine as a fixed-weight RNN, forward and "
-                                   "backward passes by hand (checked), and SGD on the lecture's three lines.")
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "lecture",
+        help="the RNN lecture, runnable (NumPy, hand-written backprop)",
+        description="Every step of MIT 6.036's RNN lecture, run in the lecture's notation: "
+        "state machines, the window machine as a fixed-weight RNN, forward and "
+        "backward passes by hand (checked), and SGD on the lecture's three lines.",
+    )
     p.set_defaults(run=lambda args: _no_step(p))
     steps = p.add_subparsers(dest="lecture_step", metavar="STEP", parser_class=type(p))
 
-    q = steps.add_parser("table", help="the state table of the last-m-characters machine",
-                         description="Run the lecture's 'last m characters' state machine on TEXT and print "
-                                     "its table (t, x_t, s_t); spaces are shown as _. Also runs the same "
-                                     "machine as a one-hot RNN with fixed weights and checks its states.")
+    q = steps.add_parser(
+        "table",
+        help="the state table of the last-m-characters machine",
+        description="Run the lecture's 'last m characters' state machine on TEXT and print "
+        "its table (t, x_t, s_t); spaces are shown as _. Also runs the same "
+        "machine as a one-hot RNN with fixed weights and checks its states.",
+    )
     q.add_argument("text", metavar="TEXT", help='the input, e.g. "^what happens"')
     q.add_argument("-m", type=_positive_int, default=3, help="characters kept in the state (default 3)")
     q.add_argument("--start", default="^", help="the start character filling s_0 (default ^)")
     q.set_defaults(run=_run_table)
 
-    q = steps.add_parser("weights", help="the fixed W^sx, W^ss of the window machine",
-                         description="Print the fixed weights that make the window machine an RNN, "
-                                     "s_t = W^sx x_t + W^ss s_{t-1}. The default is the lecture's example: "
-                                     "alphabet {0,1} as scalars and m = 3.")
+    q = steps.add_parser(
+        "weights",
+        help="the fixed W^sx, W^ss of the window machine",
+        description="Print the fixed weights that make the window machine an RNN, "
+        "s_t = W^sx x_t + W^ss s_{t-1}. The default is the lecture's example: "
+        "alphabet {0,1} as scalars and m = 3.",
+    )
     q.add_argument("--alphabet", default="01", help="the characters (default 01)")
     q.add_argument("-c", "--context", type=_positive_int, default=3, help="characters of context c (default 3)")
-    q.add_argument("--encoding", choices=("scalar", "one-hot"), default=None,
-                   help="scalar: two characters as the numbers 0 and 1 (m = c); one-hot: block form "
-                        "(m = c·ℓ). Default: scalar for two characters, else one-hot")
+    q.add_argument(
+        "--encoding",
+        choices=("scalar", "one-hot"),
+        default=None,
+        help="scalar: two characters as the numbers 0 and 1 (m = c); one-hot: block form "
+        "(m = c·ℓ). Default: scalar for two characters, else one-hot",
+    )
     q.add_argument("--run", metavar="TEXT", dest="trace", help="also run the RNN on TEXT and print every s_t")
     q.set_defaults(run=_run_weights)
 
-    q = steps.add_parser("gradcheck", help="check the hand-written gradients",
-                         description="For random shapes, weights and batches of sequences of different "
-                                     "lengths, compare the gradients of J from hand-written backpropagation "
-                                     "through time with central finite differences and with PyTorch autograd "
-                                     "on nextchar's rnn model, all in float64. Prints the worst relative "
-                                     "error per parameter array.")
+    q = steps.add_parser(
+        "gradcheck",
+        help="check the hand-written gradients",
+        description="For random shapes, weights and batches of sequences of different "
+        "lengths, compare the gradients of J from hand-written backpropagation "
+        "through time with central finite differences and with PyTorch autograd "
+        "on nextchar's rnn model, all in float64. Prints the worst relative "
+        "error per parameter array.",
+    )
     q.add_argument("--trials", type=_positive_int, default=20, help="random problems per f1 (default 20)")
     q.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
     q.add_argument("--eps", type=_positive_float, default=1e-6, help="finite-difference step ε (default 1e-6)")
@@ -64,34 +80,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from nextchar.lecture.sgd import SGDConfig
 
     d = SGDConfig()
-    q = steps.add_parser("train", help="SGD on the lecture's three lines until they are reproduced",
-                         description="Train the lecture's RNN by SGD (pick a line i at random, step along "
-                                     "−∇L_seq(i)) on the lecture's three lines, until greedy decoding from "
-                                     "each line's first character reproduces the whole line. Prints each "
-                                     "line's reconstruction; exit status 1 if a line is not reproduced.")
+    q = steps.add_parser(
+        "train",
+        help="SGD on the lecture's three lines until they are reproduced",
+        description="Train the lecture's RNN by SGD (pick a line i at random, step along "
+        "−∇L_seq(i)) on the lecture's three lines, until greedy decoding from "
+        "each line's first character reproduces the whole line. Prints each "
+        "line's reconstruction; exit status 1 if a line is not reproduced.",
+    )
     q.add_argument("--lines", metavar="FILE", help="train on the lines of FILE instead (a-z and space only)")
     q.add_argument("--hidden", type=_positive_int, default=64, help="state size m (default 64)")
     q.add_argument("--f1", choices=("tanh", "relu"), default="tanh", help="the state nonlinearity (default tanh)")
     q.add_argument("--lr", type=_positive_float, default=d.lr, help=f"step size η (default {d.lr})")
-    q.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
-                   help=f"lines per update; 1 is the lecture's SGD (default {d.batch_size})")
-    q.add_argument("--clip", type=float, default=d.clip,
-                   help=f"gradient-norm clip, 0 = off (default {d.clip})")
-    q.add_argument("--steps", type=_positive_int, default=d.steps,
-                   help=f"at most this many updates (default {d.steps})")
-    q.add_argument("--check-every", type=_positive_int, default=10,
-                   help="test the reconstructions every N updates (default 10)")
+    q.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d.batch_size,
+        help=f"lines per update; 1 is the lecture's SGD (default {d.batch_size})",
+    )
+    q.add_argument("--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip})")
+    q.add_argument(
+        "--steps", type=_positive_int, default=d.steps, help=f"at most this many updates (default {d.steps})"
+    )
+    q.add_argument(
+        "--check-every", type=_positive_int, default=10, help="test the reconstructions every N updates (default 10)"
+    )
     q.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     q.add_argument("--out", metavar="DIR", help="save the trained model as a nextchar rnn checkpoint")
     q.add_argument("--plot", metavar="FILE", help="save a PNG: loss curve, heatmap of s_t along line 1")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=_run_train)
 
-    q = steps.add_parser("load", help="run a nextchar checkpoint in the NumPy engine",
-                         description="Load a nextchar rnn checkpoint (or a window checkpoint, as the lecture's "
-                                     "fixed-weight RNN plus its classifier) into the NumPy engine, print the "
-                                     "most likely next characters after TEXT, and compare every p_t with the "
-                                     "PyTorch model's.")
+    q = steps.add_parser(
+        "load",
+        help="run a nextchar checkpoint in the NumPy engine",
+        description="Load a nextchar rnn checkpoint (or a window checkpoint, as the lecture's "
+        "fixed-weight RNN plus its classifier) into the NumPy engine, print the "
+        "most likely next characters after TEXT, and compare every p_t with the "
+        "PyTorch model's.",
+    )
     q.add_argument("text", metavar="TEXT", help="what has been typed (may be empty)")
     add_model_option(q)
     q.add_argument("-k", type=_positive_int, default=5, help="how many characters (default 5)")
@@ -105,11 +132,12 @@ def _no_step(parser: argparse.ArgumentParser) -> int:
 
 # ------------------------------------------------------------------------------ table, weights
 
+
 def _run_table(args: argparse.Namespace) -> int:
     from nextchar.lecture.statemachine import format_table, window_machine, window_rnn
 
     if not args.text:
-        raise UserError("TEXT is empty; give the characters to feed the machine, e.g. \"^what happens\"")
+        raise UserError('TEXT is empty; give the characters to feed the machine, e.g. "^what happens"')
     if len(args.start) != 1:
         raise UserError(f"--start must be one character, not {args.start!r}")
     machine = window_machine(args.m, args.start)
@@ -120,9 +148,11 @@ def _run_table(args: argparse.Namespace) -> int:
     rnn = window_rnn(alphabet, args.m, args.start)
     states = rnn.states(args.text)
     same = all(np.array_equal(vec, rnn.encode_state(row.s)) for vec, row in zip(states, table, strict=True))
-    print(f"\nthe same machine as an RNN with fixed weights (alphabet of ℓ = {rnn.ell} characters, one-hot; "
-          f"m = c·ℓ = {rnn.m}):\nits states equal the table's, one-hot coded, at all {len(table)} steps: "
-          f"{'yes' if same else 'NO'}")
+    print(
+        f"\nthe same machine as an RNN with fixed weights (alphabet of ℓ = {rnn.ell} characters, one-hot; "
+        f"m = c·ℓ = {rnn.m}):\nits states equal the table's, one-hot coded, at all {len(table)} steps: "
+        f"{'yes' if same else 'NO'}"
+    )
     return 0 if same else 1
 
 
@@ -131,10 +161,15 @@ def _run_weights(args: argparse.Namespace) -> int:
 
     encoding = args.encoding or ("scalar" if len(args.alphabet) == 2 else "one-hot")
     rnn = window_rnn(args.alphabet, args.context, encoding=encoding)
-    coding = ("characters as scalars: " + ", ".join(f"{ch!r} = {k}" for k, ch in enumerate(rnn.alphabet))
-              if encoding == "scalar" else f"characters one-hot over {''.join(rnn.alphabet)!r}")
-    print(f"alphabet of ℓ = {len(rnn.alphabet)} characters, {coding}; c = {args.context} characters of context, "
-          f"state size m = {rnn.m}")
+    coding = (
+        "characters as scalars: " + ", ".join(f"{ch!r} = {k}" for k, ch in enumerate(rnn.alphabet))
+        if encoding == "scalar"
+        else f"characters one-hot over {''.join(rnn.alphabet)!r}"
+    )
+    print(
+        f"alphabet of ℓ = {len(rnn.alphabet)} characters, {coding}; c = {args.context} characters of context, "
+        f"state size m = {rnn.m}"
+    )
     print("s_t = W^sx x_t + W^ss s_t-1   (newest character first in s_t)\n")
     print(format_matrix("W^sx", rnn.W_sx))
     print()
@@ -151,11 +186,12 @@ def _run_weights(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ gradcheck
 
+
 def _run_gradcheck(args: argparse.Namespace) -> int:
     from nextchar.lecture.convert import autograd_check
     from nextchar.lecture.rnn import NAMES, gradient_check, random_problem
 
-    worst: dict[tuple[str, str], float] = {}
+    worst: dict[tuple[str, str, str], float] = {}
     shapes: set[tuple[int, int, int]] = set()
     started = time.perf_counter()
     for f1 in ("tanh", "relu"):
@@ -164,13 +200,15 @@ def _run_gradcheck(args: argparse.Namespace) -> int:
             params, batch = random_problem(seed, f1)
             shapes.add((params.m, params.ell, params.v))
             for name, err in gradient_check(params, batch, f1, args.eps).items():
-                worst[("fd", f1, name)] = max(worst.get(("fd", f1, name), 0.0), err)  # type: ignore[index]
+                worst[("fd", f1, name)] = max(worst.get(("fd", f1, name), 0.0), err)
             params, batch = random_problem(seed, f1, same_alphabet=True)
             for name, err in autograd_check(params, batch, f1).items():
-                worst[("ag", f1, name)] = max(worst.get(("ag", f1, name), 0.0), err)  # type: ignore[index]
+                worst[("ag", f1, name)] = max(worst.get(("ag", f1, name), 0.0), err)
     elapsed = time.perf_counter() - started
-    print(f"{args.trials} random problems per f1, float64: m, ℓ, v from 1 to 6 (against PyTorch ℓ = v from 4 to 9, "
-          "as its rnn model reads its own vocabulary); 1–3 sequences of 1–6 characters")
+    print(
+        f"{args.trials} random problems per f1, float64: m, ℓ, v from 1 to 6 (against PyTorch ℓ = v from 4 to 9, "
+        "as its rnn model reads its own vocabulary); 1–3 sequences of 1–6 characters"
+    )
     print("worst relative error ‖a − b‖ / (‖a‖ + ‖b‖) of dJ/dW, hand-written BPTT against:\n")
     print(f"{'':8}  {'finite differences':^21}  {'PyTorch autograd':^21}".rstrip())
     print(f"{'':8}  {'tanh':>10} {'relu':>10}  {'tanh':>10} {'relu':>10}")
@@ -179,17 +217,20 @@ def _run_gradcheck(args: argparse.Namespace) -> int:
         cells = []
         for method in ("fd", "ag"):
             for f1 in ("tanh", "relu"):
-                err = worst.get((method, f1, name))  # type: ignore[call-overload]
-                cells.append(f"{'':>10}" if err is None else f"{err:10.1e}")
+                worst_err = worst.get((method, f1, name))
+                cells.append(f"{'':>10}" if worst_err is None else f"{worst_err:10.1e}")
                 limit = 1e-6 if method == "fd" else 1e-9
-                ok &= err is None or err < limit
+                ok &= worst_err is None or worst_err < limit
         print(f"{name:8}  {cells[0]} {cells[1]}  {cells[2]} {cells[3]}")
-    print(f"\n{'passed' if ok else 'FAILED'}: every finite-difference error below 1e-6 and every autograd "
-          f"difference below 1e-9 ({elapsed:.1f} s)")
+    print(
+        f"\n{'passed' if ok else 'FAILED'}: every finite-difference error below 1e-6 and every autograd "
+        f"difference below 1e-9 ({elapsed:.1f} s)"
+    )
     return 0 if ok else 1
 
 
 # ------------------------------------------------------------------------------ train
+
 
 def _run_train(args: argparse.Namespace) -> int:
     from nextchar.lecture.sgd import THREE_LINES, SGDConfig, worked_example
@@ -198,11 +239,20 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.clip < 0:
         raise UserError(f"--clip must be 0 (off) or positive, not {args.clip}")
     lines = tuple(split_lines(read_corpus(args.lines))) if args.lines else THREE_LINES
-    config = SGDConfig(lr=args.lr, steps=args.steps, batch_size=args.batch_size, clip=args.clip,
-                       seed=args.seed, check_every=args.check_every)
-    print(f"the lecture's RNN: m = {args.hidden}, f1 = {args.f1}, ℓ = v = 30 (a-z, space, <start>, <end>, <unk>); "
-          f"SGD with η = {config.lr}, {config.batch_size} line{'s' if config.batch_size > 1 else ''} per update, "
-          f"clip {config.clip or 'off'}; {len(lines)} lines", file=sys.stderr)
+    config = SGDConfig(
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        clip=args.clip,
+        seed=args.seed,
+        check_every=args.check_every,
+    )
+    print(
+        f"the lecture's RNN: m = {args.hidden}, f1 = {args.f1}, ℓ = v = 30 (a-z, space, <start>, <end>, <unk>); "
+        f"SGD with η = {config.lr}, {config.batch_size} line{'s' if config.batch_size > 1 else ''} per update, "
+        f"clip {config.clip or 'off'}; {len(lines)} lines",
+        file=sys.stderr,
+    )
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -227,17 +277,25 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"every line reproduced after {result.solved_at} updates ({elapsed:.1f} s)")
     else:
         print(f"not every line reproduced after {result.steps} updates ({elapsed:.1f} s)")
-    print(f"final loss {h.loss[-1]:.4f} nats/character; largest gradient norm {max(h.grad_norm):.3g}, "
-          f"clipped in {h.clipped} of {result.steps} updates\n")
+    print(
+        f"final loss {h.loss[-1]:.4f} nats/character; largest gradient norm {max(h.grad_norm):.3g}, "
+        f"clipped in {h.clipped} of {result.steps} updates\n"
+    )
     width = max(len(line) for line in result.lines)
     for line, got in zip(result.lines, result.reconstructions, strict=True):
         print(f"  {line[0]} → {got:<{width}}  {'✓' if got == line else '✗ expected ' + repr(line)}")
     if args.out:
         from nextchar.lecture.convert import save_as_checkpoint
 
-        save_as_checkpoint(args.out, result.params, result.f1, result.vocab, "lines",
-                           training={"lines": list(result.lines), "sgd": vars(config) | {"hidden": args.hidden}},
-                           metrics={"loss": h.loss[-1], "updates": result.steps})
+        save_as_checkpoint(
+            args.out,
+            result.params,
+            result.f1,
+            result.vocab,
+            "lines",
+            training={"lines": list(result.lines), "sgd": vars(config) | {"hidden": args.hidden}},
+            metrics={"loss": h.loss[-1], "updates": result.steps},
+        )
         print(f"\ncheckpoint: {args.out}  (try: nextchar predict 'wha' -m {args.out})")
     if args.plot:
         from nextchar.lecture.plot import plot_example
@@ -248,6 +306,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ load
+
 
 def _run_load(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
@@ -270,9 +329,11 @@ def _run_load(args: argparse.Namespace) -> int:
     p_engine = forward(params, batch, converted.f1, converted.s0).P[0]
     p_torch = torch_probabilities(ckpt.model, indices)
     if kind == "window":
-        print(f"window checkpoint (c = {ckpt.model.config.context}) as the fixed-weight RNN: "
-              f"W^sx {params.m}×{params.ell}, W^ss {params.m}×{params.m} (shift), f1 = relu, "
-              f"s_0 = {ckpt.model.config.context} × <start>; W^o {params.v}×{params.m} from the checkpoint")
+        print(
+            f"window checkpoint (c = {ckpt.model.config.context}) as the fixed-weight RNN: "
+            f"W^sx {params.m}×{params.ell}, W^ss {params.m}×{params.m} (shift), f1 = relu, "
+            f"s_0 = {ckpt.model.config.context} × <start>; W^o {params.v}×{params.m} from the checkpoint"
+        )
     else:
         print(f"rnn checkpoint: m = {params.m}, ℓ = v = {params.v}, f1 = {converted.f1}")
     top = np.argsort(-p_engine[-1])[: args.k]

@@ -7,15 +7,16 @@ import io
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from nextchar.lecture.rnn import backward, forward, make_batch
 from nextchar.lecture.sgd import ExampleResult, encode_line, run_states
 from nextchar.lecture.statemachine import show
 
 
-def smooth(values: list[float], width: int = 20) -> np.ndarray:
+def smooth(values: list[float], width: int = 20) -> NDArray[np.float64]:
     """Running mean over the last `width` updates (one SGD step's loss is noisy)."""
-    a = np.asarray(values, float)
+    a: NDArray[np.float64] = np.asarray(values, float)
     if len(a) == 0:
         return a
     c = np.cumsum(np.insert(a, 0, 0.0))
@@ -69,7 +70,7 @@ def plot_example(path: str | Path, result: ExampleResult, line_index: int = 0) -
     ax.set_xticklabels(["s₀"] + [show(ch) for ch in "^" + line], fontsize=8)
     ax.set_xlabel("after reading x_t")
     ax.set_ylabel(f"state unit (m = {result.params.m})")
-    ax.set_title(f"hidden state s_t along \"{line}\" (f1 = {result.f1})")
+    ax.set_title(f'hidden state s_t along "{line}" (f1 = {result.f1})')
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     buffer = io.BytesIO()

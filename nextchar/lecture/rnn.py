@@ -33,25 +33,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from nextchar.lecture.errors import LectureInputError
 
 F1_CHOICES = ("tanh", "relu")
 
+FloatArray: TypeAlias = NDArray[np.floating[Any]]  # float64 for checking, float32 for speed
+IntArray: TypeAlias = NDArray[np.integer[Any]]  # character indices, lengths
+BoolArray: TypeAlias = NDArray[np.bool_]  # the mask
+
 
 # ------------------------------------------------------------------------------ parameters
+
 
 @dataclass
 class Params:
     """The five parameter arrays of the lecture's RNN (also used to hold their gradients)."""
 
-    W_sx: np.ndarray  # m × ℓ: how the new character enters the state
-    W_ss: np.ndarray  # m × m: how the previous state enters the state
-    W0_ss: np.ndarray  # m: the state's offset (the lecture's m×1 column)
-    W_o: np.ndarray  # v × m: the output classifier's weights
-    W0_o: np.ndarray  # v: the output classifier's offset
+    W_sx: FloatArray  # m × ℓ: how the new character enters the state
+    W_ss: FloatArray  # m × m: how the previous state enters the state
+    W0_ss: FloatArray  # m: the state's offset (the lecture's m×1 column)
+    W_o: FloatArray  # v × m: the output classifier's weights
+    W0_o: FloatArray  # v: the output classifier's offset
 
     def __post_init__(self) -> None:
         check_shapes(self)
@@ -59,28 +66,28 @@ class Params:
     @property
     def m(self) -> int:
         """Size of the state s_t."""
-        return self.W_ss.shape[0]
+        return int(self.W_ss.shape[0])
 
     @property
     def ell(self) -> int:
         """ℓ, size of the input x_t (the alphabet, one-hot)."""
-        return self.W_sx.shape[1]
+        return int(self.W_sx.shape[1])
 
     @property
     def v(self) -> int:
         """Number of output classes (characters that can come next)."""
-        return self.W_o.shape[0]
+        return int(self.W_o.shape[0])
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[np.floating[Any]]:
         return self.W_ss.dtype
 
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+    def items(self) -> Iterator[tuple[str, FloatArray]]:
         """(name, array) in the lecture's order: W_sx, W_ss, W0_ss, W_o, W0_o."""
         for f in fields(self):
             yield f.name, getattr(self, f.name)
 
-    def astype(self, dtype: np.dtype | type) -> Params:
+    def astype(self, dtype: np.dtype[Any] | type) -> Params:
         return Params(**{name: a.astype(dtype) for name, a in self.items()})
 
     def copy(self) -> Params:
@@ -108,22 +115,23 @@ def check_shapes(params: Params) -> None:
         raise LectureInputError(f"W_o must be v × m, got shape {arrays['W_o'].shape}")
     v = arrays["W_o"].shape[0]
     if arrays["W_sx"].ndim != 2 or arrays["W_sx"].shape[0] != m:
-        raise LectureInputError(f"W_sx has shape {'×'.join(map(str, arrays['W_sx'].shape))}, "
-                                f"expected {m}×ℓ (m = {m} from W_ss)")
+        raise LectureInputError(
+            f"W_sx has shape {'×'.join(map(str, arrays['W_sx'].shape))}, expected {m}×ℓ (m = {m} from W_ss)"
+        )
     expected = {"W0_ss": (m,), "W_o": (v, m), "W0_o": (v,)}
     for name, shape in expected.items():
         if arrays[name].shape != shape:
             want = "×".join(map(str, shape))
             raise LectureInputError(
                 f"{name} has shape {'×'.join(map(str, arrays[name].shape))}, expected {want} "
-                f"(m = {m} from W_ss, v = {v} from W_o)")
+                f"(m = {m} from W_ss, v = {v} from W_o)"
+            )
     dtypes = {a.dtype for a in arrays.values()}
     if len(dtypes) > 1:
         raise LectureInputError(f"the parameter arrays mix dtypes {sorted(map(str, dtypes))}; use one")
 
 
-def init_params(m: int, ell: int, v: int, seed: int | np.random.Generator = 0,
-                dtype: type = np.float64) -> Params:
+def init_params(m: int, ell: int, v: int, seed: int | np.random.Generator = 0, dtype: type = np.float64) -> Params:
     """Random weights U(−1/√m, 1/√m) and zero offsets (PyTorch's RNN initialisation)."""
     if min(m, ell, v) < 1:
         raise LectureInputError(f"sizes must be at least 1, got m={m}, ℓ={ell}, v={v}")
@@ -140,18 +148,20 @@ def init_params(m: int, ell: int, v: int, seed: int | np.random.Generator = 0,
 
 # ------------------------------------------------------------------------------ batches
 
+
 @dataclass
 class Batch:
     """B sequences padded to the longest, T: inputs x_t (one-hot), labels y_t and the mask."""
 
-    x: np.ndarray  # (B, T, ℓ): x[i, t-1] = x_t^(i); zero after the end of sequence i
-    y: np.ndarray  # (B, T) int: y[i, t-1] = y_t^(i), the index of the character after x_t
-    mask: np.ndarray  # (B, T) bool: M[i, t-1] = [t ≤ n^(i)]
+    x: FloatArray  # (B, T, ℓ): x[i, t-1] = x_t^(i); zero after the end of sequence i
+    y: IntArray  # (B, T) int: y[i, t-1] = y_t^(i), the index of the character after x_t
+    mask: BoolArray  # (B, T) bool: M[i, t-1] = [t ≤ n^(i)]
 
     @property
-    def lengths(self) -> np.ndarray:
+    def lengths(self) -> IntArray:
         """n^(i) for every sequence."""
-        return self.mask.sum(axis=1)
+        lengths: IntArray = self.mask.sum(axis=1)
+        return lengths
 
     @property
     def characters(self) -> int:
@@ -159,7 +169,7 @@ class Batch:
         return int(self.mask.sum())
 
 
-def one_hot(indices: Sequence[int] | np.ndarray, ell: int, dtype: type = np.float64) -> np.ndarray:
+def one_hot(indices: Sequence[int] | IntArray, ell: int, dtype: type = np.float64) -> FloatArray:
     """x_t for each index: the ℓ-vector with a 1 at the character's index."""
     indices = np.asarray(indices, dtype=np.int64)
     out = np.zeros((*indices.shape, ell), dtype)
@@ -167,8 +177,9 @@ def one_hot(indices: Sequence[int] | np.ndarray, ell: int, dtype: type = np.floa
     return out
 
 
-def make_batch(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], ell: int, v: int,
-               dtype: type = np.float64) -> Batch:
+def make_batch(
+    inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], ell: int, v: int, dtype: type = np.float64
+) -> Batch:
     """Pad sequences of character indices into a Batch (x one-hot over ℓ, y indices below v).
 
     inputs[i][t-1] is the index of x_t^(i) and targets[i][t-1] that of y_t^(i).
@@ -194,15 +205,18 @@ def make_batch(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
         bad = mask & ((index < 0) | (index >= size))
         if bad.any():
             i, t = np.argwhere(bad)[0]
-            raise LectureInputError(f"sequence {i}: {what} index {index[i, t]} (step {t + 1}) is outside the "
-                                    f"alphabet (indices 0..{size - 1})")
+            raise LectureInputError(
+                f"sequence {i}: {what} index {index[i, t]} (step {t + 1}) is outside the "
+                f"alphabet (indices 0..{size - 1})"
+            )
     x = one_hot(x_index, ell, dtype) * mask[..., None]  # zero after the end of each sequence
     return Batch(x, y, mask)
 
 
 # ------------------------------------------------------------------------------ forward
 
-def f1_apply(f1: str, z: np.ndarray) -> np.ndarray:
+
+def f1_apply(f1: str, z: FloatArray) -> FloatArray:
     """s = f1(z): tanh(z), or relu(z) = max(z, 0)."""
     if f1 == "tanh":
         return np.tanh(z)
@@ -211,10 +225,10 @@ def f1_apply(f1: str, z: np.ndarray) -> np.ndarray:
     raise LectureInputError(f"f1 must be one of {', '.join(F1_CHOICES)}, not {f1!r}")
 
 
-def f1_derivative(f1: str, z: np.ndarray, s: np.ndarray) -> np.ndarray:
+def f1_derivative(f1: str, z: FloatArray, s: FloatArray) -> FloatArray:
     """f1'(z), written with s = f1(z) where that is simpler:
 
-        tanh'(z) = 1 − tanh(z)² = 1 − s²        relu'(z) = [z > 0]
+    tanh'(z) = 1 − tanh(z)² = 1 − s²        relu'(z) = [z > 0]
     """
     if f1 == "tanh":
         return 1.0 - s * s
@@ -223,18 +237,19 @@ def f1_derivative(f1: str, z: np.ndarray, s: np.ndarray) -> np.ndarray:
     raise LectureInputError(f"f1 must be one of {', '.join(F1_CHOICES)}, not {f1!r}")
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: FloatArray) -> FloatArray:
     """f2(z)_k = exp(z_k) / Σ_j exp(z_j) along the last axis (shifted by max z: same value, no overflow)."""
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    p: FloatArray = e / e.sum(axis=-1, keepdims=True)  # (NumPy's stubs type the sums as Any)
+    return p
 
 
-def transition(params: Params, f1: str, s_prev: np.ndarray, x: np.ndarray) -> np.ndarray:
+def transition(params: Params, f1: str, s_prev: FloatArray, x: FloatArray) -> FloatArray:
     """s_t = f1(W^sx x_t + W^ss s_{t-1} + W0^ss), for one step of a batch (rows are sequences)."""
     return f1_apply(f1, x @ params.W_sx.T + s_prev @ params.W_ss.T + params.W0_ss)
 
 
-def output(params: Params, s: np.ndarray) -> np.ndarray:
+def output(params: Params, s: FloatArray) -> FloatArray:
     """p_t = f2(W^o s_t + W0^o) = softmax(z_t^2)."""
     return softmax(s @ params.W_o.T + params.W0_o)
 
@@ -244,30 +259,34 @@ class Forward:
     """Everything the forward pass computed (the backward pass reuses it)."""
 
     f1: str
-    S: np.ndarray  # (B, T+1, m): S[:, t] = s_t, S[:, 0] = s_0
-    Z1: np.ndarray  # (B, T, m):  Z1[:, t-1] = z_t^1
-    P: np.ndarray  # (B, T, v):  P[:, t-1] = p_t
-    L_elt: np.ndarray  # (B, T): L_elt(p_t, y_t), 0 on padding
-    L_seq: np.ndarray  # (B,): Σ_t L_elt for each sequence
+    S: FloatArray  # (B, T+1, m): S[:, t] = s_t, S[:, 0] = s_0
+    Z1: FloatArray  # (B, T, m):  Z1[:, t-1] = z_t^1
+    P: FloatArray  # (B, T, v):  P[:, t-1] = p_t
+    L_elt: FloatArray  # (B, T): L_elt(p_t, y_t), 0 on padding
+    L_seq: FloatArray  # (B,): Σ_t L_elt for each sequence
 
     @property
     def J(self) -> float:
         """J = Σ_i L_seq(p^(i), y^(i))."""
         return float(self.L_seq.sum())
 
-    def final_state(self, batch: Batch) -> np.ndarray:
+    def final_state(self, batch: Batch) -> FloatArray:
         """s_{n^(i)} of every sequence (its last real step, not the padding)."""
         return self.S[np.arange(len(self.S)), batch.lengths]
 
 
-def check_batch(params: Params, batch: Batch, s0: np.ndarray | None = None) -> None:
+def check_batch(params: Params, batch: Batch, s0: FloatArray | None = None) -> None:
     """Refuse a batch that does not fit the parameters (the message names both shapes)."""
     if batch.x.ndim != 3 or batch.x.shape[2] != params.ell:
-        raise LectureInputError(f"inputs x have shape {batch.x.shape}, expected (B, T, ℓ={params.ell}) "
-                                f"to match W_sx ({params.m}×{params.ell})")
+        raise LectureInputError(
+            f"inputs x have shape {batch.x.shape}, expected (B, T, ℓ={params.ell}) "
+            f"to match W_sx ({params.m}×{params.ell})"
+        )
     if batch.y.shape != batch.x.shape[:2] or batch.mask.shape != batch.x.shape[:2]:
-        raise LectureInputError(f"labels y {batch.y.shape} and mask {batch.mask.shape} must both have the "
-                                f"shape (B, T) = {batch.x.shape[:2]} of the inputs")
+        raise LectureInputError(
+            f"labels y {batch.y.shape} and mask {batch.mask.shape} must both have the "
+            f"shape (B, T) = {batch.x.shape[:2]} of the inputs"
+        )
     if not batch.mask[:, 0].all():
         empty = int(np.flatnonzero(~batch.mask[:, 0])[0])
         raise LectureInputError(f"sequence {empty} is empty: every sequence needs n ≥ 1 characters")
@@ -275,11 +294,12 @@ def check_batch(params: Params, batch: Batch, s0: np.ndarray | None = None) -> N
     if labels.size and (labels.min() < 0 or labels.max() >= params.v):
         raise LectureInputError(f"a label y_t is outside 0..{params.v - 1} (W_o has v = {params.v} rows)")
     if s0 is not None and s0.shape not in ((params.m,), (batch.x.shape[0], params.m)):
-        raise LectureInputError(f"s_0 has shape {s0.shape}, expected ({params.m},) or "
-                                f"(B={batch.x.shape[0]}, m={params.m})")
+        raise LectureInputError(
+            f"s_0 has shape {s0.shape}, expected ({params.m},) or (B={batch.x.shape[0]}, m={params.m})"
+        )
 
 
-def forward(params: Params, batch: Batch, f1: str = "tanh", s0: np.ndarray | None = None) -> Forward:
+def forward(params: Params, batch: Batch, f1: str = "tanh", s0: FloatArray | None = None) -> Forward:
     """Run the RNN over a batch and compute the losses.
 
         for t = 1..T:   z_t^1 = W^sx x_t + W^ss s_{t-1} + W0^ss,   s_t = f1(z_t^1)
@@ -310,11 +330,12 @@ def forward(params: Params, batch: Batch, f1: str = "tanh", s0: np.ndarray | Non
 
 # ------------------------------------------------------------------------------ backward
 
+
 @dataclass
 class Backward:
     grads: Params  # dJ/dW for each of the five parameter arrays
-    dJ_ds: np.ndarray  # (B, T+1, m): dJ/ds_t, t = 0..T, accumulated back through time
-    dJ_dz1: np.ndarray  # (B, T, m): dJ/dz_t^1
+    dJ_ds: FloatArray  # (B, T+1, m): dJ/ds_t, t = 0..T, accumulated back through time
+    dJ_dz1: FloatArray  # (B, T, m): dJ/dz_t^1
 
 
 def backward(params: Params, batch: Batch, fwd: Forward) -> Backward:
@@ -390,8 +411,9 @@ def backward(params: Params, batch: Batch, fwd: Forward) -> Backward:
     return Backward(grads, dJ_ds, dJ_dz1)
 
 
-def loss_and_gradients(params: Params, batch: Batch, f1: str = "tanh",
-                       s0: np.ndarray | None = None) -> tuple[float, Params]:
+def loss_and_gradients(
+    params: Params, batch: Batch, f1: str = "tanh", s0: FloatArray | None = None
+) -> tuple[float, Params]:
     """J and dJ/dW for the five arrays: `forward` then `backward`."""
     fwd = forward(params, batch, f1, s0)
     return fwd.J, backward(params, batch, fwd).grads
@@ -399,17 +421,19 @@ def loss_and_gradients(params: Params, batch: Batch, f1: str = "tanh",
 
 # ------------------------------------------------------------------------------ gradient check
 
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+
+def relative_error(a: FloatArray, b: FloatArray) -> float:
     """‖a − b‖ / max(‖a‖ + ‖b‖, tiny): 0 for equal arrays, 1 for opposite ones."""
     denominator = float(np.linalg.norm(a) + np.linalg.norm(b))
     return float(np.linalg.norm(a - b)) / max(denominator, 1e-300)
 
 
-def numerical_gradients(params: Params, batch: Batch, f1: str = "tanh", eps: float = 1e-6,
-                        s0: np.ndarray | None = None) -> Params:
+def numerical_gradients(
+    params: Params, batch: Batch, f1: str = "tanh", eps: float = 1e-6, s0: FloatArray | None = None
+) -> Params:
     """dJ/dW by central finite differences, one entry at a time:
 
-        dJ/dW[k] ≈ (J(W + ε e_k) − J(W − ε e_k)) / 2ε          (error O(ε²))
+    dJ/dW[k] ≈ (J(W + ε e_k) − J(W − ε e_k)) / 2ε          (error O(ε²))
     """
     numeric = params.zeros_like()
     for name, array in params.items():
@@ -425,8 +449,9 @@ def numerical_gradients(params: Params, batch: Batch, f1: str = "tanh", eps: flo
     return numeric
 
 
-def gradient_check(params: Params, batch: Batch, f1: str = "tanh", eps: float = 1e-6,
-                   s0: np.ndarray | None = None) -> dict[str, float]:
+def gradient_check(
+    params: Params, batch: Batch, f1: str = "tanh", eps: float = 1e-6, s0: FloatArray | None = None
+) -> dict[str, float]:
     """Relative error between `backward`'s gradients and finite differences, per parameter array.
 
     Use float64 parameters: in float32 the differences drown in rounding.
@@ -436,8 +461,7 @@ def gradient_check(params: Params, batch: Batch, f1: str = "tanh", eps: float = 
     return {name: relative_error(getattr(analytic, name), getattr(numeric, name)) for name in NAMES}
 
 
-def random_problem(seed: int, f1: str = "tanh", max_size: int = 6, same_alphabet: bool = False
-                   ) -> tuple[Params, Batch]:
+def random_problem(seed: int, f1: str = "tanh", max_size: int = 6, same_alphabet: bool = False) -> tuple[Params, Batch]:
     """Random shapes, weights and sequences of different lengths (for gradient checks).
 
     `same_alphabet`: ℓ = v ≥ 4, as in a nextchar vocabulary (for comparisons with the `rnn` model).

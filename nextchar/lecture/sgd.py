@@ -23,7 +23,17 @@ import numpy as np
 
 from nextchar.errors import UserError
 from nextchar.lecture.errors import LectureInputError
-from nextchar.lecture.rnn import Params, init_params, loss_and_gradients, make_batch, one_hot, output, transition
+from nextchar.lecture.rnn import (
+    Batch,
+    FloatArray,
+    Params,
+    init_params,
+    loss_and_gradients,
+    make_batch,
+    one_hot,
+    output,
+    transition,
+)
 from nextchar.text import END, START, Vocabulary
 
 THREE_LINES = (
@@ -58,8 +68,9 @@ def encode_line(line: str, vocab: Vocabulary) -> tuple[list[int], list[int]]:
     for position, ch in enumerate(line):
         code = vocab.encode(ch)[0]
         if code < 3 or ch not in vocab.chars:
-            raise LectureInputError(f"character {ch!r} (position {position} of {line!r}) is not in the alphabet "
-                                    f"{''.join(vocab.chars)!r}")
+            raise LectureInputError(
+                f"character {ch!r} (position {position} of {line!r}) is not in the alphabet {''.join(vocab.chars)!r}"
+            )
         indices.append(code)
     return [START, *indices], [*indices, END]
 
@@ -117,8 +128,15 @@ class History:
     clipped: int = 0  # updates whose gradient was clipped
 
 
-def train(params: Params, sequences: Sequences, ell: int, v: int, config: SGDConfig, f1: str = "tanh",
-          on_step: Callable[[int, float], bool | None] | None = None) -> History:
+def train(
+    params: Params,
+    sequences: Sequences,
+    ell: int,
+    v: int,
+    config: SGDConfig,
+    f1: str = "tanh",
+    on_step: Callable[[int, float], bool | None] | None = None,
+) -> History:
     """Minimise J by SGD, in place. Each update:
 
         choose B indices i uniformly at random (B = batch_size; the lecture's SGD is B = 1)
@@ -135,39 +153,43 @@ def train(params: Params, sequences: Sequences, ell: int, v: int, config: SGDCon
     q = len(sequences)
     batch_size = min(config.batch_size, q)
     # Batches of each subset would be rebuilt at every step; with few sequences, cache them.
-    cache: dict[tuple[int, ...], object] = {}
+    cache: dict[tuple[int, ...], Batch] = {}
     history = History()
     for step in range(1, config.steps + 1):
         chosen = tuple(sorted(rng.choice(q, size=batch_size, replace=False).tolist()))
         batch = cache.get(chosen)
         if batch is None:
-            batch = make_batch([sequences[i][0] for i in chosen], [sequences[i][1] for i in chosen], ell, v,
-                               params.dtype.type)
+            batch = make_batch(
+                [sequences[i][0] for i in chosen], [sequences[i][1] for i in chosen], ell, v, params.dtype.type
+            )
             if len(cache) < 4096:
                 cache[chosen] = batch
         # Overflow is a possible outcome of training (exploding gradients without clipping):
         # report it as a diverged run below rather than as NumPy warnings along the way.
         with np.errstate(over="ignore", invalid="ignore"):
-            J, grads = loss_and_gradients(params, batch, f1)  # type: ignore[arg-type]
+            J, grads = loss_and_gradients(params, batch, f1)
         if not np.isfinite(J) or not all(np.isfinite(g).all() for _, g in grads.items()):
             raise TrainingDiverged(
                 f"training diverged at step {step} (the loss or the gradient is no longer a finite number; "
                 f"the largest gradient norm so far was {max(history.grad_norm, default=0.0):.3g}): exploding "
-                f"gradients — turn clipping on (clip > 0) or lower the step size η = {config.lr}", history)
+                f"gradients — turn clipping on (clip > 0) or lower the step size η = {config.lr}",
+                history,
+            )
         for _, g in grads.items():
             g /= batch_size  # the mean over the minibatch: the same η works for every B
         norm = clip_gradients(grads, config.clip)
         history.clipped += int(config.clip > 0 and norm > config.clip)
         sgd_step(params, grads, config.lr)
-        history.loss.append(J / batch.characters)  # type: ignore[attr-defined]
+        history.loss.append(J / batch.characters)
         history.grad_norm.append(norm)
         if on_step is not None and on_step(step, history.loss[-1]):
             break
     return history
 
 
-def run_states(params: Params, f1: str, indices: Sequence[int], s0: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def run_states(
+    params: Params, f1: str, indices: Sequence[int], s0: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
     """s_0 … s_n ((n+1)×m) and p_1 … p_n (n×v) for one sequence of input indices."""
     s = np.zeros((1, params.m), params.dtype) if s0 is None else np.asarray(s0, params.dtype).reshape(1, -1)
     states, probs = [s[0]], []
@@ -218,8 +240,13 @@ class ExampleResult:
         return self.solved_at is not None
 
 
-def worked_example(lines: Sequence[str] = THREE_LINES, hidden: int = 64, config: SGDConfig | None = None,
-                   f1: str = "tanh", on_step: Callable[[int, float], None] | None = None) -> ExampleResult:
+def worked_example(
+    lines: Sequence[str] = THREE_LINES,
+    hidden: int = 64,
+    config: SGDConfig | None = None,
+    f1: str = "tanh",
+    on_step: Callable[[int, float], None] | None = None,
+) -> ExampleResult:
     """Train the lecture's RNN on `lines` (the lecture's alphabet a–z and space, ℓ = v = 30)
     until greedy decoding from each line's first character reproduces every line.
 
@@ -242,5 +269,6 @@ def worked_example(lines: Sequence[str] = THREE_LINES, hidden: int = 64, config:
 
     history = train(params, sequences, len(vocab), len(vocab), config, f1, check)
     reconstructions = [reconstruct(params, f1, vocab, line) for line in lines]
-    return ExampleResult(params, f1, vocab, lines, history, reconstructions, len(history.loss),
-                         solved_at[0] if solved_at else None)
+    return ExampleResult(
+        params, f1, vocab, lines, history, reconstructions, len(history.loss), solved_at[0] if solved_at else None
+    )

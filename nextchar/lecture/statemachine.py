@@ -32,12 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from nextchar.lecture.errors import LectureInputError
-from nextchar.lecture.rnn import Params, transition
+from nextchar.lecture.rnn import FloatArray, Params, transition
 
 S = TypeVar("S")
 X = TypeVar("X")
@@ -66,7 +66,7 @@ class StateMachine(Generic[S, X, Y]):
     def transduce(self, inputs: Iterable[X]) -> list[Step[S, X, Y]]:
         """The table of the run on `inputs`: (t, x_t, s_t, g(s_t)) for t = 0..n.
 
-            s_0 given;  for t = 1..n:  s_t = f(s_{t-1}, x_t),  output_t = g(s_t)
+        s_0 given;  for t = 1..n:  s_t = f(s_{t-1}, x_t),  output_t = g(s_t)
         """
         s = self.s0
         table: list[Step[S, X, Y]] = [Step(0, None, s, None)]
@@ -87,12 +87,12 @@ def check_characters(text: Iterable[str], alphabet: Sequence[str] | None, what: 
     allowed = set(alphabet)
     for position, ch in enumerate(text):
         if ch not in allowed:
-            raise LectureInputError(f"character {ch!r} (position {position} of {what}) is not in the alphabet "
-                                    f"{''.join(alphabet)!r}")
+            raise LectureInputError(
+                f"character {ch!r} (position {position} of {what}) is not in the alphabet {''.join(alphabet)!r}"
+            )
 
 
-def window_machine(m: int, start: str = "^", alphabet: Sequence[str] | None = None
-                   ) -> StateMachine[str, str, str]:
+def window_machine(m: int, start: str = "^", alphabet: Sequence[str] | None = None) -> StateMachine[str, str, str]:
     """The lecture's "last m characters" machine.
 
         s_0 = m start characters            f(s, x) = (s + x)[-m:]  (shift x in, drop the oldest)
@@ -123,8 +123,9 @@ def show(ch: str | None) -> str:
     return ch.replace(" ", "_").replace("\n", "⏎")
 
 
-def format_table(table: Sequence[Step], with_output: bool = False) -> str:
+def format_table(table: Sequence[Step[Any, Any, Any]], with_output: bool = False) -> str:
     """The table as the lecture prints it (t, x_t, s_t[, output]); spaces shown as _."""
+
     def cell(value: object) -> str:
         return show(value) if value is None or isinstance(value, str) else str(value)
 
@@ -140,7 +141,8 @@ def format_table(table: Sequence[Step], with_output: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ the machine as an RNN
 
-def shift_weights(ell: int, context: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+
+def shift_weights(ell: int, context: int, dtype: type = np.float64) -> tuple[FloatArray, FloatArray]:
     """The fixed W^sx (m×ℓ) and W^ss (m×m), m = c·ℓ, of the window machine (block form).
 
         W^sx = [I_ℓ; 0; …; 0]                    x_t becomes block 0 (the newest)
@@ -151,9 +153,9 @@ def shift_weights(ell: int, context: int, dtype: type = np.float64) -> tuple[np.
     if ell < 1 or context < 1:
         raise LectureInputError(f"the alphabet size ℓ and the context c must be at least 1, got ℓ={ell}, c={context}")
     m = context * ell
-    W_sx = np.zeros((m, ell), dtype)
+    W_sx: FloatArray = np.zeros((m, ell), dtype)
     W_sx[:ell] = np.eye(ell)
-    W_ss = np.eye(m, k=-ell, dtype=dtype)  # ones ℓ rows below the diagonal: the block sub-diagonal
+    W_ss: FloatArray = np.eye(m, k=-ell, dtype=dtype)  # ones ℓ rows below the diagonal: the block sub-diagonal
     return W_sx, W_ss
 
 
@@ -170,23 +172,23 @@ class WindowRNN:
     context: int  # c
     start: str  # the start character (s_0 = c of them)
     encoding: str
-    W_sx: np.ndarray
-    W_ss: np.ndarray
+    W_sx: FloatArray
+    W_ss: FloatArray
 
     @property
     def ell(self) -> int:
-        return self.W_sx.shape[1]
+        return int(self.W_sx.shape[1])
 
     @property
     def m(self) -> int:
-        return self.W_ss.shape[0]
+        return int(self.W_ss.shape[0])
 
     @property
-    def W0_ss(self) -> np.ndarray:
+    def W0_ss(self) -> FloatArray:
         """No offset: the shift is linear."""
         return np.zeros(self.m, self.W_ss.dtype)
 
-    def encode_input(self, ch: str) -> np.ndarray:
+    def encode_input(self, ch: str) -> FloatArray:
         """x_t for a character: one-hot (ℓ) or, for the scalar encoding, its value (1)."""
         check_characters(ch, self.alphabet)
         k = self.alphabet.index(ch)
@@ -196,13 +198,13 @@ class WindowRNN:
         x[k] = 1.0
         return x
 
-    def encode_state(self, s: str) -> np.ndarray:
+    def encode_state(self, s: str) -> FloatArray:
         """The vector for a state of the window machine (a string, oldest character first)."""
         if len(s) != self.context:
             raise LectureInputError(f"a state holds c = {self.context} characters, not {len(s)} ({s!r})")
         return np.concatenate([self.encode_input(ch) for ch in reversed(s)])  # newest first
 
-    def decode_state(self, s: np.ndarray) -> str:
+    def decode_state(self, s: FloatArray) -> str:
         """The string a state vector codes (inverse of `encode_state`)."""
         blocks = s.reshape(self.context, self.ell)
         if self.encoding == "scalar":
@@ -212,13 +214,13 @@ class WindowRNN:
         return "".join(reversed(chars))
 
     @property
-    def s0(self) -> np.ndarray:
+    def s0(self) -> FloatArray:
         return self.encode_state(self.start * self.context)
 
-    def states(self, text: str) -> np.ndarray:
+    def states(self, text: str) -> FloatArray:
         """s_0 … s_n, (n+1)×m, computed by the RNN engine's own transition with f1 = relu.
 
-            s_t = relu(W^sx x_t + W^ss s_{t-1} + 0) = W^sx x_t + W^ss s_{t-1}   (all entries ≥ 0)
+        s_t = relu(W^sx x_t + W^ss s_{t-1} + 0) = W^sx x_t + W^ss s_{t-1}   (all entries ≥ 0)
         """
         check_characters(text, self.alphabet)
         params = self.params(np.zeros((1, self.m), self.W_ss.dtype), np.zeros(1, self.W_ss.dtype))
@@ -227,14 +229,20 @@ class WindowRNN:
             out.append(transition(params, "relu", out[-1], self.encode_input(ch)[None, :]))
         return np.concatenate(out)
 
-    def params(self, W_o: np.ndarray, W0_o: np.ndarray) -> Params:
+    def params(self, W_o: FloatArray, W0_o: FloatArray) -> Params:
         """The whole RNN: these fixed weights plus an output classifier p_t = softmax(W^o s_t + W0^o)."""
-        return Params(W_sx=self.W_sx.copy(), W_ss=self.W_ss.copy(), W0_ss=self.W0_ss,
-                      W_o=np.asarray(W_o, self.W_ss.dtype), W0_o=np.asarray(W0_o, self.W_ss.dtype))
+        return Params(
+            W_sx=self.W_sx.copy(),
+            W_ss=self.W_ss.copy(),
+            W0_ss=self.W0_ss,
+            W_o=np.asarray(W_o, self.W_ss.dtype),
+            W0_o=np.asarray(W0_o, self.W_ss.dtype),
+        )
 
 
-def window_rnn(alphabet: Sequence[str], context: int, start: str | None = None,
-               encoding: str = "one-hot", dtype: type = np.float64) -> WindowRNN:
+def window_rnn(
+    alphabet: Sequence[str], context: int, start: str | None = None, encoding: str = "one-hot", dtype: type = np.float64
+) -> WindowRNN:
     """The fixed-weight RNN of the last-`context`-characters machine over `alphabet`.
 
     `start` (default: the alphabet's first character) fills s_0 and must be in the alphabet.
@@ -247,17 +255,20 @@ def window_rnn(alphabet: Sequence[str], context: int, start: str | None = None,
     if encoding not in ENCODINGS:
         raise LectureInputError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
     if encoding == "scalar" and len(alphabet) != 2:
-        raise LectureInputError(f"the scalar encoding is for two characters (0 and 1); the alphabet "
-                                f"{''.join(alphabet)!r} has {len(alphabet)}: use one-hot")
+        raise LectureInputError(
+            f"the scalar encoding is for two characters (0 and 1); the alphabet "
+            f"{''.join(alphabet)!r} has {len(alphabet)}: use one-hot"
+        )
     start = alphabet[0] if start is None else start
     check_characters(start, alphabet, "the start marker")
     W_sx, W_ss = shift_weights(1 if encoding == "scalar" else len(alphabet), context, dtype)
     return WindowRNN(alphabet, context, start, encoding, W_sx, W_ss)
 
 
-def format_matrix(name: str, a: np.ndarray) -> str:
+def format_matrix(name: str, a: FloatArray) -> str:
     """A small matrix as rows of integers (the fixed weights are 0/1), with its shape."""
     a = a.reshape(-1, 1) if a.ndim == 1 else a
-    body = "\n".join("  [" + " ".join(f"{int(v)}" if float(v).is_integer() else f"{v:.3g}" for v in row) + "]"
-                     for row in a)
+    body = "\n".join(
+        "  [" + " ".join(f"{int(v)}" if float(v).is_integer() else f"{v:.3g}" for v in row) + "]" for row in a
+    )
     return f"{name} ({a.shape[0]}×{a.shape[1]}) =\n{body}"

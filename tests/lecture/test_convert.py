@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import NAMES as NAME_LIST
-from conftest import model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint, save_checkpoint
 from nextchar.cli.main import build_parser, main
@@ -37,6 +35,8 @@ from nextchar.lecture.rnn import NAMES, random_problem, relative_error
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
 from nextchar.training.loop import train as nextchar_train
+from tests.helpers import NAMES as NAME_LIST
+from tests.helpers import model_config, train_config
 
 
 def _engine_batch(lines: list[list[int]], v: int):

@@ -7,16 +7,16 @@ import math
 
 import pytest
 import torch
-from conftest import NAMES
 
 from nextchar.adapt import AdaptConfig
 from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
 from nextchar.completion.completer import Completer
+from nextchar.completion.personal import PERSONAL_DEFAULTS, PersonalCompleter, PersonalCompleters, personal_view
 from nextchar.errors import UserError
 from nextchar.models import ModelConfig, build_model
-from nextchar.completion.personal import PERSONAL_DEFAULTS, PersonalCompleter, PersonalCompleters, personal_view
 from nextchar.text import END, START
+from tests.helpers import NAMES
 
 NEW_NAME = "prospero"  # letters the names model knows, a name it has never seen
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NAMES, PROSE, CallCounter, model_config, train_config, train_on_prose
 
-from nextchar.completion.search import is_boundary, is_extender, is_regional_indicator, needs_continuation
 from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.completion.completer import K_MAX, Completer, Suggestion, _safe_start
+from nextchar.completion.search import is_boundary, is_extender, is_regional_indicator, needs_continuation
 from nextchar.errors import UserError
 from nextchar.models import KINDS
 from nextchar.text import END, START
 from nextchar.training.loop import train
+from tests.helpers import NAMES, PROSE, CallCounter, model_config, train_config, train_on_prose
 
 
 @pytest.fixture(scope="module", params=KINDS)

@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import NAMES, PROSE, model_config
 
 from nextchar.adapt import (
     AdaptConfig,
@@ -30,6 +29,7 @@ from nextchar.errors import UserError
 from nextchar.evaluation.bpc import evaluate_stream
 from nextchar.models import CharModel, build_model
 from nextchar.text import Vocabulary
+from tests.helpers import NAMES, PROSE, model_config
 
 KINDS = ["window", "rnn", "gru", "lstm"]
 TEXT = PROSE * 2  # ~1,300 characters: repetition gives adaptation something to learn

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NAMES as NAME_LIST
-from conftest import model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
 from nextchar.lecture import THREE_LINES
 from nextchar.training.loop import train as nextchar_train
+from tests.helpers import NAMES as NAME_LIST
+from tests.helpers import model_config, train_config
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import NAMES, ONE_LINE, PROSE, model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint, read_bundle, save_checkpoint
 from nextchar.cli.main import main
@@ -26,6 +25,7 @@ from nextchar.training.loop import (
     optimiser_default,
     train,
 )
+from tests.helpers import NAMES, ONE_LINE, PROSE, model_config, train_config
 
 # ------------------------------------------------------------------------------ overfitting
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NAMES, PROSE, model_config, train_config
 
-from nextchar.data import prepare as prepare_module
 from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
+from nextchar.data import prepare as prepare_module
 from nextchar.data.batches import LineBatches, StreamBatches, encode_corpus, split_validation
-from nextchar.errors import UserError
+from nextchar.data.prepare import prepare
 from nextchar.data.prepared import (
     LINES_NAME,
     PREPARED_NAME,
@@ -34,9 +33,10 @@ from nextchar.data.prepared import (
     PreparedCorpus,
     token_dtype,
 )
-from nextchar.data.prepare import prepare
+from nextchar.errors import UserError
 from nextchar.text import UNK, Vocabulary, choose_format, read_corpus
 from nextchar.training.loop import train
+from tests.helpers import NAMES, PROSE, model_config, train_config
 
 # Text that stresses the streaming: multi-byte characters (2, 3 and 4 bytes), a decomposed
 # "e" + combining acute that NFC composes (and must compose across a chunk boundary too),

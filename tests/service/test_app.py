@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _live_server import live_server
 from fastapi.testclient import TestClient
 
 from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint
@@ -33,6 +32,7 @@ from nextchar.service.app import (
     create_app,
     query_problem,
 )
+from tests.live_server import live_server
 
 SMALL = ServiceSettings(cache_mb=2, precision="fp32")  # exact: answers are compared with an fp32 Completer
 
@@ -177,7 +177,7 @@ def test_page_and_static_files(client: TestClient) -> None:
 
 
 def test_static_files_load_nothing_from_elsewhere() -> None:
-    static = Path(__file__).parent.parent / "nextchar" / "service" / "static"
+    static = Path(__file__).parents[2] / "nextchar" / "service" / "static"
     for path in static.iterdir():
         text = path.read_text(encoding="utf-8")
         # Any absolute or protocol-relative URL in src/href/url()/fetch/import would leave the machine.

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
+from nextchar.completion.completer import Completer
+from nextchar.errors import UserError
 from nextchar.evaluation.keystrokes import (
     CompleterPredictor,
     Predictor,
@@ -21,9 +22,8 @@ from nextchar.evaluation.keystrokes import (
     typing_latency,
     word_spans,
 )
-from nextchar.completion.completer import Completer
-from nextchar.errors import UserError
 from nextchar.training.loop import train
+from tests.helpers import NAMES, model_config, train_config
 
 
 def test_word_spans_and_prediction_points() -> None:

@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import CallCounter, train_on_prose
 
 from nextchar import stepper
-from nextchar.cli import options as argtypes
 from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.cli import options as argtypes
 from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
 from nextchar.service.app import ServiceSettings, build_engine, create_app
 from nextchar.stepper import auto_precision
+from tests.helpers import CallCounter, train_on_prose
 
 QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4, "word", False),
            ("the sea", 2, "line", True), ("wors", 5, "phrase", True), ("It was", 1, "phrase", False)]

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
-from conftest import NAMES, PROSE
 
 from nextchar.checkpoint import load_checkpoint, read_bundle
 from nextchar.cli.main import main
 from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
 from nextchar.text import END, START, UNK
+from tests.helpers import NAMES, PROSE
 
 # A tiny, exact, quick run: every `train` call in these tests adds these flags.
 TINY = ["--kind", "gru", "--hidden", "16", "--layers", "1", "--embedding", "8", "--batch-size", "4",

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NAMES, PROSE, model_config, train_config
 from safetensors.torch import load_file
 
 from nextchar.checkpoint import load_checkpoint
@@ -26,6 +25,7 @@ from nextchar.cli.main import main
 from nextchar.data.batches import split_validation
 from nextchar.data.prepare import prepare
 from nextchar.training.loop import RESUME_DIR, train
+from tests.helpers import NAMES, PROSE, model_config, train_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch has no gloo backend")

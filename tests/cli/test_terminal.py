@@ -10,9 +10,9 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from nextchar.checkpoint import load_checkpoint
+from nextchar.cli.terminal import Suggester, run_terminal
 from nextchar.completion.completer import Completer
 from nextchar.completion.lexicon import Lexicon
-from nextchar.cli.terminal import Suggester, run_terminal
 
 DOWN, UP, ESC, TAB, ENTER, CTRL_D = "\x1b[B", "\x1b[A", "\x1b", "\t", "\r", "\x04"
 

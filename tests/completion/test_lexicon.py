@@ -10,14 +10,14 @@ from pathlib import Path
 import marisa_trie
 import pytest
 import torch
-from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.completion.completer import Completer
-from nextchar.errors import UserError
 from nextchar.completion.lexicon import Lexicon
+from nextchar.errors import UserError
 from nextchar.text import END, START
 from nextchar.training.loop import train
+from tests.helpers import NAMES, model_config, train_config
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NAMES, model_config, train_config
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.completion.completer import Completer
 from nextchar.completion.lexicon import Lexicon
-from nextchar.training.loop import train
 from nextchar.completion.typos import Edit, edits1
+from nextchar.training.loop import train
+from tests.helpers import NAMES, model_config, train_config
 
 
 def damerau1(text: str, alphabet: str) -> set[str]:
