@@ -35,12 +35,12 @@ from compressors import compressors, conditional_bpc
 
 from nextchar.adapt import AdaptConfig, dynamic_evaluate, gradient_statistics
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.evaluation.keystrokes import CompleterPredictor, evaluate_completion
 from nextchar.completion.completer import Completer
+from nextchar.completion.personal import PersonalCompleter, PersonalPredictor
 from nextchar.data.batches import encode_corpus
 from nextchar.evaluation.bpc import evaluate_encoded
+from nextchar.evaluation.keystrokes import CompleterPredictor, evaluate_completion
 from nextchar.models import ModelConfig
-from nextchar.completion.personal import PersonalCompleter, PersonalPredictor
 from nextchar.training.loop import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -33,15 +33,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nextchar.checkpoint import atomic_write_json, load_checkpoint  # noqa: E402
+from nextchar.checkpoint import load_checkpoint  # noqa: E402
+from nextchar.completion.completer import Completer  # noqa: E402
+from nextchar.data.batches import split_validation  # noqa: E402
 from nextchar.evaluation.keystrokes import (  # noqa: E402
     CompleterPredictor,
     TriePredictor,
     evaluate_completion,
     typing_latency,
 )
-from nextchar.completion.completer import Completer  # noqa: E402
-from nextchar.data.batches import split_validation  # noqa: E402
+from nextchar.files import atomic_write_json  # noqa: E402
 from nextchar.models import ModelConfig  # noqa: E402
 from nextchar.text import read_corpus, split_lines  # noqa: E402
 from nextchar.training.loop import TrainConfig, train  # noqa: E402

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,36 +26,13 @@ from safetensors.torch import save as save_safetensors
 
 from nextchar import __version__
 from nextchar.errors import UserError
+from nextchar.files import atomic_write_bytes, atomic_write_json
 from nextchar.models import CharModel, ModelConfig, build_model
 from nextchar.text import Vocabulary
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that a kill at any moment leaves either the old or the new file whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes owner-only files; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def write_bundle(directory: Path, meta: dict, tensors: dict[str, torch.Tensor],

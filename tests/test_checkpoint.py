@@ -12,8 +12,6 @@ import nextchar.checkpoint as checkpoint
 from nextchar.checkpoint import (
     CONFIG_NAME,
     FORMAT_VERSION,
-    atomic_write_bytes,
-    atomic_write_json,
     load_checkpoint,
     read_bundle,
     save_checkpoint,
@@ -103,21 +101,6 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, m
     assert predict(load_checkpoint(tmp_path), "It was", k=5) == before
     save_checkpoint(tmp_path, second, vocab, "text")  # the next save tidies up
     assert len(list(tmp_path.glob("model-*.safetensors"))) == 1
-
-
-def test_atomic_write_bytes_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
-    target = tmp_path / "file.json"
-    atomic_write_json(target, {"version": 1})
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new")
-    monkeypatch.undo()
-    assert json.loads(target.read_text()) == {"version": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["file.json"]  # no temporary file left behind
 
 
 def test_read_bundle_round_trip_with_another_name(tmp_path):

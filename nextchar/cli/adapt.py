@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, dynamic_evaluate, gradient_statistics
+from nextchar.checkpoint import Checkpoint
 from nextchar.cli.options import finite_number as _float
 from nextchar.cli.options import positive_int as _count
-from nextchar.checkpoint import Checkpoint
 from nextchar.data.batches import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
 

@@ -89,8 +89,8 @@ def _run_complete(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- type
 
 def _run_type(args: argparse.Namespace) -> int:
-    from nextchar.completion.completer import check_k
     from nextchar.cli.terminal import run_terminal
+    from nextchar.completion.completer import check_k
 
     check_k(args.k)
     completer = build_completer(args)
@@ -122,13 +122,13 @@ def training_lines(ckpt) -> list[str] | None:
 
 def _run_eval_complete(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
+    from nextchar.completion.completer import Completer, check_k
     from nextchar.evaluation.keystrokes import (
         CompleterPredictor,
         TriePredictor,
         evaluate_completion,
         format_table,
     )
-    from nextchar.completion.completer import Completer, check_k
     from nextchar.text import read_corpus, split_lines
 
     k = check_k(args.k)

@@ -187,9 +187,9 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
 
 
 def _train(args: argparse.Namespace, rank: int) -> int:
-    from nextchar.training import distributed
     from nextchar.data.batches import split_validation
     from nextchar.text import choose_format, read_corpus
+    from nextchar.training import distributed
     from nextchar.training.loop import RESUME_DIR, train
 
     if not args.resume and distributed.is_restart() and (Path(args.out) / RESUME_DIR / "state.json").is_file():
@@ -292,8 +292,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
     from nextchar.data.batches import count_targets, encode_corpus
-    from nextchar.evaluation.bpc import evaluate_encoded
     from nextchar.data.prepared import is_prepared
+    from nextchar.evaluation.bpc import evaluate_encoded
     from nextchar.text import read_corpus
 
     ckpt = load_checkpoint(args.model)
@@ -313,8 +313,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
-    from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
     from nextchar.data.prepared import PreparedCorpus, PreparedLines, vocabulary_mapping
+    from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
 
     directory = Path(args.corpus)
     corpus = PreparedCorpus.open(directory)

@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.search import (
     MODES,
     Candidate,
@@ -65,13 +67,11 @@ from nextchar.completion.search import (
     symbol_logprobs,
     word_start,
 )
-from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.completion.typos import ranked_edits
 from nextchar.errors import UserError
-from nextchar.completion.lexicon import Lexicon
 from nextchar.models import CharModel, State, stack_states
 from nextchar.stepper import PRECISIONS, Stepper
 from nextchar.text import END, START
-from nextchar.completion.typos import ranked_edits
 
 K_MAX = 50  # larger k is clamped: a drop-down longer than this is not a drop-down
 DENSE_TAIL = 16  # a paste keeps one state per character for its last this many characters …

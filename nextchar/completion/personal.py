@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
-from nextchar.evaluation.keystrokes import CompleterPredictor
 from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
+from nextchar.evaluation.keystrokes import CompleterPredictor
 from nextchar.models import CharModel, detach_state
 from nextchar.text import END, START
 

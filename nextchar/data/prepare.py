@@ -40,7 +40,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from nextchar.errors import UserError
 from nextchar.data.prepared import (
     LINES_NAME,
     PREPARED_NAME,
@@ -50,6 +49,7 @@ from nextchar.data.prepared import (
     read_prepared_meta,
     token_dtype,
 )
+from nextchar.errors import UserError
 from nextchar.text import END, START, UNK, Vocabulary, to_lecture_alphabet
 
 # 256 KiB per read. Measured on an 80 MB corpus: 1 MiB chunks held 38 MB at the peak (their
@@ -399,7 +399,7 @@ def prepare(
     `vocab_from` (a prepared directory or a checkpoint) fixes the vocabulary: characters it
     lacks become <unk>, so that every later corpus maps onto the same indices.
     """
-    from nextchar.checkpoint import atomic_write_json
+    from nextchar.files import atomic_write_json
 
     started = time.perf_counter()
     if not paths:

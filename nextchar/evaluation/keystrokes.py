@@ -44,10 +44,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nextchar.completion.search import is_boundary, word_start
 from nextchar.completion.completer import Completer, check_k, check_mode
-from nextchar.errors import UserError
 from nextchar.completion.lexicon import Lexicon
+from nextchar.completion.search import is_boundary, word_start
+from nextchar.errors import UserError
 
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 

@@ -32,7 +32,7 @@ def plot_example(path: str | Path, result: ExampleResult, line_index: int = 0) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nextchar.checkpoint import atomic_write_bytes
+    from nextchar.files import atomic_write_bytes
 
     line = result.lines[line_index]
     inputs, targets = encode_line(line, result.vocab)

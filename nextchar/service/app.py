@@ -61,8 +61,8 @@ from pydantic import BaseModel, Field
 from nextchar import __version__
 from nextchar.checkpoint import BUNDLED_DIR, Checkpoint, load_checkpoint
 from nextchar.completion.completer import K_MAX, Completer
-from nextchar.errors import UserError
 from nextchar.completion.lexicon import Lexicon
+from nextchar.errors import UserError
 
 STATIC_DIR = Path(__file__).parent / "static"
 ENV_SETTINGS = "NEXTCHAR_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process

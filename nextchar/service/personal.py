@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from nextchar.completion.completer import K_MAX
-from nextchar.errors import UserError
 from nextchar.completion.personal import MAX_LEARN_CHARS, PersonalCompleters
+from nextchar.errors import UserError
 
 MAX_LEARN_BODY = 4 * MAX_LEARN_CHARS  # characters accepted in one learn request (only the tail is learned)
 

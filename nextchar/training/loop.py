@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from nextchar.training import distributed
 from nextchar.checkpoint import FORMAT_VERSION, read_bundle, save_checkpoint, write_bundle
 from nextchar.data.batches import IGNORE, Batch, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.errors import UserError
 from nextchar.evaluation.bpc import EvalResult, evaluate_encoded
-from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
 from nextchar.text import Vocabulary
+from nextchar.training import distributed
 
 RESUME_DIR = "resume"
 
@@ -219,7 +219,7 @@ def _plot(out: Path, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nextchar.checkpoint import atomic_write_bytes
+    from nextchar.files import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     steps = [h["step"] for h in history]
