@@ -11,14 +11,15 @@ baseline from the training lines, runs eval-complete (docs/autocomplete.md defin
 metric), and measures per-keystroke latency after 1, 10, 100 and 10,000 typed characters
 (must stay flat) with 1 and 2 torch threads.
 
-    python bench/complete.py --quick        # seconds: tiny models, a few test lines
-    python bench/complete.py                # full: about 4 min training per default model,
+    python -m bench.complete --quick        # seconds: tiny models, a few test lines
+    python -m bench.complete                # full: about 4 min training per default model,
                                             # 1 min per window model, then about 10 min of
                                             # evaluation (roughly 25 minutes in all)
 
 Models are kept in --work (default runs/bench-complete) and reused on the next run unless
 --retrain; give your own with --names-model/--names-window/--lines-model/--lines-window.
-Results: a markdown table on stdout and JSON in --work/results.json.
+Results: a markdown table on stdout, JSON in --work/results.json, and the same with the command,
+commit and machine in bench/results/ (bench.record).
 """
 
 from __future__ import annotations
@@ -30,23 +31,23 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nextchar.checkpoint import load_checkpoint  # noqa: E402
-from nextchar.completion.completer import Completer  # noqa: E402
-from nextchar.data.batches import split_validation  # noqa: E402
-from nextchar.evaluation.keystrokes import (  # noqa: E402
+from bench.record import write_result
+from nextchar.checkpoint import load_checkpoint
+from nextchar.completion.completer import Completer
+from nextchar.data.batches import split_validation
+from nextchar.evaluation.keystrokes import (
     CompleterPredictor,
     TriePredictor,
     evaluate_completion,
     typing_latency,
 )
-from nextchar.files import atomic_write_json  # noqa: E402
-from nextchar.models import ModelConfig  # noqa: E402
-from nextchar.text import read_corpus, split_lines  # noqa: E402
-from nextchar.training.loop import TrainConfig, train  # noqa: E402
+from nextchar.files import atomic_write_json
+from nextchar.models import ModelConfig
+from nextchar.text import read_corpus, split_lines
+from nextchar.training.config import TrainConfig
+from nextchar.training.loop import train
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LENGTHS = (1, 10, 100, 10_000)
 
@@ -70,8 +71,17 @@ def shakespeare_split(path: Path, test_lines: int) -> tuple[list[str], list[str]
     return lines[:cut], held[::step][:test_lines]
 
 
-def get_model(name: str, given: str | None, train_lines: list[str], kind_config: ModelConfig, seconds: float,
-              steps: int | None, work: Path, retrain: bool, quiet: bool) -> Path:
+def get_model(
+    name: str,
+    given: str | None,
+    train_lines: list[str],
+    kind_config: ModelConfig,
+    seconds: float,
+    steps: int | None,
+    work: Path,
+    retrain: bool,
+    quiet: bool,
+) -> Path:
     """A checkpoint: the one given, the one from a previous run, or a freshly trained one."""
     if given:
         return Path(given)
@@ -87,24 +97,42 @@ def get_model(name: str, given: str | None, train_lines: list[str], kind_config:
     return out
 
 
-def evaluate_corpus(label: str, train_lines: list[str], test_lines: list[str], model_dir: Path, window_dir: Path,
-                    modes: list[str], k: int, latency_keys: int, precision: str) -> dict:
+def evaluate_corpus(
+    label: str,
+    train_lines: list[str],
+    test_lines: list[str],
+    model_dir: Path,
+    window_dir: Path,
+    modes: list[str],
+    k: int,
+    latency_keys: int,
+    precision: str,
+) -> dict:
     ckpt, window_ckpt = load_checkpoint(model_dir), load_checkpoint(window_dir)
-    out: dict = {"corpus": label, "train_lines": len(train_lines), "test_lines": len(test_lines),
-                 "model": ckpt.model.config.to_json(), "model_val": ckpt.meta.get("metrics", {}), "modes": {}}
+    out: dict = {
+        "corpus": label,
+        "train_lines": len(train_lines),
+        "test_lines": len(test_lines),
+        "model": ckpt.model.config.to_json(),
+        "model_val": ckpt.meta.get("metrics", {}),
+        "modes": {},
+    }
     for mode in modes:
         systems = [
             TriePredictor.from_lines(train_lines, mode, k),
             CompleterPredictor(Completer(window_ckpt, precision=precision), mode, k, name="window"),
-            CompleterPredictor(Completer(ckpt, precision=precision), mode, k,
-                               name=f"default ({ckpt.model.config.kind})"),
+            CompleterPredictor(
+                Completer(ckpt, precision=precision), mode, k, name=f"default ({ckpt.model.config.kind})"
+            ),
         ]
         results = []
         for system in systems:
             started = time.perf_counter()
             result = evaluate_completion(test_lines, system, mode, k, progress=True)
-            print(f"[{label}/{mode}] {system.name}: KSR {result.ksr:.3f} in {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"[{label}/{mode}] {system.name}: KSR {result.ksr:.3f} in {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+            )
             results.append(result.to_json())
         out["modes"][mode] = results
     text = " ".join(test_lines)
@@ -113,8 +141,9 @@ def evaluate_corpus(label: str, train_lines: list[str], test_lines: list[str], m
     out["latency_by_length"] = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        lat = typing_latency(Completer(ckpt, precision=precision), text, LENGTHS, keystrokes=latency_keys, k=k,
-                             mode="line")
+        lat = typing_latency(
+            Completer(ckpt, precision=precision), text, LENGTHS, keystrokes=latency_keys, k=k, mode="line"
+        )
         out["latency_by_length"][str(threads)] = {str(n): v for n, v in lat.items()}
     torch.set_num_threads(1)
     return out
@@ -124,20 +153,27 @@ def markdown(results: list[dict], k: int) -> str:
     rows = []
     for corpus in results:
         for mode, systems in corpus["modes"].items():
-            rows.append(f"\n**{corpus['corpus']}**, mode `{mode}`, k = {k}: {corpus['test_lines']:,} held-out lines "
-                        f"({systems[0]['chars']:,} characters, {systems[0]['targets']:,} targets); trained on "
-                        f"{corpus['train_lines']:,} lines\n")
-            rows.append("| system | KSR | MRR | s@1 (prefix 1/2/3/4/5) | s@k (prefix 1/2/3/4/5) "
-                        "| p50 ms | p95 ms | p99 ms |")
+            rows.append(
+                f"\n**{corpus['corpus']}**, mode `{mode}`, k = {k}: {corpus['test_lines']:,} held-out lines "
+                f"({systems[0]['chars']:,} characters, {systems[0]['targets']:,} targets); trained on "
+                f"{corpus['train_lines']:,} lines\n"
+            )
+            rows.append(
+                "| system | KSR | MRR | s@1 (prefix 1/2/3/4/5) | s@k (prefix 1/2/3/4/5) | p50 ms | p95 ms | p99 ms |"
+            )
             rows.append("|---|---|---|---|---|---|---|---|")
             for r in systems:
                 s1 = " / ".join(f"{r['success_at_1'][str(i)]:.2f}" for i in range(1, 6))
                 sk = " / ".join(f"{r['success_at_k'][str(i)]:.2f}" for i in range(1, 6))
                 lat = r["latency_ms"]
-                rows.append(f"| {r['name']} | {r['ksr']:.3f} | {r['mrr']:.3f} | {s1} | {sk} | {lat['p50']:.2f} | "
-                            f"{lat['p95']:.2f} | {lat['p99']:.2f} |")
-        rows.append(f"\nPer-keystroke latency of the default model on {corpus['corpus']} (top {k} `line` "
-                    "suggestions) after n typed characters, ms:\n")
+                rows.append(
+                    f"| {r['name']} | {r['ksr']:.3f} | {r['mrr']:.3f} | {s1} | {sk} | {lat['p50']:.2f} | "
+                    f"{lat['p95']:.2f} | {lat['p99']:.2f} |"
+                )
+        rows.append(
+            f"\nPer-keystroke latency of the default model on {corpus['corpus']} (top {k} `line` "
+            "suggestions) after n typed characters, ms:\n"
+        )
         rows.append("| threads | " + " | ".join(f"n = {n:,} p50 / p99" for n in LENGTHS) + " |")
         rows.append("|---|" + "---|" * len(LENGTHS))
         for threads, by_length in corpus["latency_by_length"].items():
@@ -146,7 +182,7 @@ def markdown(results: list[dict], k: int) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and a few lines: seconds")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-complete"), help="model and result directory")
@@ -157,11 +193,60 @@ def main() -> int:
     parser.add_argument("--names-test", type=int, default=1000, help="held-out names evaluated (makemore: 1000)")
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--latency-keys", type=int, default=100, help="timed keystrokes per typed length")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
-                        help="of the searches' matrix products, as eval-complete's --precision (default auto)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="of the searches' matrix products, as eval-complete's --precision (default auto)",
+    )
     for flag in ("names-model", "names-window", "lines-model", "lines-window"):
         parser.add_argument(f"--{flag}", metavar="DIR", help="use this checkpoint instead of training one")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def get_models(
+    args: argparse.Namespace,
+    names_train: list[str],
+    lines_train: list[str],
+    default: ModelConfig,
+    steps: int | None,
+    work: Path,
+) -> dict[str, Path]:
+    """The four checkpoints, by their flag: the default and the window model for each corpus."""
+    window = ModelConfig(kind="window")
+    plan = [  # flag, name in --work, given checkpoint, training lines, model, training seconds
+        ("names-model", "names-default", args.names_model, names_train, default, args.seconds),
+        ("names-window", "names-window", args.names_window, names_train, window, args.window_seconds),
+        ("lines-model", "shakespeare-default", args.lines_model, lines_train, default, args.seconds),
+        ("lines-window", "shakespeare-window", args.lines_window, lines_train, window, args.window_seconds),
+    ]
+    return {
+        flag: get_model(name, given, lines, config, seconds, steps, work, args.retrain, args.quick)
+        for flag, name, given, lines, config, seconds in plan
+    }
+
+
+def print_goals(results: list[dict], k: int) -> None:
+    """Whether the default model met the latency and keystroke-savings goals."""
+    for corpus in results:
+        default = next(r for r in corpus["modes"]["line"] if r["name"].startswith("default"))
+        p99 = default["latency_ms"]["p99"]
+        print(
+            f"goal p99 ≤ 10 ms ({corpus['corpus']}, line, top {k}, default model): {p99:.2f} ms "
+            f"{'met' if p99 <= 10 else 'NOT met'}"
+        )
+    for corpus in results:
+        for mode, systems in corpus["modes"].items():
+            by = {r["name"]: r["ksr"] for r in systems}
+            model_ksr = next(v for n, v in by.items() if n.startswith("default"))
+            print(
+                f"goal KSR(default) > KSR(trie) on {corpus['corpus']} / {mode}: {model_ksr:.3f} vs {by['trie']:.3f} "
+                f"{'met' if model_ksr > by['trie'] else 'NOT met'}"
+            )
+
+
+def main() -> int:
+    args = parse_args()
     for path in (DATA / "names.txt", DATA / "tinyshakespeare.txt"):
         if not path.is_file():
             print(f"bench/complete.py: {path} is missing", file=sys.stderr)
@@ -169,7 +254,6 @@ def main() -> int:
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     default = ModelConfig()
-    window = ModelConfig(kind="window")
     steps = None
     if args.quick:
         default = ModelConfig(kind=default.kind, hidden_size=64, num_layers=1, embedding_size=16)
@@ -182,38 +266,36 @@ def main() -> int:
     names_test = names_test[: args.names_test]
 
     torch.set_num_threads(2)  # training: both cores
-    models = {
-        "names-model": get_model("names-default", args.names_model, names_train, default, args.seconds, steps, work,
-                                 args.retrain, args.quick),
-        "names-window": get_model("names-window", args.names_window, names_train, window, args.window_seconds, steps,
-                                  work, args.retrain, args.quick),
-        "lines-model": get_model("shakespeare-default", args.lines_model, lines_train, default, args.seconds, steps,
-                                 work, args.retrain, args.quick),
-        "lines-window": get_model("shakespeare-window", args.lines_window, lines_train, window, args.window_seconds,
-                                  steps, work, args.retrain, args.quick),
-    }
+    models = get_models(args, names_train, lines_train, default, steps, work)
     torch.set_num_threads(1)  # a keystroke's small batches: one thread (see docs/autocomplete.md)
+    searches = (args.k, args.latency_keys, args.precision)
     results = [
-        evaluate_corpus("names", names_train, names_test, models["names-model"], models["names-window"], ["line"],
-                        args.k, args.latency_keys, args.precision),
-        evaluate_corpus("Tiny Shakespeare lines", lines_train, lines_test, models["lines-model"],
-                        models["lines-window"], ["line", "word"], args.k, args.latency_keys, args.precision),
+        evaluate_corpus(
+            "names", names_train, names_test, models["names-model"], models["names-window"], ["line"], *searches
+        ),
+        evaluate_corpus(
+            "Tiny Shakespeare lines",
+            lines_train,
+            lines_test,
+            models["lines-model"],
+            models["lines-window"],
+            ["line", "word"],
+            *searches,
+        ),
     ]
     atomic_write_json(work / "results.json", results)
     print(markdown(results, args.k))
     print(f"\nprecision of the searches: {args.precision}")
-    for corpus in results:
-        default = next(r for r in corpus["modes"]["line"] if r["name"].startswith("default"))
-        p99 = default["latency_ms"]["p99"]
-        print(f"goal p99 ≤ 10 ms ({corpus['corpus']}, line, top {args.k}, default model): {p99:.2f} ms "
-              f"{'met' if p99 <= 10 else 'NOT met'}")
-    for corpus in results:
-        for mode, systems in corpus["modes"].items():
-            by = {r["name"]: r["ksr"] for r in systems}
-            model_ksr = next(v for n, v in by.items() if n.startswith("default"))
-            print(f"goal KSR(default) > KSR(trie) on {corpus['corpus']} / {mode}: {model_ksr:.3f} vs {by['trie']:.3f} "
-                  f"{'met' if model_ksr > by['trie'] else 'NOT met'}")
+    print_goals(results, args.k)
     print(f"\nresults: {work / 'results.json'}", file=sys.stderr)
+    record = {
+        "corpora": results,
+        "k": args.k,
+        "precision": args.precision,
+        "quick": args.quick,
+        "models": {flag: str(path) for flag, path in models.items()},
+    }
+    print(f"results: {write_result('complete', record)}", file=sys.stderr)
     return 0
 
 

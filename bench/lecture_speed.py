@@ -12,8 +12,10 @@ in this same process, on the CPU, with the same number of threads:
 Rounds alternate the engines so that a busy machine slows them alike; the table gives the
 median chars/s over rounds and the ratio baseline (torch + AdamW) / engine.
 
-    python bench/lecture_speed.py            # 10 rounds of 20 steps each (about a minute)
-    python bench/lecture_speed.py --quick    # a few seconds
+    python -m bench.lecture_speed            # 10 rounds of 20 steps each (about a minute)
+    python -m bench.lecture_speed --quick    # a few seconds
+
+The results go to bench/results/ with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -21,24 +23,27 @@ from __future__ import annotations
 import os
 import sys
 
-# NumPy reads its BLAS thread count when it is first imported, so fix it before any import.
-_threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = _threads
+# NumPy reads its BLAS thread count when it is first imported, so fix it before any import;
+# only when run, not when imported (a test importing this module keeps its environment).
+if __name__ == "__main__":
+    _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import statistics
+import time
+from collections.abc import Callable
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from nextchar.lecture.rnn import init_params, loss_and_gradients, make_batch  # noqa: E402
-from nextchar.lecture.sgd import clip_gradients, sgd_step  # noqa: E402
-from nextchar.models import ModelConfig, build_model  # noqa: E402
-from nextchar.text import Vocabulary, embedded_corpus  # noqa: E402
-from nextchar.training.loop import sequence_loss  # noqa: E402
+from bench.record import write_result
+from nextchar.lecture.rnn import init_params, loss_and_gradients, make_batch
+from nextchar.lecture.sgd import clip_gradients, sgd_step
+from nextchar.models import ModelConfig, build_model
+from nextchar.text import Vocabulary, embedded_corpus
+from nextchar.training.optimisation import sequence_loss
 
 
 def batches(count: int, batch_size: int, seq_len: int, seed: int = 0) -> list[np.ndarray]:
@@ -68,8 +73,11 @@ def numpy_step(hidden: int, v: int, dtype: type) -> Callable[[np.ndarray], None]
 def torch_step(hidden: int, v: int, optimizer: str) -> Callable[[np.ndarray], None]:
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind="rnn", vocab_size=v, hidden_size=hidden)).train()
-    opt = (torch.optim.AdamW(model.parameters(), lr=1e-3) if optimizer == "adamw"
-           else torch.optim.SGD(model.parameters(), lr=0.1))
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=1e-3)
+        if optimizer == "adamw"
+        else torch.optim.SGD(model.parameters(), lr=0.1)
+    )
 
     def step(windows: np.ndarray) -> None:
         w = torch.from_numpy(windows)
@@ -115,12 +123,34 @@ def main() -> None:
             rates[name].append(chars / (time.perf_counter() - started))
     median = {name: statistics.median(r) for name, r in rates.items()}
     baseline = median["torch rnn + AdamW (baseline)"]
-    print(f"lecture RNN training step on CPU: m = {args.hidden}, ℓ = v = {v}, B = {args.batch_size}, "
-          f"T = {args.seq_len}, {args.threads} thread(s); median of {args.rounds} rounds × {args.steps} steps")
+    print(
+        f"lecture RNN training step on CPU: m = {args.hidden}, ℓ = v = {v}, B = {args.batch_size}, "
+        f"T = {args.seq_len}, {args.threads} thread(s); median of {args.rounds} rounds × {args.steps} steps"
+    )
     print(f"{'engine':<30} {'chars/s':>10} {'ratio':>7}")
     for name, rate in median.items():
         print(f"{name:<30} {rate:>10,.0f} {baseline / rate:>6.2f}×")
     print("ratio = baseline chars/s ÷ engine chars/s (above 1: slower than the baseline)")
+    settings = {
+        "hidden": args.hidden,
+        "vocabulary": v,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "threads": args.threads,
+        "quick": args.quick,
+    }
+    engines_out = {
+        name: {
+            "median_chars_per_s": median[name],
+            "ratio": baseline / median[name],
+            "chars_per_s_by_round": rates[name],
+        }
+        for name in median
+    }
+    path = write_result("lecture_speed", {"settings": settings, "engines": engines_out})
+    print(f"results: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

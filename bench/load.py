@@ -15,10 +15,12 @@ wrk, from a small asyncio client (slower: it eats the cores the server needs). B
 requests/s, p50/p99 latency, errors (non-200 answers, socket errors, timeouts) and the cache
 hit rate, counted from each answer's X-Nextchar-Cache header (hit: not read from scratch).
 
-    python bench/load.py --quick                  # ~25 s: 1, 10, 50 typists, 4 s each
-    python bench/load.py                          # 1, 10, 50 typists, 30 s each
-    python bench/load.py -m runs/demo --workers 2 --clients 10,50 --duration 20
-    python bench/load.py --url http://127.0.0.1:8000   # a server that is already running
+    python -m bench.load --quick                  # ~25 s: 1, 10, 50 typists, 4 s each
+    python -m bench.load                          # 1, 10, 50 typists, 30 s each
+    python -m bench.load -m runs/demo --workers 2 --clients 10,50 --duration 20
+    python -m bench.load --url http://127.0.0.1:8000   # a server that is already running
+
+The results go to bench/results/ (or --json FILE) with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from bench.record import write_result
 
 QUERY_WORDS = (1, 4)  # words per query
 
@@ -63,8 +67,9 @@ def query_pool(n: int, seed: int, path: str | None = None) -> list[str]:
     return pool[:n]
 
 
-def typing_paths(pool: list[str], typists: int, per_typist: int, zipf: float, seed: int, k: int,
-                 endpoint: str = "/suggest") -> list[list[tuple[str, bool]]]:
+def typing_paths(
+    pool: list[str], typists: int, per_typist: int, zipf: float, seed: int, k: int, endpoint: str = "/suggest"
+) -> list[list[tuple[str, bool]]]:
     """For each typist, the request paths of `per_typist` queries typed one character at a time,
     each with whether it is the last keystroke of its query."""
     rng = random.Random(seed)
@@ -143,8 +148,9 @@ end
 """
 
 
-def run_wrk(wrk: str, url: str, paths: list[list[tuple[str, bool]]], duration: float, think_ms: float,
-            keep: bool) -> dict:
+def run_wrk(
+    wrk: str, url: str, paths: list[list[tuple[str, bool]]], duration: float, think_ms: float, keep: bool
+) -> dict:
     clients = len(paths)
     delay = f"function delay() return {think_ms:g} end" if think_ms > 0 else ""
     with tempfile.TemporaryDirectory(prefix="nextchar-load-") as tmp:
@@ -154,25 +160,54 @@ def run_wrk(wrk: str, url: str, paths: list[list[tuple[str, bool]]], duration: f
         script.write_text(LUA % {"dir": tmp, "delay": delay, "close": "false" if keep else "true"})
         # One wrk thread per connection and one typist per thread: a query's keystrokes all go
         # over one keep-alive connection, as a browser's do (and so to one worker of several).
-        out = subprocess.run([wrk, f"-t{clients}", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-                              "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60)
+        out = subprocess.run(
+            [
+                wrk,
+                f"-t{clients}",
+                f"-c{clients}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+        )
     match = re.search(r"^RESULT (.*)$", out.stdout, re.M)
     if out.returncode != 0 or not match:
         raise SystemExit(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
     raw = json.loads(match.group(1))
     seconds = raw["duration_us"] / 1e6
-    return {"requests": raw["requests"], "seconds": seconds, "rps": raw["requests"] / seconds,
-            "p50_ms": raw["p50_us"] / 1e3, "p90_ms": raw["p90_us"] / 1e3, "p99_ms": raw["p99_us"] / 1e3,
-            "max_ms": raw["max_us"] / 1e3,
-            "errors": raw["non200"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
-            "cache": raw["cache"]}
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds,
+        "rps": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p90_ms": raw["p90_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "max_ms": raw["max_us"] / 1e3,
+        "errors": raw["non200"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
+        "cache": raw["cache"],
+    }
 
 
 # ---------------------------------------------------------------------------------- asyncio fallback
 
 
-async def _typist(host: str, port: int, paths: list[tuple[str, bool]], stop: float, think_ms: float, keep: bool,
-                  latencies: list[float], cache: dict[str, int], errors: list[int]) -> None:
+async def _typist(
+    host: str,
+    port: int,
+    paths: list[tuple[str, bool]],
+    stop: float,
+    think_ms: float,
+    keep: bool,
+    latencies: list[float],
+    cache: dict[str, int],
+    errors: list[int],
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     pos = 0
     try:
@@ -206,8 +241,7 @@ async def _typist(host: str, port: int, paths: list[tuple[str, bool]], stop: flo
         writer.close()
 
 
-def run_asyncio(url: str, paths: list[list[tuple[str, bool]]], duration: float, think_ms: float,
-                keep: bool) -> dict:
+def run_asyncio(url: str, paths: list[list[tuple[str, bool]]], duration: float, think_ms: float, keep: bool) -> dict:
     parts = urllib.parse.urlsplit(url)
     latencies: list[float] = []
     cache = {"response": 0, "hit": 0, "step": 0, "read": 0, "none": 0}
@@ -216,8 +250,9 @@ def run_asyncio(url: str, paths: list[list[tuple[str, bool]]], duration: float, 
     async def main() -> float:
         start = time.perf_counter()
         stop = start + duration
-        await asyncio.gather(*(_typist(parts.hostname, parts.port, p, stop, think_ms, keep, latencies, cache,
-                                       errors) for p in paths))
+        await asyncio.gather(
+            *(_typist(parts.hostname, parts.port, p, stop, think_ms, keep, latencies, cache, errors) for p in paths)
+        )
         return time.perf_counter() - start
 
     seconds = asyncio.run(main())
@@ -226,22 +261,48 @@ def run_asyncio(url: str, paths: list[list[tuple[str, bool]]], duration: float, 
     def pct(q: float) -> float:
         return 1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
 
-    return {"requests": len(latencies), "seconds": seconds, "rps": len(latencies) / seconds, "p50_ms": pct(0.5),
-            "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": 1e3 * latencies[-1] if latencies else float("nan"),
-            "errors": errors[0], "cache": cache}
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "rps": len(latencies) / seconds,
+        "p50_ms": pct(0.5),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
+        "max_ms": 1e3 * latencies[-1] if latencies else float("nan"),
+        "errors": errors[0],
+        "cache": cache,
+    }
 
 
 # ---------------------------------------------------------------------------------- the server
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "nextchar", "serve", "--port", "0", "--workers", str(args.workers),
-               "--cache-mb", str(args.cache_mb), "--limit-concurrency", "4096", "--max-pending", "1024",
-               "--precision", args.precision, "--max-batch", str(args.max_batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "nextchar",
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        str(args.workers),
+        "--cache-mb",
+        str(args.cache_mb),
+        "--limit-concurrency",
+        "4096",
+        "--max-pending",
+        "1024",
+        "--precision",
+        args.precision,
+        "--max-batch",
+        str(args.max_batch),
+    ]
     if args.model:
         command += ["-m", args.model]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     line = proc.stdout.readline()
     match = re.search(r"(http://\S+?)/ ", line)
     if not match:
@@ -259,14 +320,18 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
                 proc.kill()
                 raise SystemExit(f"the server at {url} did not answer /healthz") from None
             time.sleep(0.2)
-    print(f"server: {url} — model {health['model']} ({health['kind']}, {health['format']}, "
-          f"default mode {health['default_mode']}), {args.workers} worker(s)", flush=True)
+    print(
+        f"server: {url} — model {health['model']} ({health['kind']}, {health['format']}, "
+        f"default mode {health['default_mode']}), {args.workers} worker(s)",
+        flush=True,
+    )
     return proc, url
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="4 s per level (about 25 s in all)")
     parser.add_argument("-m", "--model", help="checkpoint directory (default: the bundled model)")
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
@@ -275,24 +340,86 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     parser.add_argument("--cache-mb", type=float, default=256.0, help="server cache bound (default 256)")
     parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
-                        help="the server's --precision (default auto)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="the server's --precision (default auto)",
+    )
     parser.add_argument("-k", type=int, default=8, help="suggestions per request (default 8)")
     parser.add_argument("--pool", type=int, default=2000, help="distinct queries per level (default 2000)")
-    parser.add_argument("--zipf", type=float, default=1.0,
-                        help="query popularity exponent: weight 1/rank^s (default 1; 0: all equally likely)")
+    parser.add_argument(
+        "--zipf",
+        type=float,
+        default=1.0,
+        help="query popularity exponent: weight 1/rank^s (default 1; 0: all equally likely)",
+    )
     parser.add_argument("--queries", metavar="FILE", help="queries to type, one per line (default: corpus phrases)")
     parser.add_argument("--think-ms", type=float, default=0.0, help="pause between keystrokes (default 0)")
-    parser.add_argument("--endpoint", choices=("/suggest", "/api/complete"), default="/suggest",
-                        help="what each keystroke asks (default /suggest; the page asks /api/complete)")
-    parser.add_argument("--keep-connections", action="store_true",
-                        help="a typist keeps one connection for all its queries (default: a new one per query)")
+    parser.add_argument(
+        "--endpoint",
+        choices=("/suggest", "/api/complete"),
+        default="/suggest",
+        help="what each keystroke asks (default /suggest; the page asks /api/complete)",
+    )
+    parser.add_argument(
+        "--keep-connections",
+        action="store_true",
+        help="a typist keeps one connection for all its queries (default: a new one per query)",
+    )
     parser.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto")
-    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument("--json", metavar="FILE", help="write the results here (default: a new file in bench/results/)")
     args = parser.parse_args()
     if args.quick:
         args.duration = min(args.duration, 4.0)
         args.pool = min(args.pool, 500)
+    return args
+
+
+def run_levels(args: argparse.Namespace, levels: list[int], url: str, wrk: str | None) -> list[dict]:
+    """Each concurrency level in turn against the server at `url`: its figures, printed as they come."""
+    results = []
+    pools = query_pool(args.pool * len(levels), seed=1, path=args.queries)
+    for i, clients in enumerate(levels):
+        pool = pools[i :: len(levels)]  # each level its own queries: cold caches for it
+        per_typist = max(4, int(args.duration * 60 / clients))  # more than a typist can get through
+        paths = typing_paths(pool, clients, per_typist, args.zipf, seed=100 + i, k=args.k, endpoint=args.endpoint)
+        if wrk:
+            r = run_wrk(wrk, url, paths, args.duration, args.think_ms, args.keep_connections)
+        else:
+            r = run_asyncio(url, paths, args.duration, args.think_ms, args.keep_connections)
+        counted = sum(r["cache"].values()) - r["cache"].get("none", 0)
+        r["hit_rate"] = 1 - r["cache"]["read"] / counted if counted else float("nan")
+        r["response_share"] = r["cache"]["response"] / counted if counted else float("nan")
+        r["clients"] = clients
+        results.append(r)
+        print(
+            f"{clients:>3} typists: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+            f"errors {r['errors']}  cache hit {100 * r['hit_rate']:.1f}% "
+            f"(whole answers {100 * r['response_share']:.1f}%)",
+            flush=True,
+        )
+    return results
+
+
+def print_table(args: argparse.Namespace, client: str, results: list[dict]) -> None:
+    print(
+        f"\nclient: {client}; {args.endpoint}; {args.duration:g} s per level; queries typed one character at a "
+        f"time; k={args.k}; Zipf s={args.zipf:g} over {args.pool} queries per level; workers={args.workers}; "
+        f"precision {args.precision}; max batch {args.max_batch}; "
+        f"{'one connection per typist' if args.keep_connections else 'a new connection per query'}\n"
+    )
+    print("| typists | requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |")
+    print("|--:|--:|--:|--:|--:|--:|--:|")
+    for r in results:
+        print(
+            f"| {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
+            f"{100 * r['hit_rate']:.1f}% | {100 * r['response_share']:.1f}% |"
+        )
+
+
+def main() -> None:
+    args = parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
     if args.client == "wrk" and not wrk:
@@ -303,25 +430,9 @@ def main() -> None:
     url = args.url.rstrip("/") if args.url else None
     if url is None:
         proc, url = start_server(args)
-    results = []
+    results: list[dict] = []
     try:
-        pools = query_pool(args.pool * len(levels), seed=1, path=args.queries)
-        for i, clients in enumerate(levels):
-            pool = pools[i::len(levels)]  # each level its own queries: cold caches for it
-            per_typist = max(4, int(args.duration * 60 / clients))  # more than a typist can get through
-            paths = typing_paths(pool, clients, per_typist, args.zipf, seed=100 + i, k=args.k, endpoint=args.endpoint)
-            if wrk:
-                r = run_wrk(wrk, url, paths, args.duration, args.think_ms, args.keep_connections)
-            else:
-                r = run_asyncio(url, paths, args.duration, args.think_ms, args.keep_connections)
-            counted = sum(r["cache"].values()) - r["cache"].get("none", 0)
-            r["hit_rate"] = 1 - r["cache"]["read"] / counted if counted else float("nan")
-            r["response_share"] = r["cache"]["response"] / counted if counted else float("nan")
-            r["clients"] = clients
-            results.append(r)
-            print(f"{clients:>3} typists: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-                  f"errors {r['errors']}  cache hit {100 * r['hit_rate']:.1f}% "
-                  f"(whole answers {100 * r['response_share']:.1f}%)", flush=True)
+        results = run_levels(args, levels, url, wrk)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGINT)
@@ -330,18 +441,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"\nclient: {client}; {args.endpoint}; {args.duration:g} s per level; queries typed one character at a "
-          f"time; k={args.k}; Zipf s={args.zipf:g} over {args.pool} queries per level; workers={args.workers}; "
-          f"precision {args.precision}; max batch {args.max_batch}; "
-          f"{'one connection per typist' if args.keep_connections else 'a new connection per query'}\n")
-    print("| typists | requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |")
-    print("|--:|--:|--:|--:|--:|--:|--:|")
-    for r in results:
-        print(f"| {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
-              f"{100 * r['hit_rate']:.1f}% | {100 * r['response_share']:.1f}% |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"client": client, "settings": vars(args), "results": results},
-                                              indent=2) + "\n")
+    print_table(args, client, results)
+    path = write_result("load", {"client": client, "settings": vars(args), "results": results}, args.json)
+    print(f"results: {path}", file=sys.stderr)
     if any(r["errors"] for r in results):
         print(f"\nerrors: {sum(r['errors'] for r in results)}", file=sys.stderr)
 

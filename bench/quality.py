@@ -8,8 +8,10 @@ On Tiny Shakespeare with its standard split (train = first 90%, validation = the
   3. compressors conditioned on the training text (bz2, lzma, PPMd);
   4. the machine's fp32 matrix-multiply peak, measured here, for MFU.
 
-    python bench/quality.py                      # 10 minutes per kind (about 45 minutes)
-    python bench/quality.py --budget 60 --kinds lstm   # a quick look
+    python -m bench.quality                      # 10 minutes per kind (about 45 minutes)
+    python -m bench.quality --budget 60 --kinds lstm   # a quick look
+
+The results go to bench/results/ (or --json FILE) with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compressors import compressors, conditional_bpc
-
+from bench.compressors import compressors, conditional_bpc
+from bench.record import write_result
 from nextchar.data.batches import StreamBatches, encode_corpus
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import Vocabulary
-from nextchar.training.loop import TrainConfig, sequence_loss, train, use_bf16
+from nextchar.training.config import TrainConfig, use_bf16
+from nextchar.training.loop import train
+from nextchar.training.optimisation import sequence_loss
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -57,8 +60,13 @@ class PlainModel(nn.Module):
         super().__init__()
         cell = nn.LSTM if cfg.kind == "lstm" else nn.GRU
         self.emb = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
-        self.rnn = cell(cfg.embedding_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
-                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.rnn = cell(
+            cfg.embedding_size,
+            cfg.hidden_size,
+            cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.drop_emb = nn.Dropout(cfg.embedding_dropout)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
@@ -95,7 +103,8 @@ def plain_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, ste
 def nextchar_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, steps: int, bf16: bool) -> float:
     """nextchar's own training step (batches, model, loss, clipping, schedule, weight average)
     without evaluation."""
-    from nextchar.training.loop import learning_rate, make_optimizer, moving_average
+    from nextchar.training.config import learning_rate
+    from nextchar.training.optimisation import make_optimizer, moving_average
 
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -122,51 +131,61 @@ def nextchar_loop_rate(data: torch.Tensor, cfg: ModelConfig, tcfg: TrainConfig, 
     return chars / (time.perf_counter() - started)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per kind (default 600)")
     parser.add_argument("--kinds", default="lstm,gru,rnn,window", help="comma-separated kinds (default all)")
     parser.add_argument("--overhead-rounds", type=int, default=5, help="alternating rounds of the overhead check")
     parser.add_argument("--overhead-steps", type=int, default=30, help="steps per round of the overhead check")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="write the results here (default: a new file in bench/results/)")
     parser.add_argument("--keep", type=Path, help="keep each trained checkpoint in KEEP/<kind> (for bench/adapt.py)")
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found (the benchmark needs ../shared/data)")
+    return args
 
-    text = args.data.read_text(encoding="utf-8")
-    cut = int(0.9 * len(text))
-    train_text, val_text = text[:cut], text[cut:]
-    results: dict = {"budget_s": args.budget, "date": time.strftime("%Y-%m-%d"), "runs": []}
 
-    peak = matmul_peak()
-    results["matmul_peak_gflops"] = peak
-    print(f"fp32 matmul peak (2048², torch, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", flush=True)
+def train_kind(
+    args: argparse.Namespace, kind: str, train_text: str, val_text: str, vocab: Vocabulary, peak: float
+) -> dict:
+    """Train `kind` with its defaults for --budget seconds: its size, speed, MFU and validation BPC."""
+    model_config = ModelConfig(kind=kind)
+    config = TrainConfig(time_budget=args.budget)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.keep / kind if args.keep else Path(scratch)
+        started = time.perf_counter()
+        result = train(
+            train_text,
+            val_text,
+            out,
+            config,
+            model_config,
+            "text",
+            progress=sys.stderr.isatty(),
+            source={"corpus": str(args.data.resolve()), "format": "text", "val_fraction": 0.1},
+        )
+        wall = time.perf_counter() - started
+        best = json.loads((out / "config.json").read_text())["metrics"]
+    sized = build_model(ModelConfig(**{**model_config.to_json(), "vocab_size": len(vocab)}))
+    params, flops = sized.num_parameters(), sized.flops_per_char()
+    mfu = 3 * flops * result.chars_per_second / (peak * 1e9)
+    return {
+        "kind": kind,
+        "params": params,
+        "chars_per_s": result.chars_per_second,
+        "val_bpc": result.best_val.bpc if result.best_val else math.nan,
+        "best_step": best["step"],
+        "steps": result.steps,
+        "wall_s": wall,
+        "mfu": mfu,
+    }
 
+
+def overhead(args: argparse.Namespace, train_text: str, vocab: Vocabulary) -> dict:
+    """nextchar's loop vs a plain loop, same architecture/batch/window/optimizer/precision, alternated."""
     default_model = ModelConfig()
     default_train = TrainConfig().for_kind(default_model.kind)
-    vocab = Vocabulary.from_text(train_text)
-    for kind in args.kinds.split(","):
-        model_config = ModelConfig(kind=kind)
-        config = TrainConfig(time_budget=args.budget)
-        with tempfile.TemporaryDirectory() as scratch:
-            out = args.keep / kind if args.keep else Path(scratch)
-            started = time.perf_counter()
-            result = train(train_text, val_text, out, config, model_config, "text", progress=sys.stderr.isatty(),
-                           source={"corpus": str(args.data.resolve()), "format": "text", "val_fraction": 0.1})
-            wall = time.perf_counter() - started
-            best = json.loads((out / "config.json").read_text())["metrics"]
-        sized = build_model(ModelConfig(**{**model_config.to_json(), "vocab_size": len(vocab)}))
-        params, flops = sized.num_parameters(), sized.flops_per_char()
-        mfu = 3 * flops * result.chars_per_second / (peak * 1e9)
-        run = {"kind": kind, "params": params, "chars_per_s": result.chars_per_second,
-               "val_bpc": result.best_val.bpc if result.best_val else math.nan,
-               "best_step": best["step"], "steps": result.steps, "wall_s": wall, "mfu": mfu}
-        results["runs"].append(run)
-        print(f"{kind}: {run}", flush=True)
-
-    # Overhead: nextchar's loop vs a plain loop, same architecture/batch/window/optimizer/precision.
     data = encode_corpus(train_text, vocab, "text")
     cfg = ModelConfig(**{**default_model.to_json(), "vocab_size": len(vocab)})
     bf16 = use_bf16(default_train.precision, torch.device("cpu"))
@@ -177,31 +196,62 @@ def main() -> None:
         plain_rates.append(plain)
         ours_rates.append(ours)
         ratios.append(ours / plain)
-    results["overhead"] = {"plain_chars_per_s": statistics.median(plain_rates),
-                           "nextchar_chars_per_s": statistics.median(ours_rates),
-                           "ratio_median": statistics.median(ratios), "ratios": ratios}
+    return {
+        "plain_chars_per_s": statistics.median(plain_rates),
+        "nextchar_chars_per_s": statistics.median(ours_rates),
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
-    results["compressors"] = {name: conditional_bpc(fn, train_text, val_text) for name, fn in compressors().items()}
 
+def print_table(args: argparse.Namespace, results: dict) -> None:
     print()
-    print(f"Tiny Shakespeare, standard split; {args.budget:.0f} s of training per model on "
-          f"{torch.get_num_threads()} CPU threads; {results['date']}")
+    print(
+        f"Tiny Shakespeare, standard split; {args.budget:.0f} s of training per model on "
+        f"{torch.get_num_threads()} CPU threads; {results['date']}"
+    )
     print()
     print("| model | parameters | chars/s | MFU | validation BPC |")
     print("|---|---:|---:|---:|---:|")
     for run in results["runs"]:
-        print(f"| nextchar `{run['kind']}` (defaults) | {run['params']:,} | {run['chars_per_s']:,.0f} | "
-              f"{run['mfu']:.1%} | {run['val_bpc']:.3f} |")
+        print(
+            f"| nextchar `{run['kind']}` (defaults) | {run['params']:,} | {run['chars_per_s']:,.0f} | "
+            f"{run['mfu']:.1%} | {run['val_bpc']:.3f} |"
+        )
     o = results["overhead"]
     print(f"| plain PyTorch loop, default architecture (throughput only) | | {o['plain_chars_per_s']:,.0f} | | — |")
     for name, bpc in results["compressors"].items():
         print(f"| {name}, conditional on the training text | | | | {bpc:.3f} |")
     print()
-    print(f"nextchar / plain loop chars/s: median {o['ratio_median']:.3f} over {len(ratios)} alternating rounds "
-          f"of {args.overhead_steps} steps ({', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"matmul peak {peak:.0f} GFLOP/s; MFU = 3 × forward FLOPs/char × chars/s ÷ peak")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    ratios = o["ratios"]
+    print(
+        f"nextchar / plain loop chars/s: median {o['ratio_median']:.3f} over {len(ratios)} alternating rounds "
+        f"of {args.overhead_steps} steps ({', '.join(f'{r:.3f}' for r in ratios)})"
+    )
+    print(f"matmul peak {results['matmul_peak_gflops']:.0f} GFLOP/s; MFU = 3 × forward FLOPs/char × chars/s ÷ peak")
+
+
+def main() -> None:
+    args = parse_args()
+    text = args.data.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    train_text, val_text = text[:cut], text[cut:]
+    results: dict = {"budget_s": args.budget, "date": time.strftime("%Y-%m-%d"), "runs": []}
+
+    peak = matmul_peak()
+    results["matmul_peak_gflops"] = peak
+    print(f"fp32 matmul peak (2048², torch, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", flush=True)
+
+    vocab = Vocabulary.from_text(train_text)
+    for kind in args.kinds.split(","):
+        run = train_kind(args, kind, train_text, val_text, vocab, peak)
+        results["runs"].append(run)
+        print(f"{kind}: {run}", flush=True)
+
+    results["overhead"] = overhead(args, train_text, vocab)
+    results["compressors"] = {name: conditional_bpc(fn, train_text, val_text) for name, fn in compressors().items()}
+    print_table(args, results)
+    print(f"results: {write_result('quality', results, args.json)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ On a corpus built by repeating the texts in ../shared/data (Tiny Shakespeare and
 
 Every run is a fresh `python -m nextchar` subprocess (or torchrun), as a user would run it.
 
-    python bench/scale.py             # full: a 1 GB corpus, about 10 minutes
-    python bench/scale.py --quick     # a 20 MB corpus and a small model: about a minute
+    python -m bench.scale             # full: a 1 GB corpus, about 10 minutes
+    python -m bench.scale --quick     # a 20 MB corpus and a small model: about a minute
+
+The results go to bench/results/ (or --json FILE) with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.record import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -71,36 +75,104 @@ def build_corpus(path: Path, size: int, sources: list[Path]) -> int:
 
 
 def measure_prepare(corpus: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", PREPARE_PROBE, str(corpus), str(out)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PREPARE_PROBE, str(corpus), str(out)], capture_output=True, text=True, check=True
+    )
     after_imports, peak, maxrss, seconds, size, corpus_format = done.stdout.split()
-    return {"corpus_mb": int(size) / 1e6, "format": corpus_format, "seconds": float(seconds),
-            "mb_per_s": int(size) / 1e6 / float(seconds), "rss_after_imports_mb": int(after_imports) / 1e6,
-            "peak_rss_mb": int(maxrss) / 1e6,
-            "peak_above_imports_mb": (int(peak) - int(after_imports)) / 1e6 if int(peak) else None}
+    return {
+        "corpus_mb": int(size) / 1e6,
+        "format": corpus_format,
+        "seconds": float(seconds),
+        "mb_per_s": int(size) / 1e6 / float(seconds),
+        "rss_after_imports_mb": int(after_imports) / 1e6,
+        "peak_rss_mb": int(maxrss) / 1e6,
+        "peak_above_imports_mb": (int(peak) - int(after_imports)) / 1e6 if int(peak) else None,
+    }
 
 
-def train_once(data: Path, out: Path, steps: int, model: list[str], processes: int, threads: int | None,
-               precision: str, extra: list[str]) -> dict:
+def train_once(
+    data: Path,
+    out: Path,
+    steps: int,
+    model: list[str],
+    processes: int,
+    threads: int | None,
+    precision: str,
+    extra: list[str],
+) -> dict:
     """One training run from the prepared directory; chars/s of its training steps (no evaluation)."""
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    argv = ["train", str(data), "--out", str(out), "--steps", str(steps), "--eval-interval", str(steps),
-            "--precision", precision, "--device", "cpu", "--max-val-chars", "50000", "--quiet", *model, *extra]
+    argv = [
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--eval-interval",
+        str(steps),
+        "--precision",
+        precision,
+        "--device",
+        "cpu",
+        "--max-val-chars",
+        "50000",
+        "--quiet",
+        *model,
+        *extra,
+    ]
     if processes == 1:
         command = [sys.executable, "-m", "nextchar", *argv]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                   str(processes), "-m", "nextchar", *argv]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "nextchar",
+            *argv,
+        ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"training failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"processes": processes, "threads": threads, "precision": precision, "steps": record["step"],
-            "chars_per_s": record["chars_per_s"], "val_bpc": record["val_bpc"],
-            "wall_s": time.perf_counter() - started}
+    return {
+        "processes": processes,
+        "threads": threads,
+        "precision": precision,
+        "steps": record["step"],
+        "chars_per_s": record["chars_per_s"],
+        "val_bpc": record["val_bpc"],
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def print_table(results: dict, bf16_steps: int) -> None:
+    """The summary table of every measurement."""
+    print()
+    print("| measurement | result |")
+    print("|---|---|")
+    for r in results["prepare"]:
+        print(
+            f"| prepare {r['corpus_mb']:,.0f} MB ({r['format']} format) | {r['mb_per_s']:.1f} MB/s; peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB, of which {r['peak_above_imports_mb']:.0f} MB above the imports |"
+        )
+    labels = ["1 process, default threads", "1 process, 1 thread", "2 processes (torchrun, gloo), 1 thread each"]
+    for label, run in zip(labels, results["scaling"], strict=True):
+        print(f"| train chars/s: {label} | {run['chars_per_s']:,.0f} |")
+    print(f"| scaling efficiency: 2 processes / (2 × 1 process, 1 thread) | {results['scaling_efficiency']:.0%} |")
+    print(f"| 2 processes / 1 process with default threads | {results['two_processes_vs_default']:.2f}× |")
+    print(f"| bf16 / fp32 chars/s (1 process) | {results['bf16_speedup']:.2f}× |")
+    print(
+        f"| validation BPC after {bf16_steps} steps: fp32 / bf16 | {results['precision']['fp32']['val_bpc']:.4f} / "
+        f"{results['precision']['bf16']['val_bpc']:.4f} |"
+    )
 
 
 def main() -> None:
@@ -110,7 +182,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per chars/s run (default 120, quick 6)")
     parser.add_argument("--bf16-steps", type=int, help="steps per precision run (default 400, quick 10)")
     parser.add_argument("--workdir", type=Path, help="where to build the corpus (default: a temporary directory)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="write the results here (default: a new file in bench/results/)")
     args = parser.parse_args()
     missing = [str(s) for s in SOURCES if not s.exists()]
     if missing:
@@ -129,19 +201,26 @@ def main() -> None:
         build_corpus(lines_corpus, size // 4, [DATA / "names.txt"])
         results: dict = {"machine": {"cpus": os.cpu_count()}, "quick": args.quick}
         print(f"corpus: {corpus.stat().st_size / 1e6:,.0f} MB (Tiny Shakespeare + names, repeated)", flush=True)
-        results["prepare"] = [measure_prepare(corpus, work / "prepared"),
-                              measure_prepare(lines_corpus, work / "prepared-lines")]
+        results["prepare"] = [
+            measure_prepare(corpus, work / "prepared"),
+            measure_prepare(lines_corpus, work / "prepared-lines"),
+        ]
         for r in results["prepare"]:
-            print(f"prepare {r['corpus_mb']:,.0f} MB ({r['format']}): {r['mb_per_s']:.1f} MB/s, peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB ({r['peak_above_imports_mb']:.0f} MB above the imports)", flush=True)
+            print(
+                f"prepare {r['corpus_mb']:,.0f} MB ({r['format']}): {r['mb_per_s']:.1f} MB/s, peak RSS "
+                f"{r['peak_rss_mb']:.0f} MB ({r['peak_above_imports_mb']:.0f} MB above the imports)",
+                flush=True,
+            )
 
         data = work / "prepared"
         runs = []
         for processes, threads in [(1, None), (1, 1), (2, 1)]:
             run = train_once(data, work / f"run-{processes}-{threads}", steps, model, processes, threads, "auto", [])
             runs.append(run)
-            print(f"train {processes} process(es) × {threads or 'default'} thread(s): "
-                  f"{run['chars_per_s']:,.0f} chars/s", flush=True)
+            print(
+                f"train {processes} process(es) × {threads or 'default'} thread(s): {run['chars_per_s']:,.0f} chars/s",
+                flush=True,
+            )
         results["scaling"] = runs
         one_thread, two = runs[1]["chars_per_s"], runs[2]["chars_per_s"]
         results["scaling_efficiency"] = two / (2 * one_thread)
@@ -150,27 +229,16 @@ def main() -> None:
         precision = {}
         for name in ("fp32", "bf16"):
             precision[name] = train_once(data, work / f"run-{name}", bf16_steps, model, 1, None, name, [])
-            print(f"{name}: {precision[name]['chars_per_s']:,.0f} chars/s, validation BPC "
-                  f"{precision[name]['val_bpc']:.4f} after {bf16_steps} steps", flush=True)
+            print(
+                f"{name}: {precision[name]['chars_per_s']:,.0f} chars/s, validation BPC "
+                f"{precision[name]['val_bpc']:.4f} after {bf16_steps} steps",
+                flush=True,
+            )
         results["precision"] = precision
         results["bf16_speedup"] = precision["bf16"]["chars_per_s"] / precision["fp32"]["chars_per_s"]
 
-    print()
-    print("| measurement | result |")
-    print("|---|---|")
-    for r in results["prepare"]:
-        print(f"| prepare {r['corpus_mb']:,.0f} MB ({r['format']} format) | {r['mb_per_s']:.1f} MB/s; peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB, of which {r['peak_above_imports_mb']:.0f} MB above the imports |")
-    labels = ["1 process, default threads", "1 process, 1 thread", "2 processes (torchrun, gloo), 1 thread each"]
-    for label, run in zip(labels, runs, strict=True):
-        print(f"| train chars/s: {label} | {run['chars_per_s']:,.0f} |")
-    print(f"| scaling efficiency: 2 processes / (2 × 1 process, 1 thread) | {results['scaling_efficiency']:.0%} |")
-    print(f"| 2 processes / 1 process with default threads | {results['two_processes_vs_default']:.2f}× |")
-    print(f"| bf16 / fp32 chars/s (1 process) | {results['bf16_speedup']:.2f}× |")
-    print(f"| validation BPC after {bf16_steps} steps: fp32 / bf16 | {precision['fp32']['val_bpc']:.4f} / "
-          f"{precision['bf16']['val_bpc']:.4f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results, bf16_steps)
+    print(f"results: {write_result('scale', results, args.json)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ is searched together as the service's model thread does (`Completer.drive_togeth
 B = 1 as the baseline in the same process. Prints ms of model thread per search and the
 batch's p50/p99: a request waits for its whole batch.
 
-    python bench/search.py                  # B = 1, 5, 10, 16; 300 rounds each
-    python bench/search.py --batches 1,5 --rounds 100
+    python -m bench.search                  # B = 1, 5, 10, 16; 300 rounds each
+    python -m bench.search --batches 1,5 --rounds 100
+
+The results go to bench/results/ with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import statistics
 import sys
 import time
 import urllib.parse
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import query_pool, typing_paths
-
-from nextchar.service.app import ServiceSettings, build_engine
+from bench.load import query_pool, typing_paths
+from bench.record import write_result
+from nextchar.service.engine import build_engine
+from nextchar.service.settings import ServiceSettings
 
 
 def keystroke_rounds(typists: int, rounds: int) -> list[list[str]]:
@@ -59,6 +60,7 @@ def main() -> None:
 
     print(f"| typists at once | searches | ms per search | batch p50 ms | batch p99 ms |  (precision {args.precision})")
     print("|--:|--:|--:|--:|--:|")
+    rows = []
     for typists in [int(b) for b in args.batches.split(",")]:
         engine = build_engine(ServiceSettings(precision=args.precision))  # fresh caches for each size
         completer = engine.completer
@@ -72,9 +74,23 @@ def main() -> None:
             times.append(1e3 * (time.perf_counter() - start))
         searches = sum(map(len, rounds))
         p99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
-        print(f"| {typists} | {searches} | {sum(times) / searches:.2f} | {statistics.median(times):.1f} | {p99:.1f} |",
-              flush=True)
+        print(
+            f"| {typists} | {searches} | {sum(times) / searches:.2f} | {statistics.median(times):.1f} | {p99:.1f} |",
+            flush=True,
+        )
+        rows.append(
+            {
+                "typists": typists,
+                "searches": searches,
+                "ms_per_search": sum(times) / searches,
+                "batch_p50_ms": statistics.median(times),
+                "batch_p99_ms": p99,
+                "batch_ms": times,
+            }
+        )
         engine.close()
+    settings = {"batches": args.batches, "rounds": args.rounds, "precision": args.precision, "threads": 1}
+    print(f"results: {write_result('search', {'settings': settings, 'rows': rows})}", file=sys.stderr)
 
 
 if __name__ == "__main__":

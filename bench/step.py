@@ -8,8 +8,10 @@ as time per step and per hypothesis: the case for the stepper, for low-precision
 and for batching concurrent requests together (`nextchar.completion.search.drive_together`). Median of
 --rounds rounds of --steps steps, 1 torch thread (what each serving worker uses).
 
-    python bench/step.py                          # the default LSTM size
-    python bench/step.py --kind gru --layers 2 --hidden 384
+    python -m bench.step                          # the default LSTM size
+    python -m bench.step --kind gru --layers 2 --hidden 384
+
+The results go to bench/results/ with the command, commit and machine (bench.record).
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench.record import write_result
 from nextchar.models import ModelConfig, build_model
 from nextchar.stepper import Stepper, run_model
 
@@ -51,24 +51,41 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=args.kind, vocab_size=100, hidden_size=args.hidden,
-                                    num_layers=args.layers)).eval()
+    model = build_model(
+        ModelConfig(kind=args.kind, vocab_size=100, hidden_size=args.hidden, num_layers=args.layers)
+    ).eval()
     steppers = {p: Stepper(model, p) for p in PRECISIONS}
-    print(f"one step of a {args.layers}×{args.hidden} {args.kind} (vocabulary 100), 1 thread, "
-          f"median of {args.rounds}×{args.steps} steps; ms per step (µs per hypothesis), "
-          "and the speed-up over the model's forward\n")
+    print(
+        f"one step of a {args.layers}×{args.hidden} {args.kind} (vocabulary 100), 1 thread, "
+        f"median of {args.rounds}×{args.steps} steps; ms per step (µs per hypothesis), "
+        "and the speed-up over the model's forward\n"
+    )
     print("| hypotheses | model forward (fp32) | " + " | ".join(f"stepper {p}" for p in PRECISIONS) + " |")
     print("|--:|--:|" + "--:|" * len(PRECISIONS))
+    rows = []
     with torch.inference_mode():
         for batch in (int(b) for b in args.batches.split(",")):
             idx = torch.randint(3, 100, (batch, 1))
             state = tuple(torch.randn_like(s) * 0.5 for s in model.initial_state(batch))
             base = per_step_ms(lambda i=idx, s=state: run_model(model, i, s), args.steps, args.rounds)
             cells = [f"{base:.3f} ({1e3 * base / batch:.0f})"]
-            for stepper in steppers.values():
+            stepper_ms = {}
+            for precision, stepper in steppers.items():
                 ms = per_step_ms(lambda f=stepper, i=idx, s=state: f(i, s), args.steps, args.rounds)
                 cells.append(f"{ms:.3f} ({1e3 * ms / batch:.0f}) {base / ms:.2f}×")
+                stepper_ms[precision] = ms
             print(f"| {batch} | " + " | ".join(cells) + " |")
+            rows.append({"hypotheses": batch, "model_forward_ms": base, "stepper_ms": stepper_ms})
+    settings = {
+        "kind": args.kind,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "vocabulary": 100,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "threads": 1,
+    }
+    print(f"results: {write_result('step', {'settings': settings, 'rows': rows})}", file=sys.stderr)
     return 0
 
 
