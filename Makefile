@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench bundle clean browser
+.PHONY: demo test test-fast lint bundle clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: need $(PYTHON) (the local torch wheel is for CPython 3.11)"; exit 2; }
@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(PY) -m pytest
 
+# The quick loop: everything but the tests marked slow (end-to-end runs, servers, the browser).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
 # Debian's Chromium for tests/service/test_browser.py (Playwright cannot download a browser here).
 # Idempotent: nothing happens when /usr/bin/chromium exists; without apt-get the test is skipped.
 APT := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -40,8 +44,13 @@ browser:
 	  || echo "make: could not install chromium; the browser test will be skipped"; \
 	else echo "make: no apt-get here; install Chromium for the browser test (it is skipped without it)"; fi
 
+# Style, formatting, types (mypy --strict on nextchar/) and the layers (import-linter's contracts
+# in pyproject.toml: imports flow text → data → models → training → completion → service / CLI).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nextchar tests bench
+	$(VENV)/bin/ruff format --check nextchar tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The bundled default model (nextchar/bundled/default): one reproducible command, ~4 minutes here.
 bundle: $(STAMP)

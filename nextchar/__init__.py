@@ -5,4 +5,5 @@ text (corpus → characters) → data (characters → index tensors) → models 
 training / evaluation / sampling → completion → service and CLI.
 """
 
+# The one place the version is written: pyproject.toml reads it ([tool.setuptools.dynamic]).
 __version__ = "0.1.0"

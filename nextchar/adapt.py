@@ -1,16 +1,12 @@
-"""Online adaptation: dynamic evaluation (Krause et al., 2018) and the update rule it shares.
+"""Online adaptation: the update rule that dynamic evaluation and personalisation share.
 
-A trained model cannot know the names and words of the document it is reading; a compressor
-can, because it learns from everything it has already seen. Dynamic evaluation lets the model
-do the same: the text is read in windows of T characters, and after each window has been
-predicted and scored, the model takes one gradient step on that window's loss L_seq before it
-predicts the next one.
-
-Score first, learn after. The log-probability of every character is computed with weights
-that have learned only from the windows before its own, so the adapted BPC is an honest
-sequential code length (tests/evaluation/test_dynamic.py checks that changing a character changes no score
-of any character read before it). The recurrent state is carried from window to window as in
-evaluation; it is computed by the weights of the window it belongs to.
+A trained model cannot know the names and words of the text in front of it; a compressor can,
+because it learns from everything it has already seen. Adaptation lets the model do the same:
+after a window of T characters has been scored, one gradient step on that window's loss L_seq
+(mean −ln p over its symbols). Who reads the text and scores it lives above this module:
+`nextchar.evaluation.dynamic` (dynamic evaluation, Krause et al., 2018: a whole text, all
+weights) and `nextchar.completion.personal` (one person's output layer, a line at a time).
+This module is the step itself.
 
 Update rules, with θ0 the trained weights and g = ∇_θ L_seq (mean over the window's symbols):
 
@@ -26,13 +22,11 @@ typical weight step and does not depend on the model's size), and the mean is ov
 elements (as in their paper). λ keeps adaptation local: without it the weights drift without
 bound over a long text.
 
-Divergence. A window whose loss is not finite or exceeds `diverge_factor`·ln V nats per
-symbol (far worse than guessing uniformly), a gradient or an update that is not finite: each
-is detected, the weights are rolled back to the last ones that scored a window sanely, the
-window is scored again with them (still before learning from it), and the event is counted.
-After `max_rollbacks` such events adaptation stops for the rest of the text (the weights stay
-at the last good ones). The model given to `dynamic_evaluate` is never changed: it adapts a
-deep copy.
+Divergence. A gradient or an update that is not finite is caught here: the weights are rolled
+back to the last ones the caller marked good (`Adapter.checkpoint`, after they scored a window
+sanely) and the event is counted. A loss that is not finite or far worse than guessing is the
+caller's to notice (it calls `Adapter.rollback`). After `max_rollbacks` such events the adapter
+stops updating: the weights stay at the last good ones.
 """
 
 from __future__ import annotations
@@ -41,15 +35,15 @@ import copy
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nextchar.data.batches import IGNORE, LineBatches, StreamBatches, frame_lines, stream_eval_layout
+from nextchar.data.batches import IGNORE, LineBatches, StreamBatches
 from nextchar.errors import UserError
-from nextchar.evaluation.bpc import EvalResult, _Tally, evaluate_lines, evaluate_stream
 from nextchar.models import CharModel, State, detach_state
 
 RULES = ("rms", "sgd")
@@ -90,7 +84,7 @@ class AdaptConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"adaptation {name} must be a whole number ≥ 1, not {value!r}")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -106,6 +100,7 @@ def adapted_names(model: nn.Module, params: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- statistics
+
 
 @dataclass
 class GradStats:
@@ -157,7 +152,7 @@ def gradient_statistics(model: CharModel, train: Tensor | list[Tensor], config: 
         state = detach_state(state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
         work.zero_grad(set_to_none=False)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         for name in names:
             grad = chosen[name].grad
             if grad is not None:
@@ -170,6 +165,7 @@ def gradient_statistics(model: CharModel, train: Tensor | list[Tensor], config: 
 
 
 # ---------------------------------------------------------------------------------- the update
+
 
 @dataclass
 class StepOutcome:
@@ -189,12 +185,16 @@ class Adapter:
 
     def __init__(self, model: nn.Module, config: AdaptConfig, stats: GradStats | None = None):
         if config.rule == "rms" and stats is None:
-            raise UserError("the rms adaptation rule needs gradient statistics from training text "
-                            "(give a training text, e.g. --adapt-train FILE) or use the sgd rule")
+            raise UserError(
+                "the rms adaptation rule needs gradient statistics from training text "
+                "(give a training text, e.g. --adapt-train FILE) or use the sgd rule"
+            )
         self.config = config
         names = adapted_names(model, config.params)
         named = dict(model.named_parameters())
-        self.params: dict[str, nn.Parameter] = {name: named[name].requires_grad_(True) for name in names}
+        self.params: dict[str, nn.Parameter] = {name: named[name] for name in names}
+        for p in self.params.values():
+            p.requires_grad_(True)
         self.theta0 = {name: p.detach().clone() for name, p in self.params.items()}
         self._good = {name: p.detach().clone() for name, p in self.params.items()}
         self.scale: dict[str, Tensor] = {}  # multiplies g in the step
@@ -203,14 +203,17 @@ class Adapter:
             assert stats is not None
             missing = [name for name in names if name not in stats.rms]
             if missing:
-                raise UserError(f"the gradient statistics lack parameters {missing}; collect them with the same "
-                                "adapted parameter set")
+                raise UserError(
+                    f"the gradient statistics lack parameters {missing}; collect them with the same "
+                    "adapted parameter set"
+                )
             total = sum(stats.rms[name].sum().item() for name in names)
             size = sum(stats.rms[name].numel() for name in names)
             mean = total / max(size, 1)
             if not (math.isfinite(mean) and mean > 0):
-                raise UserError("the gradient statistics are all zero or not finite; "
-                                "collect them on more training text")
+                raise UserError(
+                    "the gradient statistics are all zero or not finite; collect them on more training text"
+                )
             for name in names:
                 rms = stats.rms[name].to(self.params[name].device)
                 self.scale[name] = 1.0 / (rms + config.epsilon * mean)
@@ -287,165 +290,3 @@ class Adapter:
         """‖θ − θ0‖ over the adapted parameters (how far adaptation has moved the model)."""
         with torch.no_grad():
             return math.sqrt(sum(((p - self.theta0[n]) ** 2).sum().item() for n, p in self.params.items()))
-
-
-# ---------------------------------------------------------------------------------- dynamic evaluation
-
-@dataclass
-class DynamicEvalResult:
-    static: EvalResult | None  # the trained model, same layout (None when not asked for)
-    adapted: EvalResult  # scored with the weights adapted on the windows before each one
-    config: AdaptConfig
-    windows: int  # windows read (each scored, then learned from)
-    steps: int  # updates applied (windows minus skipped, diverged or after stopping)
-    score_seconds: float  # forward passes that score (what static evaluation also does, with grad)
-    adapt_seconds: float  # backward passes and updates: what adaptation adds
-    static_seconds: float = 0.0  # the static evaluation, same layout
-    stats_seconds: float = 0.0  # gradient statistics on training text (once per model)
-    rollbacks: int = 0  # divergences detected and rolled back
-    stopped: bool = False  # adaptation stopped after too many divergences
-    logprobs: Tensor | None = None  # ln p of each target, in reading order (record=True)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def adapt_seconds_per_window(self) -> float:
-        return self.adapt_seconds / max(self.windows, 1)
-
-    @property
-    def adapt_seconds_per_char(self) -> float:
-        return self.adapt_seconds / max(self.adapted.chars, 1)
-
-    @property
-    def cost_ratio(self) -> float:
-        """Wall time of adapted evaluation (score + adapt) over static evaluation's, same layout."""
-        if self.static_seconds <= 0:
-            return math.nan
-        return (self.score_seconds + self.adapt_seconds) / self.static_seconds
-
-    def to_json(self) -> dict:
-        return {
-            "static": self.static.to_json() if self.static else None,
-            "adapted": self.adapted.to_json(),
-            "config": self.config.to_json(),
-            "windows": self.windows,
-            "steps": self.steps,
-            "score_seconds": self.score_seconds,
-            "adapt_seconds": self.adapt_seconds,
-            "adapt_seconds_per_window": self.adapt_seconds_per_window,
-            "adapt_seconds_per_char": self.adapt_seconds_per_char,
-            "static_seconds": self.static_seconds,
-            "stats_seconds": self.stats_seconds,
-            "cost_ratio": self.cost_ratio,
-            "rollbacks": self.rollbacks,
-            "stopped": self.stopped,
-        }
-
-
-def iter_windows(encoded: Tensor | list[Tensor], config: AdaptConfig) -> Iterator[tuple[Tensor, Tensor, bool]]:
-    """(x, y, carry_state) per window, in reading order.
-
-    Text: the stream cut into `streams` contiguous rows (stream_eval_layout), read T columns at
-    a time with the state carried. Lines: consecutive lines grouped until they hold at least T
-    targets, each line framed "^"+line → line+<end> from s_0 (no state carried).
-    """
-    if isinstance(encoded, Tensor):
-        x, y = stream_eval_layout(encoded, config.streams)
-        for start in range(0, x.shape[1], config.window):
-            yield x[:, start : start + config.window], y[:, start : start + config.window], True
-        return
-    group: list[Tensor] = []
-    targets = 0
-    for line in encoded:
-        group.append(line)
-        targets += len(line) + 1
-        if targets >= config.window:
-            yield (*frame_lines(group), False)
-            group, targets = [], 0
-    if group:
-        yield (*frame_lines(group), False)
-
-
-def _sane(loss: Tensor, limit: float) -> bool:
-    value = loss.item()
-    return math.isfinite(value) and value <= limit
-
-
-def dynamic_evaluate(model: CharModel, encoded: Tensor | list[Tensor], config: AdaptConfig | None = None,
-                     stats: GradStats | None = None, *, static: bool = True, record: bool = False,
-                     progress: bool = False) -> DynamicEvalResult:
-    """Evaluate `encoded` (a `text` stream or a list of lines) with dynamic evaluation.
-
-    Per window w: logits from the current weights θ_w → the window is scored (BPC, top-1,
-    top-5) → L_seq = mean −ln p over its symbols → θ_{w+1} = update(θ_w, ∇L_seq). So window w
-    is scored by weights that depend only on windows < w. `static=True` also evaluates the
-    unadapted model in the same layout (and times it) for comparison. `record=True` keeps the
-    ln p of every target in reading order (text: streams × positions, row-major by window).
-    """
-    config = config or AdaptConfig()
-    static_result, static_seconds = None, 0.0
-    if static:
-        started = time.perf_counter()
-        if isinstance(encoded, Tensor):
-            static_result = evaluate_stream(model, encoded, n_streams=config.streams)
-        else:
-            static_result = evaluate_lines(model, encoded)
-        static_seconds = time.perf_counter() - started
-
-    work = copy.deepcopy(model).eval()  # the caller's model stays exactly as it was
-    names = set(adapted_names(work, config.params))
-    for name, p in work.named_parameters():  # no graph through weights that do not adapt (faster)
-        p.requires_grad_(name in names)
-    adapter = Adapter(work, config, stats)
-    limit = config.diverge_factor * math.log(work.config.vocab_size)
-    device = work.device
-    tally = _Tally()
-    recorded: list[Tensor] = []
-    state: State | None = None
-    windows, score_seconds, adapt_seconds = 0, 0.0, 0.0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = (len(encoded) - 1) if isinstance(encoded, Tensor) else sum(len(line) + 1 for line in encoded)
-        bar = tqdm(total=total, unit="char", desc="dynamic evaluation", leave=False)
-    for x, y, carry in iter_windows(encoded, config):
-        started = time.perf_counter()
-        x, y = x.to(device), y.to(device)
-        start_state = state if carry and state is not None else work.initial_state(x.shape[0], device)
-        logits, new_state = work(x, start_state)
-        flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-        loss = F.cross_entropy(flat_logits, flat_y, ignore_index=IGNORE)
-        if (flat_y != IGNORE).any() and not _sane(loss, limit) and adapter.dirty:
-            # The last update broke the model: back to the weights that last scored sanely, and
-            # score this window again with them (still before learning from it).
-            adapter.rollback()
-            if not all(bool(torch.isfinite(s).all()) for s in start_state):
-                start_state = work.initial_state(x.shape[0], device)
-            logits, new_state = work(x, start_state)
-            flat_logits = logits.reshape(-1, logits.shape[-1])
-            loss = F.cross_entropy(flat_logits, flat_y, ignore_index=IGNORE)
-        tally.add(flat_logits.detach(), flat_y)
-        if record:
-            logp = torch.log_softmax(flat_logits.detach().float(), dim=-1)
-            keep = flat_y != IGNORE
-            recorded.append(logp[keep].gather(1, flat_y[keep, None]).squeeze(1).cpu())
-        state = detach_state(new_state) if carry else None
-        scored = time.perf_counter()
-        score_seconds += scored - started
-        if (flat_y != IGNORE).any() and not adapter.stopped and _sane(loss, limit):
-            adapter.checkpoint()
-            outcome = adapter.learn(loss)
-            if outcome.rolled_back and state is not None and not all(bool(torch.isfinite(s).all()) for s in state):
-                state = work.initial_state(x.shape[0], device)
-        windows += 1
-        adapt_seconds += time.perf_counter() - scored
-        if bar is not None:
-            bar.update(int((flat_y != IGNORE).sum()))
-    if bar is not None:
-        bar.close()
-    return DynamicEvalResult(
-        static=static_result, adapted=tally.result(), config=config, windows=windows, steps=adapter.steps,
-        score_seconds=score_seconds, adapt_seconds=adapt_seconds, static_seconds=static_seconds,
-        stats_seconds=stats.seconds if stats is not None else 0.0, rollbacks=adapter.rollbacks,
-        stopped=adapter.stopped, logprobs=torch.cat(recorded) if record and recorded else None,
-    )

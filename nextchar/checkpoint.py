@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -35,8 +36,13 @@ CONFIG_NAME = "config.json"
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
 
 
-def write_bundle(directory: Path, meta: dict, tensors: dict[str, torch.Tensor],
-                 json_name: str = CONFIG_NAME, stem: str = "model") -> None:
+def write_bundle(
+    directory: Path,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    json_name: str = CONFIG_NAME,
+    stem: str = "model",
+) -> None:
     """Write tensors (content-addressed) and then the JSON that names them, atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,7 @@ def write_bundle(directory: Path, meta: dict, tensors: dict[str, torch.Tensor],
             stale.unlink(missing_ok=True)
 
 
-def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read the JSON and the tensors it names; any damage becomes one clear UserError."""
     directory = Path(directory)
     where = directory / json_name
@@ -75,8 +81,9 @@ def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict, di
         raise UserError(f"{directory}: weights file {blob_path.name} is missing; retrain or restore it")
     blob = blob_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != expected:
-        raise UserError(f"{blob_path}: weights are truncated or were modified (checksum mismatch); "
-                        "retrain or restore it")
+        raise UserError(
+            f"{blob_path}: weights are truncated or were modified (checksum mismatch); retrain or restore it"
+        )
     try:
         tensors = load_safetensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -91,12 +98,18 @@ class Checkpoint:
     model: CharModel
     vocab: Vocabulary
     format: str  # "text" or "lines": how the training corpus was framed
-    meta: dict = field(default_factory=dict)  # the whole config.json (training settings, metrics)
+    meta: dict[str, Any] = field(default_factory=dict)  # the whole config.json (training settings, metrics)
     path: Path | None = None
 
 
-def save_checkpoint(directory: Path, model: CharModel, vocab: Vocabulary, corpus_format: str,
-                    training: dict | None = None, metrics: dict | None = None) -> None:
+def save_checkpoint(
+    directory: Path,
+    model: CharModel,
+    vocab: Vocabulary,
+    corpus_format: str,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> None:
     meta = {
         "format_version": FORMAT_VERSION,
         "nextchar_version": __version__,

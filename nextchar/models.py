@@ -14,6 +14,7 @@ knowing what is inside.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,11 @@ class ModelConfig:
     context: int = 8  # c, characters of context of the window model
     nonlinearity: str = "tanh"  # f1 of the lecture's rnn: tanh | relu
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict) -> ModelConfig:
+    def from_json(cls, obj: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(obj) - known
         if unknown:
@@ -81,6 +82,8 @@ class WindowModel(CharModel):
     is a sum of c of its columns, which is how it is computed here.
     """
 
+    offsets: Tensor  # k·v for the k-th character of a window: its block of W^o's columns
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -118,6 +121,8 @@ class LectureRNN(CharModel):
     The recurrence runs in PyTorch's fused RNN kernel, which computes this very function
     (it has a second bias b_hh, fixed here at zero so that W0^ss is the only one).
     """
+
+    zero_bias: Tensor  # the kernel's b_hh, always 0
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -198,7 +203,7 @@ class GatedRNN(CharModel):
         logits = self.head(self.drop(out))
         return logits, tuple(s.transpose(0, 1).float() for s in new)
 
-    def _weight_dropped(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | tuple]:
+    def _weight_dropped(self, x: Tensor, hx: Tensor | State) -> tuple[Tensor, Tensor | State]:
         """The same fused kernel with DropConnect on each W_hh (AWD-LSTM's weight drop).
 
         One mask per forward call (per window of T characters), shared by every time step:
@@ -206,19 +211,24 @@ class GatedRNN(CharModel):
         """
         rnn, weights = self.rnn, []
         for layer in range(self.config.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{layer}")
-                                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
             weights += [w_ih, F.dropout(w_hh, self.config.weight_drop, training=True), b_ih, b_hh]
-        kernel = torch.lstm if self.config.kind == "lstm" else torch.gru
-        between = self.config.dropout if self.config.num_layers > 1 else 0.0
-        out, *new = kernel(x, hx, weights, True, self.config.num_layers, between, True, False, True)
-        return out, tuple(new) if self.config.kind == "lstm" else new[0]
+        layers, between = self.config.num_layers, self.config.dropout if self.config.num_layers > 1 else 0.0
+        if isinstance(hx, tuple):  # an LSTM's (h, c)
+            out, h, c = torch.lstm(x, hx, weights, True, layers, between, True, False, True)
+            return out, (h, c)
+        out, h = torch.gru(x, hx, weights, True, layers, between, True, False, True)
+        return out, h
 
     def flops_per_char(self) -> int:
         c = self.config
         gates = 4 if c.kind == "lstm" else 3
-        per_layer = [gates * c.hidden_size * ((c.embedding_size if i == 0 else c.hidden_size) + c.hidden_size)
-                     for i in range(c.num_layers)]
+        per_layer = [
+            gates * c.hidden_size * ((c.embedding_size if i == 0 else c.hidden_size) + c.hidden_size)
+            for i in range(c.num_layers)
+        ]
         return 2 * (sum(per_layer) + c.hidden_size * c.vocab_size)
 
 

@@ -50,8 +50,14 @@ def predict(ckpt: Checkpoint, text: str, k: int = 10) -> list[tuple[str, float]]
 
 
 @torch.no_grad()
-def sample(ckpt: Checkpoint, prefix: str = "", length: int = 200, temperature: float = 1.0,
-           top_k: int | None = None, seed: int | None = None) -> str:
+def sample(
+    ckpt: Checkpoint,
+    prefix: str = "",
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> str:
     """Continue `prefix` by sampling up to `length` characters (stops at <end> in lines format)."""
     if length < 0:
         raise UserError(f"--length must be at least 0, not {length}")

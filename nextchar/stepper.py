@@ -29,6 +29,7 @@ forward, with oneDNN switched off for short inputs (`run_model`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -43,26 +44,36 @@ def run_model(model: CharModel, idx: Tensor, state: State) -> tuple[Tensor, Stat
     measured here, one step of the default 2×384 LSTM for 8 hypotheses took 2.5 ms with it
     and 0.8 ms without; it only wins on long reads (2,048 characters: 175 vs 309 ms).
     """
+    out: tuple[Tensor, State]
     if idx.shape[1] > 64:
-        return model(idx, state)
+        out = model(idx, state)
+        return out
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # torch types the flag as its descriptor (ContextProp); what is read and set is a bool
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
-        return model(idx, state)
+        out = model(idx, state)
+        return out
     finally:
         torch.backends.mkldnn.enabled = before
 
 
+# The same tuple as nextchar.completion.config.PRECISIONS, which the parsers read without
+# importing torch; the stepper sits below completion and cannot import it
+# (tests/test_stepper.py checks that the two agree).
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
+Int8Linear = Callable[[Tensor, object, bool], Tensor]  # (h, packed weight, reduce_range) → h @ weightᵀ
 
-def _int8_kernel() -> object | None:
+
+def _int8_kernel() -> Int8Linear | None:
     """FBGEMM's dynamic-quantised linear, the overload itself (no lookup per call), or None
     where this PyTorch has no such operator (it is deprecated; torch is pinned below 2.14)."""
     try:
-        return torch.ops.quantized.linear_dynamic.default
+        kernel: Int8Linear = torch.ops.quantized.linear_dynamic.default
     except (AttributeError, RuntimeError):
         return None
+    return kernel
 
 
 _LINEAR_DYNAMIC = _int8_kernel()
@@ -103,14 +114,17 @@ class Stepper:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.model = model
-        self.gated = isinstance(model, GatedRNN)
+        self._gated_model = model if isinstance(model, GatedRNN) else None  # the fast path's model
+        self.gated = self._gated_model is not None
         if precision == "auto":
             precision = auto_precision(model)
         self.precision = precision if self.gated else "fp32"
         if self.precision == "int8" and _LINEAR_DYNAMIC is None:
-            raise ValueError("precision int8 needs PyTorch's FBGEMM int8 kernels, which this PyTorch lacks: "
-                             "use fp32 or bf16")
-        self._cache: dict[str, tuple[tuple, object]] = {}
+            raise ValueError(
+                "precision int8 needs PyTorch's FBGEMM int8 kernels, which this PyTorch lacks: use fp32 or bf16"
+            )
+        # name → (the (id, version) of each weight it was made from, what was made)
+        self._cache: dict[str, tuple[tuple[tuple[int, int], ...], object]] = {}
         self._share = share if share is not None and share.precision == self.precision else None
 
     def __call__(self, idx: Tensor, state: State) -> tuple[Tensor, State]:
@@ -119,16 +133,24 @@ class Stepper:
         return run_model(self.model, idx, state)
 
     def _fast(self) -> bool:
-        if not self.gated or self.model.training:
+        model = self._gated_model
+        if model is None or model.training:
             return False
-        weight = self.model.embedding.weight
+        weight = model.embedding.weight
         return weight.dtype == torch.float32 and weight.device.type == "cpu"
+
+    @property
+    def _net(self) -> GatedRNN:
+        """The model, where the fast path runs (only ever asked for then)."""
+        assert self._gated_model is not None
+        return self._gated_model
 
     def _sources(self, name: str) -> tuple[Tensor, ...]:
         """The weights that what is cached under `name` is made from."""
-        rnn = self.model.rnn
+        net = self._net
+        rnn = net.rnn
         if name == "table":
-            return self.model.embedding.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+            return net.embedding.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
         return (getattr(rnn, name),)
 
     def _cached(self, name: str) -> object:
@@ -155,16 +177,17 @@ class Stepper:
             # the GRU b_hn sits inside r ⊙ (W_hn h + b_hn), so b_hh stays with the recurrent term).
             embedding, w_ih, b_ih, b_hh = sources
             table = torch.addmm(b_ih, embedding, w_ih.t())
-            return table + b_hh if self.model.config.kind == "lstm" else table
+            return table + b_hh if self._net.config.kind == "lstm" else table
         weight = sources[0]
         return weight.to(torch.bfloat16) if self.precision == "bf16" else _pack_int8(weight)
 
     def _product(self, name: str) -> object:
         """The weight `name` of the rnn, in this stepper's precision (see `_affine`)."""
-        return getattr(self.model.rnn, name) if self.precision == "fp32" else self._cached(name)
+        return getattr(self._net.rnn, name) if self.precision == "fp32" else self._cached(name)
 
     def _step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        model, rnn = self.model, self.model.rnn
+        model = self._net
+        rnn = model.rnn
         config = model.config
         table: Tensor = self._cached("table")  # type: ignore[assignment]
         x = table[tokens]  # layer 0's input term, per row
@@ -207,8 +230,10 @@ def _affine(base: Tensor, h: Tensor, weight: object) -> Tensor:
         if weight.dtype == torch.float32:
             return torch.addmm(base, h, weight.t())
         return base + torch.mm(h.to(weight.dtype), weight.t()).float()
+    kernel = _LINEAR_DYNAMIC
+    assert kernel is not None  # weights are packed to int8 only where the kernel exists (Stepper.__init__)
     # reduce_range: 7-bit activations, FBGEMM's choice for x86 (no overflow in its int16 sums)
-    return base + _LINEAR_DYNAMIC(h.contiguous(), weight, True)
+    return base + kernel(h.contiguous(), weight, True)
 
 
 def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_hh: object) -> tuple[Tensor, Tensor]:

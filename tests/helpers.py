@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from nextchar.models import ModelConfig
-from nextchar.training.loop import TrainConfig, train
+from nextchar.training.config import TrainConfig
+from nextchar.training.loop import train
 
 # Why one thread: the models in tests are tiny, and on a small shared machine two OpenMP
 # threads spin against each other and against other processes — measured here, a 100-step
@@ -58,19 +59,35 @@ class CallCounter:
 def model_config(kind: str, **overrides: object) -> ModelConfig:
     """A tiny model of `kind` (vocab_size is filled in by train / the test)."""
     kind, _, nonlinearity = kind.partition("-")  # "rnn-relu" → rnn with f1 = relu
-    settings: dict = {"kind": kind, "hidden_size": 24, "num_layers": 1, "embedding_size": 12,
-                      "dropout": 0.0, "embedding_dropout": 0.0, "context": 4, "nonlinearity": nonlinearity or "tanh"}
+    settings: dict = {
+        "kind": kind,
+        "hidden_size": 24,
+        "num_layers": 1,
+        "embedding_size": 12,
+        "dropout": 0.0,
+        "embedding_dropout": 0.0,
+        "context": 4,
+        "nonlinearity": nonlinearity or "tanh",
+    }
     settings.update(overrides)
     return ModelConfig(**settings)
 
 
 def train_config(**overrides: object) -> TrainConfig:
     """A short, exact (fp32, CPU) run measured in steps, evaluating only at the end."""
-    settings: dict = {"batch_size": 4, "seq_len": 16, "lr": 0.01, "warmup_steps": 2, "steps": 10,
-                      "time_budget": None, "eval_interval": 1000, "precision": "fp32", "device": "cpu"}
+    settings: dict = {
+        "batch_size": 4,
+        "seq_len": 16,
+        "lr": 0.01,
+        "warmup_steps": 2,
+        "steps": 10,
+        "time_budget": None,
+        "eval_interval": 1000,
+        "precision": "fp32",
+        "device": "cpu",
+    }
     settings.update(overrides)
     return TrainConfig(**settings)
-
 
 
 def train_on_prose(out: Path, kind: str, steps: int) -> Path:

@@ -80,8 +80,9 @@ def test_saving_again_replaces_the_weights_file(tmp_path):
     new = weights_file(tmp_path)  # exactly one weights file: the stale one was removed
     assert new != old
     loaded = load_checkpoint(tmp_path).model
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values(),
-                                                  strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values(), strict=True)
+    )
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -105,8 +106,9 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, m
 
 def test_read_bundle_round_trip_with_another_name(tmp_path):
     tensors = {"a": torch.arange(6).view(2, 3), "b": torch.ones(2, dtype=torch.uint8)}
-    write_bundle(tmp_path, {"format_version": FORMAT_VERSION, "x": [1, 2]}, tensors, json_name="state.json",
-                 stem="state")
+    write_bundle(
+        tmp_path, {"format_version": FORMAT_VERSION, "x": [1, 2]}, tensors, json_name="state.json", stem="state"
+    )
     meta, back = read_bundle(tmp_path, json_name="state.json")
     assert meta["x"] == [1, 2]
     assert all(torch.equal(tensors[k], back[k]) for k in tensors)
@@ -159,11 +161,15 @@ DAMAGE = {
     "tampered weights": (damage_tampered_weights, "truncated or were modified"),
     "truncated config": (damage_truncated_config, "damaged checkpoint description"),
     "not an object": (lambda d: (d / CONFIG_NAME).write_text("[1, 2]"), "damaged checkpoint description"),
-    "format version": (lambda d: edit_config(d, lambda m: m.update(format_version=FORMAT_VERSION + 1)),
-                       f"checkpoint format {FORMAT_VERSION + 1} is not supported"),
+    "format version": (
+        lambda d: edit_config(d, lambda m: m.update(format_version=FORMAT_VERSION + 1)),
+        f"checkpoint format {FORMAT_VERSION + 1} is not supported",
+    ),
     "no format version": (lambda d: edit_config(d, lambda m: m.pop("format_version")), "is not supported"),
-    "unknown setting": (lambda d: edit_config(d, lambda m: m["model"].update(attention_heads=4)),
-                        "incompatible checkpoint (unknown model settings ['attention_heads'])"),
+    "unknown setting": (
+        lambda d: edit_config(d, lambda m: m["model"].update(attention_heads=4)),
+        "incompatible checkpoint (unknown model settings ['attention_heads'])",
+    ),
     "other shape": (lambda d: edit_config(d, lambda m: m["model"].update(hidden_size=25)), "incompatible checkpoint"),
     "other kind": (lambda d: edit_config(d, lambda m: m["model"].update(kind="lstm")), "incompatible checkpoint"),
     "bad kind": (lambda d: edit_config(d, lambda m: m["model"].update(kind="xl")), "unknown model kind"),
@@ -187,8 +193,11 @@ def test_damaged_checkpoint_is_one_clear_user_error(tmp_path, case, capsys, writ
     assert "\n" not in str(info.value)
     # The CLI says the same on one line of stderr and exits 2 without a traceback.
     corpus = write_file("eval.txt", "It was the best of times.")
-    for argv in (["predict", "It", "-m", str(directory)], ["eval", str(corpus), "-m", str(directory)],
-                 ["sample", "-m", str(directory), "--length", "5"]):
+    for argv in (
+        ["predict", "It", "-m", str(directory)],
+        ["eval", str(corpus), "-m", str(directory)],
+        ["sample", "-m", str(directory), "--length", "5"],
+    ):
         assert main(argv) == 2
         captured = capsys.readouterr()
         assert captured.out == ""

@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from nextchar.models import ModelConfig, build_model
-from nextchar.stepper import Stepper
+from nextchar.stepper import PRECISIONS, Stepper
 
 
 def make(kind: str, layers: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(kind=kind, vocab_size=11, hidden_size=16, num_layers=layers, embedding_size=6,
-                         dropout=0.5)
+    config = ModelConfig(kind=kind, vocab_size=11, hidden_size=16, num_layers=layers, embedding_size=6, dropout=0.5)
     return build_model(config).eval()
 
 
@@ -136,3 +135,11 @@ def test_int8_without_its_kernels_is_a_clear_error(monkeypatch):
     assert Stepper(model, "auto").precision == "fp32"
     with pytest.raises(ValueError, match="int8 needs PyTorch's FBGEMM int8 kernels"):
         Stepper(model, "int8")
+
+
+def test_precisions_are_those_the_parsers_offer():
+    # completion.config spells the tuple out so that building a parser imports no torch; the
+    # stepper, below completion, cannot import it from there: the two must agree.
+    from nextchar.completion.config import PRECISIONS as CONFIG_PRECISIONS
+
+    assert PRECISIONS == CONFIG_PRECISIONS

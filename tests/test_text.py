@@ -24,6 +24,7 @@ from nextchar.text import (
     LECTURE_ALPHABET,
     START,
     UNK,
+    CorpusDecoder,
     Vocabulary,
     choose_format,
     decode_utf8,
@@ -83,6 +84,35 @@ def test_read_corpus_refuses_missing_file_directory_and_bad_mode(tmp_path, write
 def test_decode_utf8_names_the_source():
     with pytest.raises(UserError, match=r"^<stdin>: the file is empty"):
         decode_utf8(b"", "<stdin>")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "\ufeffCafe\u0301 naïve 東京 🙂\r\nre\u0301sume\u0301\n\nend".encode(),
+        b"caf\xc3\xa9 ok \xff more",
+        b"ends in half a character " + "é".encode()[:1],
+        b"some text\x00with a NUL byte",
+        b" \n\t\n  ",
+        b"",
+    ],
+    ids=["unicode", "invalid", "truncated", "binary", "whitespace", "empty"],
+)
+def test_corpus_decoder_in_chunks_equals_decoding_at_once(data, monkeypatch):
+    """Fed a byte at a time (cut anywhere: inside characters and NFC pairs), the streaming decoder
+    returns the text `decode_utf8` returns, or raises its error with the same byte offset."""
+    monkeypatch.setattr("nextchar.text.MAX_PENDING_CHARS", 3)
+    try:
+        expected: str | UserError = decode_utf8(data, "f.txt")
+    except UserError as exc:
+        expected = exc
+    decoder = CorpusDecoder("f.txt")
+    try:
+        got: str | UserError = "".join(decoder.decode(data[i : i + 1]) for i in range(len(data)))
+        got += decoder.decode(b"", final=True)
+    except UserError as exc:
+        got = exc
+    assert str(got) == str(expected)
 
 
 def test_embedded_corpus_is_deterministic_prose():

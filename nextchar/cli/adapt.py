@@ -1,7 +1,10 @@
-"""The `--adapt` options of `nextchar eval`: dynamic evaluation beside the static figures.
+"""The `--adapt` options of `nextchar eval` and `nextchar eval-complete`: adaptation beside the static figures.
 
-cli.py's eval command calls `add_eval_options` on its parser and, when --adapt is given,
-`run_adapted_eval` instead of the plain evaluation (see docs/adaptation.md).
+The eval command (nextchar.cli.evaluate) calls `add_eval_options` on its parser and, when --adapt
+is given, `run_adapted_eval` (dynamic evaluation, nextchar.evaluation.dynamic) instead of the
+plain evaluation. eval-complete (nextchar.cli.complete) calls `add_personal_options`, and with
+--adapt types the lines through `personal_predictor`, a typist whose completer learns each line
+once it is typed (see docs/adaptation.md).
 """
 
 from __future__ import annotations
@@ -12,41 +15,66 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, dynamic_evaluate, gradient_statistics
+from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, gradient_statistics
 from nextchar.checkpoint import Checkpoint
 from nextchar.cli.options import finite_number as _float
 from nextchar.cli.options import positive_int as _count
 from nextchar.data.batches import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
+from nextchar.evaluation.dynamic import dynamic_evaluate
 
 if TYPE_CHECKING:
     from nextchar.completion.completer import Completer
-    from nextchar.completion.personal import PersonalPredictor
+    from nextchar.evaluation.keystrokes import PersonalPredictor
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
     d = AdaptConfig()
     g = p.add_argument_group("online adaptation (dynamic evaluation; docs/adaptation.md)")
-    g.add_argument("--adapt", action="store_true",
-                   help="also report BPC with dynamic evaluation: after each window has been scored, one "
-                        "gradient step on it before the next window is predicted")
+    g.add_argument(
+        "--adapt",
+        action="store_true",
+        help="also report BPC with dynamic evaluation: after each window has been scored, one "
+        "gradient step on it before the next window is predicted",
+    )
     g.add_argument("--adapt-lr", type=_float, default=d.lr, metavar="ETA", help=f"step size η (default {d.lr:g})")
-    g.add_argument("--adapt-window", type=_count, default=d.window, metavar="T",
-                   help=f"characters per window, one step per window (default {d.window})")
-    g.add_argument("--adapt-decay", type=_float, default=d.decay, metavar="LAMBDA",
-                   help=f"pull towards the trained weights per step, 0 to 1 (default {d.decay:g})")
-    g.add_argument("--adapt-rule", choices=RULES, default=d.rule,
-                   help="rms: Krause et al.'s update normalised by training-gradient RMS; sgd: plain steps "
-                        f"(default {d.rule})")
-    g.add_argument("--adapt-params", choices=PARAM_SETS, default=d.params,
-                   help=f"adapt all weights, or only the output layer W_o, W0_o (default {d.params})")
-    g.add_argument("--adapt-train", metavar="FILE",
-                   help="rms: training text for the gradient statistics (default: the checkpoint's own training "
-                        "corpus, when it can be found, without its validation part)")
+    g.add_argument(
+        "--adapt-window",
+        type=_count,
+        default=d.window,
+        metavar="T",
+        help=f"characters per window, one step per window (default {d.window})",
+    )
+    g.add_argument(
+        "--adapt-decay",
+        type=_float,
+        default=d.decay,
+        metavar="LAMBDA",
+        help=f"pull towards the trained weights per step, 0 to 1 (default {d.decay:g})",
+    )
+    g.add_argument(
+        "--adapt-rule",
+        choices=RULES,
+        default=d.rule,
+        help=f"rms: Krause et al.'s update normalised by training-gradient RMS; sgd: plain steps (default {d.rule})",
+    )
+    g.add_argument(
+        "--adapt-params",
+        choices=PARAM_SETS,
+        default=d.params,
+        help=f"adapt all weights, or only the output layer W_o, W0_o (default {d.params})",
+    )
+    g.add_argument(
+        "--adapt-train",
+        metavar="FILE",
+        help="rms: training text for the gradient statistics (default: the checkpoint's own training "
+        "corpus, when it can be found, without its validation part)",
+    )
 
 
-def training_data(ckpt: Checkpoint, path: str | None, corpus_format: str,
-                  encoding_errors: str = "strict") -> tuple[Encoded, str]:
+def training_data(
+    ckpt: Checkpoint, path: str | None, corpus_format: str, encoding_errors: str = "strict"
+) -> tuple[Encoded, str]:
     """The text the rms rule measures gradient statistics on (`path`, else the checkpoint's
     recorded training corpus without its validation part), encoded, and where it came from."""
     from nextchar.text import embedded_corpus, read_corpus
@@ -74,8 +102,13 @@ def training_data(ckpt: Checkpoint, path: str | None, corpus_format: str,
 
 
 def adapt_config(args: argparse.Namespace) -> AdaptConfig:
-    return AdaptConfig(rule=args.adapt_rule, lr=args.adapt_lr, window=args.adapt_window,
-                       decay=args.adapt_decay, params=args.adapt_params)
+    return AdaptConfig(
+        rule=args.adapt_rule,
+        lr=args.adapt_lr,
+        window=args.adapt_window,
+        decay=args.adapt_decay,
+        params=args.adapt_params,
+    )
 
 
 def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encoded, corpus_format: str) -> int:
@@ -88,13 +121,18 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
         stats = gradient_statistics(ckpt.model, train, config)
     result = dynamic_evaluate(ckpt.model, encoded, config, stats, progress=sys.stderr.isatty() and not args.json)
     if result.rollbacks:
-        print(f"nextchar: warning: adaptation diverged {result.rollbacks} time(s) and was rolled back to the last "
-              f"good weights{'; it stopped adapting' if result.stopped else ''}; try a smaller --adapt-lr",
-              file=sys.stderr)
+        print(
+            f"nextchar: warning: adaptation diverged {result.rollbacks} time(s) and was rolled back to the last "
+            f"good weights{'; it stopped adapting' if result.stopped else ''}; try a smaller --adapt-lr",
+            file=sys.stderr,
+        )
     if args.json:
         out = result.to_json()
-        out["stats"] = None if stats is None else {"source": stats_source, "windows": stats.windows,
-                                                   "batch": stats.batch, "seconds": stats.seconds}
+        out["stats"] = (
+            None
+            if stats is None
+            else {"source": stats_source, "windows": stats.windows, "batch": stats.batch, "seconds": stats.seconds}
+        )
         print(json.dumps(out))
         return 0
     static, adapted = result.static, result.adapted
@@ -104,40 +142,66 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
     print(f"top1   {static.top1:8.4f}  {adapted.top1:8.4f}")
     print(f"top5   {static.top5:8.4f}  {adapted.top5:8.4f}")
     print(f"chars  {static.chars:8d}  {adapted.chars:8d}")
-    print(f"adaptation: {config.rule}, lr {config.lr:g}, window {config.window}, decay {config.decay:g}, "
-          f"{config.params} weights; {result.windows} windows, {result.adapt_seconds_per_window * 1e3:.2f} ms per "
-          f"window ({result.adapt_seconds_per_char * 1e6:.0f} µs per character); {result.cost_ratio:.1f}× the "
-          f"time of static evaluation; {result.rollbacks} rollbacks")
+    print(
+        f"adaptation: {config.rule}, lr {config.lr:g}, window {config.window}, decay {config.decay:g}, "
+        f"{config.params} weights; {result.windows} windows, {result.adapt_seconds_per_window * 1e3:.2f} ms per "
+        f"window ({result.adapt_seconds_per_char * 1e6:.0f} µs per character); {result.cost_ratio:.1f}× the "
+        f"time of static evaluation; {result.rollbacks} rollbacks"
+    )
     if stats is not None:
-        print(f"gradient statistics: {stats.windows} windows of {stats.batch}×{stats.window} from {stats_source} "
-              f"({stats.seconds:.1f} s)")
+        print(
+            f"gradient statistics: {stats.windows} windows of {stats.batch}×{stats.window} from {stats_source} "
+            f"({stats.seconds:.1f} s)"
+        )
     return 0
 
 
 # ---------------------------------------------------------------------------------- eval-complete --adapt
 
+
 def add_personal_options(p: argparse.ArgumentParser) -> None:
     from nextchar.completion.personal import PERSONAL_DEFAULTS as d
 
     g = p.add_argument_group("personalisation (docs/adaptation.md)")
-    g.add_argument("--adapt", action="store_true",
-                   help="also evaluate the model learning each line once it is typed (the person's own adapted "
-                        "weights), and report both")
+    g.add_argument(
+        "--adapt",
+        action="store_true",
+        help="also evaluate the model learning each line once it is typed (the person's own adapted "
+        "weights), and report both",
+    )
     g.add_argument("--adapt-lr", type=_float, default=d.lr, metavar="ETA", help=f"step size η (default {d.lr:g})")
-    g.add_argument("--adapt-window", type=_count, default=d.window, metavar="T",
-                   help=f"characters per step when learning a line (default {d.window})")
-    g.add_argument("--adapt-decay", type=_float, default=d.decay, metavar="LAMBDA",
-                   help=f"pull towards the shared weights per step, 0 to 1 (default {d.decay:g})")
+    g.add_argument(
+        "--adapt-window",
+        type=_count,
+        default=d.window,
+        metavar="T",
+        help=f"characters per step when learning a line (default {d.window})",
+    )
+    g.add_argument(
+        "--adapt-decay",
+        type=_float,
+        default=d.decay,
+        metavar="LAMBDA",
+        help=f"pull towards the shared weights per step, 0 to 1 (default {d.decay:g})",
+    )
     g.add_argument("--adapt-rule", choices=RULES, default=d.rule, help=f"update rule (default {d.rule})")
-    g.add_argument("--adapt-params", choices=PARAM_SETS, default=d.params,
-                   help=f"the person's own weights: the output layer W_o, W0_o, or all (default {d.params})")
-    g.add_argument("--adapt-train", metavar="FILE",
-                   help="rms: training text for the gradient statistics (default: the checkpoint's own)")
+    g.add_argument(
+        "--adapt-params",
+        choices=PARAM_SETS,
+        default=d.params,
+        help=f"the person's own weights: the output layer W_o, W0_o, or all (default {d.params})",
+    )
+    g.add_argument(
+        "--adapt-train",
+        metavar="FILE",
+        help="rms: training text for the gradient statistics (default: the checkpoint's own)",
+    )
 
 
 def personal_predictor(args: argparse.Namespace, completer: Completer, k: int) -> PersonalPredictor:
     """A typist whose completer learns each finished line (see nextchar.completion.personal)."""
-    from nextchar.completion.personal import PersonalCompleter, PersonalPredictor
+    from nextchar.completion.personal import PersonalCompleter
+    from nextchar.evaluation.keystrokes import PersonalPredictor
 
     config = adapt_config(args)
     stats = None
@@ -152,7 +216,9 @@ def personal_predictor(args: argparse.Namespace, completer: Completer, k: int) -
 def describe_learning(predictor: PersonalPredictor) -> str:
     cost = predictor.cost()
     c = predictor.person.config
-    return (f"adapted: {c.rule}, lr {c.lr:g}, decay {c.decay:g}, {c.params} weights, learning each line after it "
-            f"is typed: {cost['ms_per_line_p50']:.1f} ms per line (p99 {cost['ms_per_line_p99']:.1f}), "
-            f"{cost['us_per_char']:.0f} µs per character, not part of the keystroke latency; "
-            f"{cost['rollbacks']} rollbacks")
+    return (
+        f"adapted: {c.rule}, lr {c.lr:g}, decay {c.decay:g}, {c.params} weights, learning each line after it "
+        f"is typed: {cost['ms_per_line_p50']:.1f} ms per line (p99 {cost['ms_per_line_p99']:.1f}), "
+        f"{cost['us_per_char']:.0f} µs per character, not part of the keystroke latency; "
+        f"{cost['rollbacks']} rollbacks"
+    )

@@ -7,43 +7,91 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nextchar.cli.options import PRECISION_HELP, PRECISIONS, add_model_option
+from nextchar.cli.options import add_model_option, add_search_options, require_extra
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
+from nextchar.completion.config import DEFAULTS, K_MAX, MODES, CompleterConfig, check_k
 from nextchar.errors import UserError
+
+if TYPE_CHECKING:
+    from nextchar.checkpoint import Checkpoint
+    from nextchar.completion.completer import Completer
+    from nextchar.evaluation.keystrokes import Predictor
 
 
 def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
     add_model_option(p)
-    p.add_argument("-k", type=_int, default=k_default,
-                   help=f"number of suggestions (default {k_default}; at least 1, more than 50 is clamped to 50)")
-    p.add_argument("--mode", choices=("word", "line", "phrase"), default="line",
-                   help="word: the rest of the word; line: to the end of the line; phrase: up to --max-words "
-                        "words (default line)")
-    p.add_argument("--lexicon", metavar="FILE",
-                   help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text")
-    p.add_argument("--lexicon-weight", type=_number, default=0.0, metavar="B",
-                   help="add B·ln(weight) of a lexicon entry to its score (default 0: the model alone ranks)")
-    g = p.add_argument_group("search")
-    g.add_argument("--beam", type=_int, default=8, metavar="N", help="beam width (default 8; at least k)")
-    g.add_argument("--max-chars", type=_int, default=48, metavar="N", help="longest completion (default 48)")
-    g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
-    g.add_argument("--alpha", type=_number, default=0.0,
-                   help="length normalisation: score = logprob / symbols^alpha (default 0)")
-    g.add_argument("--threads", type=_int, default=1,
-                   help="torch threads (default 1: a keystroke's small batches run fastest on one)")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    p.add_argument(
+        "-k",
+        type=_int,
+        default=k_default,
+        help=f"number of suggestions (default {k_default}; at least 1, more than {K_MAX} is clamped to {K_MAX})",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="line",
+        help="word: the rest of the word; line: to the end of the line; phrase: up to --max-words words (default line)",
+    )
+    p.add_argument(
+        "--lexicon",
+        metavar="FILE",
+        help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text",
+    )
+    p.add_argument(
+        "--lexicon-weight",
+        type=_number,
+        default=DEFAULTS.lexicon_weight,
+        metavar="B",
+        help=f"add B·ln(weight) of a lexicon entry to its score (default {DEFAULTS.lexicon_weight:g}: "
+        "the model alone ranks)",
+    )
+    g = add_search_options(p)  # --beam, --max-chars, --max-words, --precision
+    g.add_argument(
+        "--alpha",
+        type=_number,
+        default=DEFAULTS.length_alpha,
+        help=f"length normalisation: score = logprob / symbols^alpha (default {DEFAULTS.length_alpha:g})",
+    )
+    g.add_argument(
+        "--threads",
+        type=_int,
+        default=1,
+        help="torch threads (default 1: a keystroke's small batches run fastest on one)",
+    )
 
 
 def _typo_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--typos", action="store_true",
-                   help="also complete texts within one edit (substitution, insertion, deletion, transposition)")
-    p.add_argument("--typo-penalty", type=_number, default=4.0, metavar="NATS",
-                   help="score cost of a correction (default 4 nats)")
+    p.add_argument(
+        "--typos",
+        action="store_true",
+        help="also complete texts within one edit (substitution, insertion, deletion, transposition)",
+    )
+    p.add_argument(
+        "--typo-penalty",
+        type=_number,
+        default=DEFAULTS.typo_penalty,
+        metavar="NATS",
+        help=f"score cost of a correction (default {DEFAULTS.typo_penalty:g} nats)",
+    )
 
 
-def build_completer(args: argparse.Namespace):
+def completer_config(args: argparse.Namespace) -> CompleterConfig:
+    """The CompleterConfig the common options ask for (validated: a bad value is a UserError)."""
+    return CompleterConfig(
+        beam_width=args.beam,
+        max_chars=args.max_chars,
+        max_words=args.max_words,
+        length_alpha=args.alpha,
+        lexicon_weight=args.lexicon_weight,
+        typo_penalty=args.typo_penalty,
+        precision=args.precision,
+    )
+
+
+def build_completer(args: argparse.Namespace) -> Completer:
     """A Completer from the common options (loads the model and the lexicon)."""
     import torch
 
@@ -56,26 +104,32 @@ def build_completer(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.model)
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
-    return Completer(ckpt, lexicon=lexicon, beam_width=args.beam, max_chars=args.max_chars,
-                     max_words=args.max_words, length_alpha=args.alpha, lexicon_weight=args.lexicon_weight,
-                     typo_penalty=getattr(args, "typo_penalty", 4.0), precision=args.precision)
+    return Completer(ckpt, lexicon=lexicon, config=completer_config(args))
 
 
 # ---------------------------------------------------------------------------------- complete
+
 
 def _visible(text: str) -> str:
     return text.replace("\n", "⏎").replace("\t", "⇥")
 
 
 def _run_complete(args: argparse.Namespace) -> int:
-    from nextchar.completion.completer import check_k
-
     check_k(args.k)
     completer = build_completer(args)
     suggestions = completer.suggest(args.text, args.k, args.mode, typos=args.typos)
     if args.json:
-        print(json.dumps({"text": args.text, "mode": args.mode, "k": min(args.k, 50),
-                          "suggestions": [s.to_json() for s in suggestions]}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "text": args.text,
+                    "mode": args.mode,
+                    "k": min(args.k, K_MAX),
+                    "suggestions": [s.to_json() for s in suggestions],
+                },
+                ensure_ascii=False,
+            )
+        )
         return 0
     if not suggestions:
         print("(no suggestions)")
@@ -88,9 +142,10 @@ def _run_complete(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- type
 
+
 def _run_type(args: argparse.Namespace) -> int:
+    require_extra("type", "prompt_toolkit")
     from nextchar.cli.terminal import run_terminal
-    from nextchar.completion.completer import check_k
 
     check_k(args.k)
     completer = build_completer(args)
@@ -100,7 +155,8 @@ def _run_type(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- eval-complete
 
-def training_lines(ckpt) -> list[str] | None:
+
+def training_lines(ckpt: Checkpoint) -> list[str] | None:
     """The training split's lines of a checkpoint, rebuilt from what it recorded (None if unknown)."""
     from nextchar.data.batches import split_validation
     from nextchar.text import embedded_corpus, read_corpus, split_lines
@@ -122,7 +178,7 @@ def training_lines(ckpt) -> list[str] | None:
 
 def _run_eval_complete(args: argparse.Namespace) -> int:
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.completion.completer import Completer, check_k
+    from nextchar.completion.completer import Completer
     from nextchar.evaluation.keystrokes import (
         CompleterPredictor,
         TriePredictor,
@@ -139,9 +195,12 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     if not lines:
         raise UserError(f"{args.file}: no lines to evaluate")
     kind = completer.ckpt.model.config.kind
-    predictors = [CompleterPredictor(completer, args.mode, k, name=f"model ({kind})", typos=args.typos)]
+    predictors: list[Predictor] = [
+        CompleterPredictor(completer, args.mode, k, name=f"model ({kind})", typos=args.typos)
+    ]
     notes = []
     if not args.no_baselines:
+        train_lines: list[str] | None
         if args.baseline_trie:
             train_lines = split_lines(completer.vocab.prepare(read_corpus(args.baseline_trie)))
         else:
@@ -152,11 +211,10 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
             notes.append("trie baseline skipped: the model's training corpus is unknown (give --baseline-trie FILE)")
         if args.baseline_window:
             window_ckpt = load_checkpoint(args.baseline_window)
-            window = Completer(window_ckpt, lexicon=completer.lexicon, beam_width=args.beam,
-                               max_chars=args.max_chars, max_words=args.max_words, length_alpha=args.alpha,
-                               lexicon_weight=args.lexicon_weight, precision=args.precision)
-            predictors.append(CompleterPredictor(window, args.mode, k,
-                                                 name=f"baseline ({window_ckpt.model.config.kind})"))
+            window = Completer(window_ckpt, lexicon=completer.lexicon, config=completer.config)
+            predictors.append(
+                CompleterPredictor(window, args.mode, k, name=f"baseline ({window_ckpt.model.config.kind})")
+            )
     personal = None
     if args.adapt:  # the same model learning each line once it is typed (personalisation, issue 7)
         from nextchar.cli.adapt import personal_predictor
@@ -169,14 +227,17 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     baselines = [r for p, r in zip(predictors[1:], results[1:], strict=True) if p is not personal]
     if args.json:
         out = main.to_json()
-        out["baselines"] = {("trie" if r.name == "trie" else "window" if "window" in r.name else r.name): r.to_json()
-                            for r in baselines}
+        out["baselines"] = {
+            ("trie" if r.name == "trie" else "window" if "window" in r.name else r.name): r.to_json() for r in baselines
+        }
         if personal is not None:
             out["adapted"] = {**results[1].to_json(), "learning": personal.cost()}
         print(json.dumps(out))
         return 0
-    print(f"eval-complete {args.file}: mode {args.mode}, k {k}, {main.lines:,} lines, {main.targets:,} targets, "
-          f"{main.chars:,} characters")
+    print(
+        f"eval-complete {args.file}: mode {args.mode}, k {k}, {main.lines:,} lines, {main.targets:,} targets, "
+        f"{main.chars:,} characters"
+    )
     print(format_table(results))
     if personal is not None:
         from nextchar.cli.adapt import describe_learning
@@ -189,42 +250,58 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- parsers
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register complete, type and eval-complete."""
-    p = sub.add_parser("complete", help="ranked completions of a text",
-                       description="Print the k best completions of TEXT with their probabilities. "
-                                   "(k ≤ 0 is an error; k > 50 is clamped to 50.)")
+    p = sub.add_parser(
+        "complete",
+        help="ranked completions of a text",
+        description="Print the k best completions of TEXT with their probabilities. "
+        f"(k ≤ 0 is an error; k > {K_MAX} is clamped to {K_MAX}.)",
+    )
     p.add_argument("text", metavar="TEXT", help="what has been typed so far (may be empty)")
     _completer_options(p)
     _typo_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_complete)
 
-    p = sub.add_parser("type", help="type with live suggestions (interactive)",
-                       description="An interactive prompt with a live drop-down and grey ghost text: "
-                                   "Tab accepts, Up/Down choose, Esc dismisses, Enter ends the line, "
-                                   "Ctrl-D quits.")
+    p = sub.add_parser(
+        "type",
+        help="type with live suggestions (interactive)",
+        description="An interactive prompt with a live drop-down and grey ghost text: "
+        "Tab accepts, Up/Down choose, Esc dismisses, Enter ends the line, "
+        "Ctrl-D quits.",
+    )
     _completer_options(p)
     _typo_options(p)
     p.set_defaults(run=_run_type)
 
-    p = sub.add_parser("eval-complete", help="keystroke savings of autocomplete on a file of lines",
-                       description="Simulate a person typing each line of FILE who takes the target as soon "
-                                   "as it is among the k suggestions; report keystroke savings, MRR, success@1/@k "
-                                   "by prefix length and per-keystroke latency, next to baselines (a "
-                                   "frequency-ranked prefix trie of the training lines, and a window model). "
-                                   "See docs/autocomplete.md for the exact definitions.")
+    p = sub.add_parser(
+        "eval-complete",
+        help="keystroke savings of autocomplete on a file of lines",
+        description="Simulate a person typing each line of FILE who takes the target as soon "
+        "as it is among the k suggestions; report keystroke savings, MRR, success@1/@k "
+        "by prefix length and per-keystroke latency, next to baselines (a "
+        "frequency-ranked prefix trie of the training lines, and a window model). "
+        "See docs/autocomplete.md for the exact definitions.",
+    )
     p.add_argument("file", metavar="FILE", help="UTF-8 file, one target per line")
     _completer_options(p)
     _typo_options(p)
-    p.add_argument("--baseline-trie", metavar="FILE",
-                   help="training lines for the trie baseline (default: the model's recorded training split)")
+    p.add_argument(
+        "--baseline-trie",
+        metavar="FILE",
+        help="training lines for the trie baseline (default: the model's recorded training split)",
+    )
     p.add_argument("--baseline-window", metavar="DIR", help="a window-model checkpoint to compare")
     p.add_argument("--no-baselines", action="store_true", help="evaluate the model alone")
     p.add_argument("--limit", type=_int, default=None, metavar="N", help="only the first N lines")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON: ksr, mrr, success_at_1, success_at_k, latency_ms {p50,p95,p99}, targets, "
-                        "… and baselines {trie, window}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: ksr, mrr, success_at_1, success_at_k, latency_ms {p50,p95,p99}, targets, "
+        "… and baselines {trie, window}",
+    )
     from nextchar.cli.adapt import add_personal_options  # --adapt: personalisation (issue 7)
 
     add_personal_options(p)

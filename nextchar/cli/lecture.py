@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nextchar.cli.options import add_model_option
-from nextchar.cli.options import positive_float as _positive_float
-from nextchar.cli.options import positive_int as _positive_int
+from nextchar.cli.options import add_model_option, positive_float, positive_int
 from nextchar.errors import UserError
+
+if TYPE_CHECKING:
+    from nextchar.lecture.sgd import ExampleResult
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +33,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.set_defaults(run=lambda args: _no_step(p))
     steps = p.add_subparsers(dest="lecture_step", metavar="STEP", parser_class=type(p))
+    for add in (_add_table, _add_weights, _add_gradcheck, _add_train, _add_load):
+        add(steps)
 
+
+def _add_table(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = steps.add_parser(
         "table",
         help="the state table of the last-m-characters machine",
@@ -40,10 +46,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "machine as a one-hot RNN with fixed weights and checks its states.",
     )
     q.add_argument("text", metavar="TEXT", help='the input, e.g. "^what happens"')
-    q.add_argument("-m", type=_positive_int, default=3, help="characters kept in the state (default 3)")
+    q.add_argument("-m", type=positive_int, default=3, help="characters kept in the state (default 3)")
     q.add_argument("--start", default="^", help="the start character filling s_0 (default ^)")
     q.set_defaults(run=_run_table)
 
+
+def _add_weights(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = steps.add_parser(
         "weights",
         help="the fixed W^sx, W^ss of the window machine",
@@ -52,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "alphabet {0,1} as scalars and m = 3.",
     )
     q.add_argument("--alphabet", default="01", help="the characters (default 01)")
-    q.add_argument("-c", "--context", type=_positive_int, default=3, help="characters of context c (default 3)")
+    q.add_argument("-c", "--context", type=positive_int, default=3, help="characters of context c (default 3)")
     q.add_argument(
         "--encoding",
         choices=("scalar", "one-hot"),
@@ -63,6 +71,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--run", metavar="TEXT", dest="trace", help="also run the RNN on TEXT and print every s_t")
     q.set_defaults(run=_run_weights)
 
+
+def _add_gradcheck(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = steps.add_parser(
         "gradcheck",
         help="check the hand-written gradients",
@@ -72,11 +82,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "on nextchar's rnn model, all in float64. Prints the worst relative "
         "error per parameter array.",
     )
-    q.add_argument("--trials", type=_positive_int, default=20, help="random problems per f1 (default 20)")
+    q.add_argument("--trials", type=positive_int, default=20, help="random problems per f1 (default 20)")
     q.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
-    q.add_argument("--eps", type=_positive_float, default=1e-6, help="finite-difference step ε (default 1e-6)")
+    q.add_argument("--eps", type=positive_float, default=1e-6, help="finite-difference step ε (default 1e-6)")
     q.set_defaults(run=_run_gradcheck)
 
+
+def _add_train(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from nextchar.lecture.sgd import SGDConfig
 
     d = SGDConfig()
@@ -89,21 +101,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "line's reconstruction; exit status 1 if a line is not reproduced.",
     )
     q.add_argument("--lines", metavar="FILE", help="train on the lines of FILE instead (a-z and space only)")
-    q.add_argument("--hidden", type=_positive_int, default=64, help="state size m (default 64)")
+    q.add_argument("--hidden", type=positive_int, default=64, help="state size m (default 64)")
     q.add_argument("--f1", choices=("tanh", "relu"), default="tanh", help="the state nonlinearity (default tanh)")
-    q.add_argument("--lr", type=_positive_float, default=d.lr, help=f"step size η (default {d.lr})")
+    q.add_argument("--lr", type=positive_float, default=d.lr, help=f"step size η (default {d.lr})")
     q.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=d.batch_size,
         help=f"lines per update; 1 is the lecture's SGD (default {d.batch_size})",
     )
     q.add_argument("--clip", type=float, default=d.clip, help=f"gradient-norm clip, 0 = off (default {d.clip})")
+    q.add_argument("--steps", type=positive_int, default=d.steps, help=f"at most this many updates (default {d.steps})")
     q.add_argument(
-        "--steps", type=_positive_int, default=d.steps, help=f"at most this many updates (default {d.steps})"
-    )
-    q.add_argument(
-        "--check-every", type=_positive_int, default=10, help="test the reconstructions every N updates (default 10)"
+        "--check-every", type=positive_int, default=10, help="test the reconstructions every N updates (default 10)"
     )
     q.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     q.add_argument("--out", metavar="DIR", help="save the trained model as a nextchar rnn checkpoint")
@@ -111,6 +121,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(run=_run_train)
 
+
+def _add_load(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = steps.add_parser(
         "load",
         help="run a nextchar checkpoint in the NumPy engine",
@@ -121,7 +133,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     q.add_argument("text", metavar="TEXT", help="what has been typed (may be empty)")
     add_model_option(q)
-    q.add_argument("-k", type=_positive_int, default=5, help="how many characters (default 5)")
+    q.add_argument("-k", type=positive_int, default=5, help="how many characters (default 5)")
     q.set_defaults(run=_run_load)
 
 
@@ -271,7 +283,30 @@ def _run_train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    elapsed = time.perf_counter() - started
+    _report_example(result, time.perf_counter() - started)
+    if args.out:
+        from nextchar.lecture.convert import save_as_checkpoint
+
+        save_as_checkpoint(
+            args.out,
+            result.params,
+            result.f1,
+            result.vocab,
+            "lines",
+            training={"lines": list(result.lines), "sgd": vars(config) | {"hidden": args.hidden}},
+            metrics={"loss": result.history.loss[-1], "updates": result.steps},
+        )
+        print(f"\ncheckpoint: {args.out}  (try: nextchar predict 'wha' -m {args.out})")
+    if args.plot:
+        from nextchar.lecture.plot import plot_example
+
+        plot_example(args.plot, result)
+        print(f"plot: {args.plot}")
+    return 0 if result.solved else 1
+
+
+def _report_example(result: ExampleResult, elapsed: float) -> None:
+    """Whether every line was reproduced, the loss and gradient norms, and each line's reconstruction."""
     h = result.history
     if result.solved:
         print(f"every line reproduced after {result.solved_at} updates ({elapsed:.1f} s)")
@@ -284,25 +319,6 @@ def _run_train(args: argparse.Namespace) -> int:
     width = max(len(line) for line in result.lines)
     for line, got in zip(result.lines, result.reconstructions, strict=True):
         print(f"  {line[0]} → {got:<{width}}  {'✓' if got == line else '✗ expected ' + repr(line)}")
-    if args.out:
-        from nextchar.lecture.convert import save_as_checkpoint
-
-        save_as_checkpoint(
-            args.out,
-            result.params,
-            result.f1,
-            result.vocab,
-            "lines",
-            training={"lines": list(result.lines), "sgd": vars(config) | {"hidden": args.hidden}},
-            metrics={"loss": h.loss[-1], "updates": result.steps},
-        )
-        print(f"\ncheckpoint: {args.out}  (try: nextchar predict 'wha' -m {args.out})")
-    if args.plot:
-        from nextchar.lecture.plot import plot_example
-
-        plot_example(args.plot, result)
-        print(f"plot: {args.plot}")
-    return 0 if result.solved else 1
 
 
 # ------------------------------------------------------------------------------ load

@@ -1,448 +1,68 @@
-"""The `nextchar` command: train, eval, sample, predict (and the commands later modules add).
+"""The `nextchar` command: the parser of every command family, and the one place errors are printed.
+
+Each family lives in its own module and adds its sub-commands with `add_parser(sub)`:
+
+    train.py      train
+    evaluate.py   eval
+    sample.py     sample, predict
+    prepare.py    prepare
+    complete.py   complete, type, eval-complete
+    serve.py      serve
+    lecture.py    lecture table|weights|gradcheck|train|load
 
 Every command that uses a model takes it as -m/--model DIR and defaults to the bundled
-model. User mistakes raise UserError, printed here as one line with exit status 2.
+model. User mistakes raise UserError, printed here as one line with exit status 2. Each
+family imports what a command runs on inside the function that runs it, so that building
+the parser (--help) loads as little as it can.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NoReturn
 
-from nextchar.cli.options import add_model_option
-from nextchar.cli.options import positive_float as _positive_float
-from nextchar.cli.options import positive_int as _positive_int
-from nextchar.errors import UserError
-
-if TYPE_CHECKING:  # the commands import what they need when they run (a fast --help)
-    from nextchar.checkpoint import Checkpoint
-    from nextchar.evaluation.bpc import EvalResult
-    from nextchar.models import ModelConfig
-    from nextchar.training.loop import TrainConfig, TrainResult
+from nextchar.errors import MissingExtra, UserError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's status for a SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (not the whole usage block) and exit 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
-# ---------------------------------------------------------------------------------- train
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from nextchar.models import KINDS, ModelConfig
-    from nextchar.training.loop import BASE_OPTIMISER_DEFAULTS, KIND_OPTIMISER_DEFAULTS, TrainConfig
-
-    m, t = ModelConfig(), TrainConfig()
-    p = sub.add_parser("train", help="train a model on a corpus",
-                       description="Train a character-level model. With no CORPUS, trains on the embedded "
-                                   "default corpus (CPython's pydoc topics). Defaults are the measured best "
-                                   "for a 2-core CPU and 10 minutes (see README). Launched by torchrun "
-                                   "(torchrun --nproc_per_node N -m nextchar train ...), trains on N processes "
-                                   "with DistributedDataParallel (see docs/scaling.md).")
-    p.add_argument("corpus", nargs="?", metavar="CORPUS",
-                   help="UTF-8 text file, or a directory made by `nextchar prepare` (default: embedded corpus)")
-    p.add_argument("--out", metavar="DIR", default="model", help="output directory (default: ./model)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
-    g = p.add_argument_group("data")
-    g.add_argument("--val", metavar="FILE", help="validation corpus (default: last --val-fraction of CORPUS)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of CORPUS (default 0.1)")
-    g.add_argument("--format", choices=("auto", "text", "lines"), default="auto",
-                   help="text: one stream; lines: each line a sequence; auto: lines for lists "
-                        "(no blank lines, short lines), else text (default auto)")
-    g.add_argument("--alphabet", choices=("corpus", "lecture"), default="corpus",
-                   help="corpus: every character seen; lecture: a-z and space (default corpus)")
-    g.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
-                   help="on invalid UTF-8: stop (strict) or use U+FFFD (replace)")
-    g.add_argument("--max-val-chars", type=_positive_int, default=1_000_000, metavar="N",
-                   help="prepared directory: at most N characters of its tail for validation (default 1,000,000)")
-    g = p.add_argument_group("model")
-    g.add_argument("--kind", choices=KINDS, default=m.kind, help=f"model kind (default {m.kind})")
-    g.add_argument("--hidden", type=_positive_int, default=m.hidden_size,
-                   help=f"state size m (default {m.hidden_size})")
-    g.add_argument("--layers", type=_positive_int, default=m.num_layers,
-                   help=f"lstm/gru layers (default {m.num_layers})")
-    g.add_argument("--embedding", type=_positive_int, default=m.embedding_size,
-                   help=f"lstm/gru embedding size (default {m.embedding_size})")
-    g.add_argument("--dropout", type=float, default=m.dropout, help=f"lstm/gru dropout (default {m.dropout})")
-    g.add_argument("--embedding-dropout", type=float, default=m.embedding_dropout,
-                   help=f"lstm/gru dropout on the input embeddings (default {m.embedding_dropout})")
-    g.add_argument("--weight-drop", type=float, default=m.weight_drop,
-                   help=f"lstm/gru DropConnect on the recurrent weights while training (default {m.weight_drop})")
-    g.add_argument("--context", type=_positive_int, default=m.context,
-                   help=f"window model: characters of context c (default {m.context})")
-    g.add_argument("--nonlinearity", choices=("tanh", "relu"), default=m.nonlinearity,
-                   help="rnn model: f1 (default tanh)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_positive_int, default=t.batch_size, help=f"B (default {t.batch_size})")
-    g.add_argument("--seq-len", type=_positive_int, default=t.seq_len, help=f"BPTT window T (default {t.seq_len})")
-    g.add_argument("--optimizer", choices=("adamw", "sgd"), default=t.optimizer, help="default adamw")
-
-    def by_kind(name: str) -> str:  # e.g. "0.04 for lstm, 0.003 for the other kinds"
-        special = [f"{values[name]:g} for {kind}" for kind, values in KIND_OPTIMISER_DEFAULTS.items() if name in values]
-        base = f"{BASE_OPTIMISER_DEFAULTS[name]:g}"
-        return f"default {', '.join(special)}, {base} for the other kinds" if special else f"default {base}"
-
-    g.add_argument("--lr", type=_positive_float, help=f"peak learning rate ({by_kind('lr')})")
-    g.add_argument("--warmup", type=int, help=f"warm-up steps ({by_kind('warmup_steps')})")
-    g.add_argument("--weight-decay", type=float, help=f"AdamW decay ({by_kind('weight_decay')})")
-    g.add_argument("--min-lr-ratio", type=float, metavar="R",
-                   help=f"the cosine decays the learning rate to lr × R ({by_kind('min_lr_ratio')})")
-    g.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate and save a moving average of the weights with this decay a step, "
-                        f"0 = the trained weights themselves ({by_kind('ema')})")
-    g.add_argument("--clip", type=float, default=t.grad_clip,
-                   help=f"gradient-norm clip, 0 = off (default {t.grad_clip})")
-    g = p.add_argument_group("duration and system")
-    g.add_argument("--steps", type=_positive_int, default=None, help="stop after N steps")
-    g.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
-                   help=f"stop after this wall-clock time, evaluation included (default {t.time_budget:.0f} "
-                        "when --steps is not given)")
-    g.add_argument("--eval-interval", type=_positive_int, default=t.eval_interval,
-                   help=f"evaluate every N steps (default {t.eval_interval})")
-    g.add_argument("--seed", type=int, default=t.seed, help=f"random seed (default {t.seed})")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=t.precision,
-                   help="auto: bf16 autocast on CUDA and where the CPU has bf16 units (default auto)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=t.device,
-                   help="auto: cuda if available, else mps, else cpu (default auto)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run_train)
-
-
-def _load_corpus(path: str | None, encoding_errors: str) -> tuple[str, str]:
-    from nextchar.text import embedded_corpus, read_corpus
-
-    if path is None:
-        return embedded_corpus(), "embedded:pydoc_data.topics"
-    return read_corpus(path, encoding_errors), str(Path(path).resolve())
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    """The train command, alone or as one of the processes torchrun started (nextchar.training.distributed)."""
-    from nextchar.training import distributed
-
-    try:
-        distributed.init(distributed.resolve_device(args.device))
-    except RuntimeError as exc:
-        if not distributed.is_restart():
-            raise
-        raise UserError(f"the restarted processes could not connect ({distributed.describe(exc)}); torchrun "
-                        "shares its rendezvous store with them and they can read stale addresses: start torchrun "
-                        "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (pytorch/pytorch#135712)") from None
-    rank, world = distributed.rank(), distributed.world_size()
-    if rank == 0 and (caveat := distributed.restart_caveat()):
-        print(f"nextchar: note: {caveat}", file=sys.stderr)
-    try:
-        return _train(args, rank)
-    except UserError as exc:
-        if world > 1 and rank != 0:
-            raise UserError(f"rank {rank}: {exc}") from None
-        raise
-    except RuntimeError as exc:
-        if world > 1 and distributed.is_communication_error(exc):
-            out = args.resume or args.out
-            raise UserError(f"rank {rank} lost contact with the other processes ({distributed.describe(exc)}); "
-                            f"the last checkpoint in {out} is intact: resume with --resume {out}") from None
-        raise
-    finally:
-        distributed.teardown()
-
-
-def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
-    from nextchar.models import ModelConfig
-    from nextchar.training.loop import TrainConfig
-
-    for flag, value in (("--dropout", args.dropout), ("--embedding-dropout", args.embedding_dropout),
-                        ("--weight-drop", args.weight_drop)):
-        if not 0 <= value < 1:
-            raise UserError(f"{flag} must be in [0, 1), not {value}")
-    if args.min_lr_ratio is not None and not 0 <= args.min_lr_ratio <= 1:
-        raise UserError(f"--min-lr-ratio must be in [0, 1], not {args.min_lr_ratio}")
-    if args.ema is not None and not 0 <= args.ema < 1:
-        raise UserError(f"--ema must be in [0, 1), not {args.ema}")
-    config = TrainConfig(
-        batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer, lr=args.lr,
-        warmup_steps=args.warmup, weight_decay=args.weight_decay, min_lr_ratio=args.min_lr_ratio,
-        ema=args.ema, grad_clip=args.clip, steps=args.steps,
-        # On --resume without a new duration, None keeps the run's own (see train()).
-        time_budget=args.time_budget if (args.time_budget or args.steps or args.resume) else TrainConfig.time_budget,
-        eval_interval=args.eval_interval, seed=args.seed, precision=args.precision, device=args.device,
-        compile=args.compile,
-    )
-    model_config = ModelConfig(kind=args.kind, hidden_size=args.hidden, num_layers=args.layers,
-                               embedding_size=args.embedding, dropout=args.dropout,
-                               embedding_dropout=args.embedding_dropout, weight_drop=args.weight_drop,
-                               context=args.context,
-                               nonlinearity=args.nonlinearity)
-    return config, model_config
-
-
-def _train(args: argparse.Namespace, rank: int) -> int:
-    from nextchar.data.batches import split_validation
-    from nextchar.text import choose_format, read_corpus
-    from nextchar.training import distributed
-    from nextchar.training.loop import RESUME_DIR, train
-
-    if not args.resume and distributed.is_restart() and (Path(args.out) / RESUME_DIR / "state.json").is_file():
-        args.resume = args.out  # torchrun restarted the processes after a failure: continue the run
-    if args.resume:
-        state_file = Path(args.resume) / RESUME_DIR / "state.json"
-        if not state_file.is_file():
-            raise UserError(f"{args.resume}: nothing to resume (no {RESUME_DIR}/state.json); check the path")
-        try:
-            source = json.loads(state_file.read_text(encoding="utf-8")).get("source", {})
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{state_file}: damaged resume state; start a new run") from None
-        corpus = args.corpus or (None if source.get("corpus", "").startswith("embedded:") else source.get("corpus"))
-        if corpus and Path(corpus).is_dir():
-            return _train_prepared(args, Path(corpus), Path(args.resume), source, rank)
-        val = args.val or source.get("val")
-        text, name = _load_corpus(corpus, source.get("encoding_errors", args.encoding_errors))
-        corpus_format, val_fraction = source.get("format", "text"), source.get("val_fraction", 0.1)
-        out = Path(args.resume)
-    else:
-        if args.corpus and Path(args.corpus).is_dir():
-            return _train_prepared(args, Path(args.corpus), Path(args.out), None, rank)
-        text, name = _load_corpus(args.corpus, args.encoding_errors)
-        corpus_format = choose_format(text) if args.format == "auto" else args.format
-        val, val_fraction, out = args.val, args.val_fraction, Path(args.out)
-    if val:
-        train_text, val_text = text, read_corpus(val, args.encoding_errors)
-    else:
-        train_text, val_text = split_validation(text, corpus_format, val_fraction)
-    config, model_config = _train_configs(args)
-    source = {"corpus": name, "val": str(Path(val).resolve()) if val else None, "format": corpus_format,
-              "val_fraction": val_fraction, "encoding_errors": args.encoding_errors}
-    if rank == 0:
-        print(f"corpus {name}: {len(train_text):,} training and {len(val_text):,} validation characters, "
-              f"format {corpus_format}", file=sys.stderr)
-    result = train(train_text, val_text, out, config, model_config, corpus_format, args.alphabet,
-                   resume=bool(args.resume), source=source, progress=not args.quiet)
-    return _report_training(result, out, rank)
-
-
-def _train_prepared(args: argparse.Namespace, directory: Path, out: Path, source: dict | None, rank: int) -> int:
-    """Train from a directory made by `nextchar prepare` (memory-mapped; see nextchar.data.prepared)."""
-    from nextchar.data.prepared import PreparedCorpus
-    from nextchar.text import read_corpus
-    from nextchar.training.loop import train
-
-    corpus = PreparedCorpus.open(directory)
-    if source is None and args.format != "auto" and args.format != corpus.format:
-        raise UserError(f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
-                        f"run `nextchar prepare --format {args.format}` or drop --format")
-    saved = source or {}
-    val = args.val or saved.get("val")
-    encoding_errors = saved.get("encoding_errors", args.encoding_errors)
-    val_fraction = saved.get("val_fraction", args.val_fraction)
-    max_val_chars = saved.get("max_val_chars", args.max_val_chars)
-    split = corpus.split(val_fraction, max_val_chars, read_corpus(val, encoding_errors) if val else None)
-    config, model_config = _train_configs(args)
-    source = {"corpus": str(directory.resolve()), "prepared": True, "val": str(Path(val).resolve()) if val else None,
-              "format": corpus.format, "val_fraction": val_fraction, "max_val_chars": max_val_chars,
-              "encoding_errors": encoding_errors}
-    if rank == 0:
-        print(f"prepared corpus {directory}: {split.train_characters:,} training characters (memory-mapped), "
-              f"validation {'from ' + val if val else 'its tail'}, format {corpus.format}", file=sys.stderr)
-    result = train("", "", out, config, model_config, corpus.format, corpus.vocab.alphabet,
-                   resume=bool(args.resume), source=source, progress=not args.quiet, prepared=split)
-    return _report_training(result, out, rank)
-
-
-def _report_training(result: TrainResult, out: Path, rank: int) -> int:
-    from nextchar.training import distributed
-
-    if rank != 0:
-        return 0
-    best, world = result.best_val, distributed.world_size()
-    on = f" on {world} processes" if world > 1 else ""
-    print(f"trained {result.steps} steps in {result.elapsed:.0f} s ({result.chars_per_second:,.0f} chars/s{on}); "
-          f"best validation BPC {best.bpc:.4f}" if best else f"trained {result.steps} steps")
-    print(f"checkpoint: {out}  (metrics: {out / 'metrics.jsonl'}, plot: {out / 'bpc.png'})")
-    return 0
-
-
-# ---------------------------------------------------------------------------------- eval
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="bits per character and accuracy on a corpus",
-                       description="Evaluate a model on a corpus: bits per character (BPC), top-1 and top-5 "
-                                   "next-character accuracy, and the number of predicted characters.")
-    p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, or a directory made by `nextchar prepare`")
-    add_model_option(p)
-    p.add_argument("--format", choices=("text", "lines"), default=None,
-                   help="how to frame the corpus (default: as the model was trained; a prepared directory's own)")
-    p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    from nextchar.cli.adapt import add_eval_options  # --adapt and its settings (issue 7)
-
-    add_eval_options(p)
-    p.set_defaults(run=_run_eval)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from nextchar.checkpoint import load_checkpoint
-    from nextchar.data.batches import count_targets, encode_corpus
-    from nextchar.data.prepared import is_prepared
-    from nextchar.evaluation.bpc import evaluate_encoded
-    from nextchar.text import read_corpus
-
-    ckpt = load_checkpoint(args.model)
-    if is_prepared(args.corpus):
-        return _eval_prepared(args, ckpt)
-    text = read_corpus(args.corpus, args.encoding_errors)
-    encoded = encode_corpus(text, ckpt.vocab, args.format or ckpt.format)
-    if count_targets(encoded) == 0:
-        raise UserError(f"{args.corpus}: nothing to evaluate after mapping onto the model's alphabet")
-    if args.adapt:  # dynamic evaluation, printed beside the static figures
-        from nextchar.cli.adapt import run_adapted_eval
-
-        return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
-    _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
-    return 0
-
-
-def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
-    """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
-    from nextchar.data.prepared import PreparedCorpus, PreparedLines, vocabulary_mapping
-    from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
-
-    directory = Path(args.corpus)
-    corpus = PreparedCorpus.open(directory)
-    if args.format and args.format != corpus.format:
-        raise UserError(f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
-                        "prepare it again with --format or leave --format out")
-    if args.adapt:
-        raise UserError(f"{directory}: --adapt reads a text file, not a prepared directory; give the text file")
-    mapping = vocabulary_mapping(corpus.vocab, ckpt.vocab, directory)
-    if corpus.format == "text":
-        if len(corpus.tokens) < 2:
-            raise UserError(f"{directory}: nothing to evaluate (no characters)")
-        result = evaluate_stream(ckpt.model, corpus.tokens, mapping=mapping)
-    else:
-        if corpus.n_lines == 0:
-            raise UserError(f"{directory}: nothing to evaluate (no lines)")
-        lines = PreparedLines(corpus, mapping)
-        result = evaluate_lines(ckpt.model, lines, lengths=lines.lengths())
-    _print_eval(result, args.json)
-    return 0
-
-
-def _print_eval(result: EvalResult, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result.to_json()))
-    else:
-        print(f"bpc   {result.bpc:.4f}\ntop1  {result.top1:.4f}\ntop5  {result.top5:.4f}\nchars {result.chars}")
-
-
-# ---------------------------------------------------------------------------------- sample
-
-def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate text from a model",
-                       description="Generate text by sampling one character at a time.")
-    add_model_option(p)
-    p.add_argument("--prefix", default="", help="text to continue (default: none)")
-    p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
-    p.add_argument("--temperature", type=_positive_float, default=0.8, help="softmax temperature (default 0.8)")
-    p.add_argument("--top-k", type=_positive_int, default=None, help="sample only among the k most likely")
-    p.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
-    p.add_argument("-n", "--num", type=_positive_int, default=1, help="number of samples (default 1)")
-    p.set_defaults(run=_run_sample)
-
-
-def _run_sample(args: argparse.Namespace) -> int:
-    from nextchar.checkpoint import load_checkpoint
-    from nextchar.sampling import sample
-
-    ckpt = load_checkpoint(args.model)
-    for i in range(args.num):
-        seed = None if args.seed is None else args.seed + i
-        print(args.prefix + sample(ckpt, args.prefix, args.length, args.temperature, args.top_k, seed))
-    return 0
-
-
-# ---------------------------------------------------------------------------------- predict
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="the next-character distribution after a text",
-                       description="Print the k most likely next characters after TEXT with their "
-                                   "probabilities ($ is the end of a line, ␣ a space, ⏎ a newline).")
-    p.add_argument("text", metavar="TEXT", help="what has been typed so far (may be empty)")
-    add_model_option(p)
-    p.add_argument("-k", type=_positive_int, default=10, help="how many characters (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON: [{char, prob}, ...]")
-    p.set_defaults(run=_run_predict)
-
-
-def _visible(symbol: str) -> str:
-    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(symbol, symbol)
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    from nextchar.checkpoint import load_checkpoint
-    from nextchar.sampling import predict
-
-    ckpt = load_checkpoint(args.model)
-    top = predict(ckpt, args.text, args.k)
-    if args.json:
-        print(json.dumps([{"char": c, "prob": p} for c, p in top], ensure_ascii=False))
-    else:
-        for char, prob in top:
-            print(f"{_visible(char)!s:>3}  {prob:6.3f}  {'█' * round(prob * 40)}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------- prepare
-
-def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    from nextchar.data.prepare import add_parser
-
-    add_parser(sub)
-
-
-# ---------------------------------------------------------------------------------- autocomplete
-
-def _add_autocomplete(sub: argparse._SubParsersAction) -> None:
-    from nextchar.cli.complete import add_parser  # complete, type, eval-complete
-
-    add_parser(sub)
-
-
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from nextchar.cli.serve import add_parser  # serve
-
-    add_parser(sub)
-
-
-def _add_lecture(sub: argparse._SubParsersAction) -> None:
-    from nextchar.lecture.cli import add_parser  # lecture table|weights|gradcheck|train|load
-
-    add_parser(sub)
-
-
-# ---------------------------------------------------------------------------------- main
-
-COMMANDS = [_add_train, _add_eval, _add_sample, _add_predict, _add_prepare, _add_autocomplete, _add_serve, _add_lecture]
+def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Every family's sub-commands, in the order `nextchar --help` lists them."""
+    from nextchar.cli import complete, evaluate, lecture, prepare, sample, serve, train
+
+    train.add_parser(sub)
+    evaluate.add_parser(sub)
+    sample.add_parser(sub)  # sample, predict
+    prepare.add_parser(sub)
+    complete.add_parser(sub)  # complete, type, eval-complete
+    serve.add_parser(sub)
+    lecture.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from nextchar import __version__
 
-    parser = _Parser(prog="nextchar", description="Character-level recurrent models for autocomplete "
-                                                  "(after MIT 6.036's lecture on RNNs).")
+    parser = _Parser(
+        prog="nextchar",
+        description="Character-level recurrent models for autocomplete (after MIT 6.036's lecture on RNNs).",
+    )
     parser.add_argument("--version", action="version", version=f"nextchar {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in COMMANDS:
-        add(sub)
+    # Typed as the plain parser's action: the families build their parsers with argparse's API only.
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser
+    )
+    _add_commands(sub)
     return parser
 
 
@@ -454,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.run(args) or 0)
+    except MissingExtra as exc:  # its message is already the whole line, naming the command
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
     except UserError as exc:
         print(f"nextchar: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nextchar: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0

@@ -1,15 +1,14 @@
-"""What every command's parser shares: number types checked with a one-line message, and -m/--model."""
+"""What the commands' parsers share: number types checked with a one-line message, -m/--model,
+and the search options of the commands that complete (their defaults nextchar.completion.config's)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 
-# --precision of the commands that search (nextchar.stepper.PRECISIONS; spelled out here so
-# that building a parser does not import torch).
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-PRECISION_HELP = ("of the search's matrix products: fp32 (exact), bf16, int8 (suggestions can differ in near "
-                  "ties), or auto = int8 for lstm/gru models where PyTorch has x86 int8 kernels (default auto)")
+from nextchar.completion.config import DEFAULTS, PRECISION_HELP, PRECISIONS, SERVING_PRECISION
+from nextchar.errors import MissingExtra
 
 
 def whole_number(text: str) -> int:
@@ -45,5 +44,55 @@ def positive_float(text: str) -> float:
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """-m/--model DIR, which every command that uses a model takes (None: the bundled model)."""
-    parser.add_argument("-m", "--model", metavar="DIR", default=None,
-                        help="checkpoint directory (default: the bundled model)")
+    parser.add_argument(
+        "-m", "--model", metavar="DIR", default=None, help="checkpoint directory (default: the bundled model)"
+    )
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "search" group of `complete`, `type`, `eval-complete` and `serve`: --beam, --max-chars,
+    --max-words and --precision, with the completer's defaults (torch-free: read for --help).
+    Returns the group, for a command's own search options."""
+    group = parser.add_argument_group("search")
+    group.add_argument(
+        "--beam",
+        type=whole_number,
+        default=DEFAULTS.beam_width,
+        metavar="N",
+        help=f"beam width (default {DEFAULTS.beam_width}; at least k)",
+    )
+    group.add_argument(
+        "--max-chars",
+        type=whole_number,
+        default=DEFAULTS.max_chars,
+        metavar="N",
+        help=f"longest completion (default {DEFAULTS.max_chars})",
+    )
+    group.add_argument(
+        "--max-words",
+        type=whole_number,
+        default=DEFAULTS.max_words,
+        metavar="N",
+        help=f"words per phrase (default {DEFAULTS.max_words})",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=SERVING_PRECISION,
+        help=f"{PRECISION_HELP} (default {SERVING_PRECISION})",
+    )
+    return group
+
+
+def require_extra(extra: str, *modules: str, command: str | None = None) -> None:
+    """Import `modules`, the optional dependencies of `extra`, or raise MissingExtra naming the extra.
+
+    Called first thing by the commands that need an extra (serve, type), so that a plain
+    `pip install nextchar` gets one line saying what to install rather than an ImportError
+    traceback. `command` is the command's name when it differs from the extra's.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingExtra(command or extra, extra, module) from None

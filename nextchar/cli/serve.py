@@ -6,58 +6,121 @@ import argparse
 import socket
 import sys
 
-from nextchar.cli.options import PRECISION_HELP, PRECISIONS, add_model_option
+from nextchar.cli.options import add_model_option, add_search_options, require_extra
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
+from nextchar.completion.config import K_MAX
 from nextchar.errors import UserError
+from nextchar.service.settings import ServiceSettings
+
+SERVED = ServiceSettings()  # the defaults (torch-free: building the parser loads nothing)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "serve", help="serve suggestions over HTTP, with a search-box and email page",
+        "serve",
+        help="serve suggestions over HTTP, with a search-box and email page",
         description="Serve a model over HTTP: GET / (a search box with a drop-down, a next-character chart, an "
-                    "email editor with ghost text), /suggest (OpenSearch suggestions), /api/complete, "
-                    "/opensearch.xml, /healthz, /metrics, /docs. Binds to 127.0.0.1 unless told otherwise.")
+        "email editor with ghost text), /suggest (OpenSearch suggestions), /api/complete, "
+        "/opensearch.xml, /healthz, /metrics, /docs. Binds to 127.0.0.1 unless told otherwise.",
+    )
     add_model_option(p)
-    p.add_argument("--lexicon", metavar="FILE",
-                   help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument(
+        "--lexicon",
+        metavar="FILE",
+        help="suggest only entries of FILE (one per line, optional tab + weight) that extend the text",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)",
+    )
     p.add_argument("--port", type=_int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--workers", type=_int, default=1,
-                   help="processes sharing the port, each with its own model and caches (default 1)")
-    p.add_argument("--cache-mb", type=_number, default=256.0, metavar="MB",
-                   help="memory bound of each process's caches of recurrent states and responses (default 256)")
-    p.add_argument("--max-query", type=_int, default=1000, metavar="N",
-                   help="longest q in characters; longer gets 422 (default 1000)")
-    p.add_argument("--k", type=_int, default=8, dest="default_k", metavar="N",
-                   help="suggestions when a request gives no k (default 8)")
-    p.add_argument("--mode", choices=("word", "line", "phrase"), default=None,
-                   help="completion mode when a request gives none (default: line for line-list models, "
-                        "phrase for prose)")
-    p.add_argument("--public-url", metavar="URL",
-                   help="the URL people reach this server at, for /opensearch.xml behind a proxy "
-                        "(default: from each request's Host)")
-    g = p.add_argument_group("search")
-    g.add_argument("--beam", type=_int, default=8, metavar="N", help="beam width (default 8)")
-    g.add_argument("--max-chars", type=_int, default=48, metavar="N", help="longest completion (default 48)")
-    g.add_argument("--max-words", type=_int, default=3, metavar="N", help="words per phrase (default 3)")
-    g.add_argument("--max-batch", type=_int, default=16, metavar="N",
-                   help="queued searches run together, sharing model calls (default 16; 1: one at a time)")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    p.add_argument(
+        "--workers",
+        type=_int,
+        default=1,
+        help="processes sharing the port, each with its own model and caches (default 1)",
+    )
+    p.add_argument(
+        "--cache-mb",
+        type=_number,
+        default=SERVED.cache_mb,
+        metavar="MB",
+        help=f"memory bound of each process's caches of recurrent states and responses (default {SERVED.cache_mb:g})",
+    )
+    p.add_argument(
+        "--max-query",
+        type=_int,
+        default=SERVED.max_query,
+        metavar="N",
+        help=f"longest q in characters; longer gets 422 (default {SERVED.max_query})",
+    )
+    p.add_argument(
+        "--k",
+        type=_int,
+        default=SERVED.default_k,
+        dest="default_k",
+        metavar="N",
+        help=f"suggestions when a request gives no k (default {SERVED.default_k})",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("word", "line", "phrase"),
+        default=None,
+        help="completion mode when a request gives none (default: line for line-list models, phrase for prose)",
+    )
+    p.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the URL people reach this server at, for /opensearch.xml behind a proxy "
+        "(default: from each request's Host)",
+    )
+    g = add_search_options(p)  # --beam, --max-chars, --max-words, --precision
+    g.add_argument(
+        "--max-batch",
+        type=_int,
+        default=SERVED.max_batch,
+        metavar="N",
+        help=f"queued searches run together, sharing model calls (default {SERVED.max_batch}; 1: one at a time)",
+    )
     g = p.add_argument_group("server")
-    g.add_argument("--threads", type=_int, default=1,
-                   help="torch threads per process (default 1: a keystroke's small batches run fastest on one)")
-    g.add_argument("--max-pending", type=_int, default=64, metavar="N",
-                   help="model jobs queued per process before new ones get 503 (default 64)")
-    g.add_argument("--limit-concurrency", type=_int, default=1024, metavar="N",
-                   help="open connections + requests per process before new ones get 503 (default 1024)")
-    g.add_argument("--keep-alive", type=_int, default=5, metavar="S",
-                   help="close idle keep-alive connections after S seconds (default 5)")
+    g.add_argument(
+        "--threads",
+        type=_int,
+        default=1,
+        help="torch threads per process (default 1: a keystroke's small batches run fastest on one)",
+    )
+    g.add_argument(
+        "--max-pending",
+        type=_int,
+        default=SERVED.max_pending,
+        metavar="N",
+        help=f"model jobs queued per process before new ones get 503 (default {SERVED.max_pending})",
+    )
+    g.add_argument(
+        "--limit-concurrency",
+        type=_int,
+        default=1024,
+        metavar="N",
+        help="open connections + requests per process before new ones get 503 (default 1024)",
+    )
+    g.add_argument(
+        "--keep-alive",
+        type=_int,
+        default=5,
+        metavar="S",
+        help="close idle keep-alive connections after S seconds (default 5)",
+    )
     g.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
-    g.add_argument("--personal-users", type=int, default=0, metavar="N",
-                   help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, "
-                        "least recently used forgotten first (default 0: off; see docs/adaptation.md)")
+    g.add_argument(
+        "--personal-users",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, "
+        "least recently used forgotten first (default 0: off; see docs/adaptation.md)",
+    )
     p.set_defaults(run=run)
 
 
@@ -81,6 +144,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("serve", "fastapi", "uvicorn", "prometheus_client")
     import os
 
     import torch
@@ -88,10 +152,22 @@ def run(args: argparse.Namespace) -> int:
 
     from nextchar.checkpoint import load_checkpoint
     from nextchar.completion.lexicon import Lexicon
-    from nextchar.service.app import ENV_SETTINGS, ServiceSettings, create_app, tune_gc_for_serving
+    from nextchar.service.app import create_app, tune_gc_for_serving
+    from nextchar.service.metrics import shared_metrics_dir
+    from nextchar.service.settings import ENV_SETTINGS
 
-    for name in ("workers", "threads", "max_query", "max_pending", "limit_concurrency", "default_k", "beam",
-                 "max_chars", "max_words", "max_batch"):
+    for name in (
+        "workers",
+        "threads",
+        "max_query",
+        "max_pending",
+        "limit_concurrency",
+        "default_k",
+        "beam",
+        "max_chars",
+        "max_words",
+        "max_batch",
+    ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -102,14 +178,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--personal-users must be ≥ 0, not {args.personal_users}")
     if args.cache_mb <= 0:
         raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
-    if args.default_k > 50:
-        raise UserError(f"--k must be at most 50, not {args.default_k}")
-    settings = ServiceSettings(model=args.model, lexicon=args.lexicon, cache_mb=args.cache_mb,
-                               max_query=args.max_query, max_pending=args.max_pending, default_k=args.default_k,
-                               default_mode=args.mode, beam_width=args.beam, max_chars=args.max_chars,
-                               max_words=args.max_words, public_url=args.public_url, threads=args.threads,
-                               personal_users=args.personal_users, max_batch=args.max_batch,
-                               precision=args.precision)
+    if args.default_k > K_MAX:
+        raise UserError(f"--k must be at most {K_MAX}, not {args.default_k}")
+    settings = ServiceSettings(
+        model=args.model,
+        lexicon=args.lexicon,
+        cache_mb=args.cache_mb,
+        max_query=args.max_query,
+        max_pending=args.max_pending,
+        default_k=args.default_k,
+        default_mode=args.mode,
+        beam_width=args.beam,
+        max_chars=args.max_chars,
+        max_words=args.max_words,
+        public_url=args.public_url,
+        threads=args.threads,
+        personal_users=args.personal_users,
+        max_batch=args.max_batch,
+        precision=args.precision,
+    )
     torch.set_num_threads(args.threads)
     # Load once here, so that a bad model or lexicon is a one-line error before anything listens
     # (and a single worker serves what was loaded).
@@ -120,13 +207,21 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     where = "the bundled model" if args.model is None else args.model
-    print(f"nextchar: serving {where} at http://{shown}:{port}/ ({args.workers} worker"
-          f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops", flush=True)
+    print(
+        f"nextchar: serving {where} at http://{shown}:{port}/ ({args.workers} worker"
+        f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops",
+        flush=True,
+    )
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"nextchar: note: listening on {args.host}, reachable from other machines", file=sys.stderr, flush=True)
-    common = dict(log_level="info" if args.access_log else "warning", access_log=args.access_log,
-                  timeout_keep_alive=args.keep_alive, limit_concurrency=args.limit_concurrency,
-                  proxy_headers=True, server_header=False)
+    common = dict(
+        log_level="info" if args.access_log else "warning",
+        access_log=args.access_log,
+        timeout_keep_alive=args.keep_alive,
+        limit_concurrency=args.limit_concurrency,
+        proxy_headers=True,
+        server_header=False,
+    )
     try:
         if args.workers == 1:
             tune_gc_for_serving()
@@ -136,11 +231,14 @@ def run(args: argparse.Namespace) -> int:
             from uvicorn.supervisors import Multiprocess
 
             # Each worker process builds its own app (and loads the model once, in its lifespan)
-            # from the settings handed down in the environment.
+            # from the settings handed down in the environment, and keeps its metrics in a shared
+            # directory, so that /metrics counts every worker's requests (nextchar.service.metrics).
             os.environ[ENV_SETTINGS] = settings.to_env()
-            config = uvicorn.Config("nextchar.service.app:app_from_env", factory=True, workers=args.workers,
-                                    lifespan="on", **common)
-            Multiprocess(config, sockets=[sock]).run()
+            config = uvicorn.Config(
+                "nextchar.service.app:app_from_env", factory=True, workers=args.workers, lifespan="on", **common
+            )
+            with shared_metrics_dir():
+                Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:

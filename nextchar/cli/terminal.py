@@ -120,8 +120,14 @@ def _bindings(suggester: Suggester) -> KeyBindings:
     return kb
 
 
-def build_prompt(completer: NextcharCompleter, k: int = 5, mode: str = "line", typos: bool = False,
-                 input: Input | None = None, output: Output | None = None) -> PromptSession:
+def build_prompt(
+    completer: NextcharCompleter,
+    k: int = 5,
+    mode: str = "line",
+    typos: bool = False,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> PromptSession[str]:
     """The prompt_toolkit session (input/output may be a pipe and DummyOutput, for tests)."""
     suggester = Suggester(completer, k, mode, typos)
 
@@ -129,8 +135,9 @@ def build_prompt(completer: NextcharCompleter, k: int = 5, mode: str = "line", t
         from prompt_toolkit.application.current import get_app
 
         text = get_app().current_buffer.document.text_before_cursor
-        shown = "  ".join(f"{'⏎' if ch == chr(10) else '␣' if ch == ' ' else ch} {p:.0%}"
-                          for ch, p in suggester.next_chars(text))
+        shown = "  ".join(
+            f"{'⏎' if ch == chr(10) else '␣' if ch == ' ' else ch} {p:.0%}" for ch, p in suggester.next_chars(text)
+        )
         return f" next: {shown}   [Tab accept · ↑↓ choose · Esc dismiss · Ctrl-D quit]"
 
     return PromptSession(
@@ -145,8 +152,14 @@ def build_prompt(completer: NextcharCompleter, k: int = 5, mode: str = "line", t
     )
 
 
-def run_terminal(completer: NextcharCompleter, k: int = 5, mode: str = "line", typos: bool = False,
-                 input: Input | None = None, output: Output | None = None) -> list[str]:
+def run_terminal(
+    completer: NextcharCompleter,
+    k: int = 5,
+    mode: str = "line",
+    typos: bool = False,
+    input: Input | None = None,
+    output: Output | None = None,
+) -> list[str]:
     """Prompt line after line until Ctrl-D or Ctrl-C; returns the lines entered."""
     prompt = build_prompt(completer, k, mode, typos, input, output)
     lines = []

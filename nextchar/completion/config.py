@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from nextchar.errors import UserError
 
@@ -22,6 +22,9 @@ PRECISION_HELP = (
     "of the search's matrix products: fp32 (exact), bf16, int8 (suggestions can differ in near "
     "ties), or auto = int8 for lstm/gru models where PyTorch has x86 int8 kernels"
 )
+# The commands and the service serve in "auto" (int8 where it is fast); the Python API stays
+# exact (CompleterConfig.precision, fp32) unless asked.
+SERVING_PRECISION = "auto"
 K_MAX = 50  # larger k is clamped: a drop-down longer than this is not a drop-down
 BEAM_MAX = 256  # wider beams are clamped: past this a search costs more than it finds
 DEFAULT_K = 8  # suggestions shown when k is not given (a search box's drop-down)
@@ -46,16 +49,25 @@ class CompleterConfig:
     precision: str = "fp32"  # of the search's matrix products: one of PRECISIONS
 
     def __post_init__(self) -> None:
-        lows = {"beam_width": 1, "max_chars": 1, "max_words": 1, "typo_window": 1, "cjk_word_chars": 1,
-                "max_context": 1, "max_stack": 64, "cache_size": 0}
+        lows = {
+            "beam_width": 1,
+            "max_chars": 1,
+            "max_words": 1,
+            "typo_window": 1,
+            "cjk_word_chars": 1,
+            "max_context": 1,
+            "max_stack": 64,
+            "cache_size": 0,
+        }
         for name, low in lows.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name} must be a whole number ≥ {low}, not {value!r}")
         for name in ("length_alpha", "lexicon_weight", "typo_penalty"):
             number = getattr(self, name)
-            if isinstance(number, bool) or not (isinstance(number, int | float) and math.isfinite(number)
-                                                and number >= 0):
+            if isinstance(number, bool) or not (
+                isinstance(number, int | float) and math.isfinite(number) and number >= 0
+            ):
                 raise UserError(f"{name} must be a finite number ≥ 0, not {number!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be {', '.join(PRECISIONS)}, not {self.precision!r}")
@@ -69,6 +81,28 @@ class CompleterConfig:
 
 
 DEFAULTS = CompleterConfig()  # read by parsers and settings for their defaults
+
+
+class ConfigOverrides(TypedDict, total=False):
+    """Keyword arguments that override fields of a CompleterConfig: `Completer(ckpt, beam_width=16)`.
+
+    The same names and types as CompleterConfig's fields (tests/completion/test_completer.py
+    checks they agree); no defaults here, those are CompleterConfig's.
+    """
+
+    beam_width: int
+    max_chars: int
+    max_words: int
+    length_alpha: float
+    lexicon_weight: float
+    typo_penalty: float
+    typo_window: int
+    cjk_word_chars: int
+    max_context: int
+    max_stack: int
+    cache_size: int
+    reuse: bool
+    precision: str
 
 
 def check_k(k: int) -> int:

@@ -63,8 +63,9 @@ class Lexicon:
         self._trie = marisa_trie.Trie(entries.keys())
         items = self._trie.items()  # (key, id) pairs in one call; ids are marisa's own numbering
         self._weights = np.zeros(len(self._trie), dtype=np.float64)
-        self._weights[np.fromiter((key_id for _, key_id in items), dtype=np.int64, count=len(items))] = \
-            np.fromiter((entries[key] for key, _ in items), dtype=np.float64, count=len(items))
+        self._weights[np.fromiter((key_id for _, key_id in items), dtype=np.int64, count=len(items))] = np.fromiter(
+            (entries[key] for key, _ in items), dtype=np.float64, count=len(items)
+        )
         self.alphabet = frozenset("".join(entries))  # every character of every entry
         self.max_len = max(map(len, entries))
         self._outside: tuple[dict[str, int], tuple[str, ...]] | None = None
@@ -98,12 +99,13 @@ class Lexicon:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise UserError(f"{path}:{line}: invalid UTF-8 (byte {data[exc.start:exc.start + 1]!r}); "
-                            "save the lexicon as UTF-8") from None
+            number = data.count(b"\n", 0, exc.start) + 1
+            raise UserError(
+                f"{path}:{number}: invalid UTF-8 (byte {data[exc.start : exc.start + 1]!r}); save the lexicon as UTF-8"
+            ) from None
         if "\x00" in text:
-            line = text.count("\n", 0, text.index("\x00")) + 1
-            raise UserError(f"{path}:{line}: NUL byte; a lexicon is a UTF-8 text file")
+            number = text.count("\n", 0, text.index("\x00")) + 1
+            raise UserError(f"{path}:{number}: NUL byte; a lexicon is a UTF-8 text file")
         # NFC once for the whole file: a newline never takes part in a normalisation.
         text = unicodedata.normalize("NFC", text.removeprefix("\ufeff"))
         lines = text.split("\n")
@@ -124,11 +126,13 @@ class Lexicon:
                 try:
                     weight = float(weight_text)
                 except ValueError:
-                    raise UserError(f"{path}:{number}: bad weight {weight_text.strip()!r} after the tab "
-                                    "(need a positive number)") from None
+                    raise UserError(
+                        f"{path}:{number}: bad weight {weight_text.strip()!r} after the tab (need a positive number)"
+                    ) from None
                 if not (math.isfinite(weight) and weight > 0):
-                    raise UserError(f"{path}:{number}: bad weight {weight_text.strip()!r} (need a positive, "
-                                    "finite number)")
+                    raise UserError(
+                        f"{path}:{number}: bad weight {weight_text.strip()!r} (need a positive, finite number)"
+                    )
             entry = entry.strip()
             if not entry:
                 raise UserError(f"{path}:{number}: a weight without an entry")
@@ -173,7 +177,9 @@ class Lexicon:
         return 0.0 if key_id is None else float(self._weights[key_id])
 
     def keys(self, prefix: str = "") -> list[str]:
-        return self._trie.keys(prefix)
+        """Every entry that starts with `prefix` (in the trie's order)."""
+        keys: list[str] = self._trie.keys(prefix)
+        return keys
 
     def top(self, prefix: str, k: int) -> list[tuple[str, float]]:
         """The k heaviest entries that start with `prefix`, heaviest first (ties alphabetical).

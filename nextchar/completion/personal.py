@@ -40,7 +40,6 @@ from torch import nn
 from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
 from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
-from nextchar.evaluation.keystrokes import CompleterPredictor
 from nextchar.models import CharModel, detach_state
 from nextchar.text import END, START
 
@@ -63,9 +62,9 @@ def personal_view(model: CharModel, names: Iterable[str]) -> CharModel:
 
     def shallow(module: nn.Module) -> nn.Module:
         clone = copy.copy(module)
-        clone._parameters = dict(module._parameters)  # type: ignore[assignment]
-        clone._modules = dict(module._modules)  # type: ignore[assignment]
-        clone._buffers = dict(module._buffers)  # type: ignore[assignment]
+        clone._parameters = dict(module._parameters)
+        clone._modules = dict(module._modules)
+        clone._buffers = dict(module._buffers)
         return clone
 
     view = shallow(model)
@@ -93,8 +92,13 @@ class LearnReport:
 class PersonalCompleter:
     """One person's suggestions: the shared model with their own adapted output layer."""
 
-    def __init__(self, base: Completer, config: AdaptConfig = PERSONAL_DEFAULTS, stats: GradStats | None = None,
-                 cache_size: int = 256):
+    def __init__(
+        self,
+        base: Completer,
+        config: AdaptConfig = PERSONAL_DEFAULTS,
+        stats: GradStats | None = None,
+        cache_size: int = 256,
+    ):
         self.config = config
         self.model = personal_view(base.ckpt.model, adapted_names(base.ckpt.model, config.params))  # fp32
         self.completer = base.with_model(self.model, cache_size=cache_size)
@@ -178,8 +182,15 @@ class PersonalCompleter:
 class PersonalCompleters:
     """An LRU of people, each with their own `PersonalCompleter`; thread-safe."""
 
-    def __init__(self, base: Completer, config: AdaptConfig = PERSONAL_DEFAULTS, *, stats: GradStats | None = None,
-                 max_users: int = 64, cache_size: int = 256):
+    def __init__(
+        self,
+        base: Completer,
+        config: AdaptConfig = PERSONAL_DEFAULTS,
+        *,
+        stats: GradStats | None = None,
+        max_users: int = 64,
+        cache_size: int = 256,
+    ):
         if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
             raise UserError(f"max_users must be a whole number ≥ 1, not {max_users!r}")
         self.base, self.config, self.stats = base, config, stats
@@ -224,34 +235,3 @@ class PersonalCompleters:
     def owned_bytes(self) -> int:
         with self._lock:
             return sum(person.owned_bytes() for person in self._people.values())
-
-
-class PersonalPredictor(CompleterPredictor):
-    """eval-complete's typist for a person whose completer learns each line once it is typed.
-
-    Suggestions for a line come from weights learned on the lines before it only; learning
-    happens in `finish`, untimed by the keystroke latency (as a service would learn after
-    answering), and is timed here instead.
-    """
-
-    def __init__(self, person: PersonalCompleter, mode: str, k: int, name: str = "model, adapted",
-                 typos: bool = False):
-        super().__init__(person.completer, mode, k, name=name, typos=typos)
-        self.person = person
-        self.learn_seconds: list[float] = []
-        self.learned_chars = 0
-        self.rollbacks = 0
-
-    def finish(self, line: str) -> None:
-        report = self.person.learn(line + "\n")
-        self.learn_seconds.append(report.seconds)
-        self.learned_chars += report.chars
-        self.rollbacks += report.rolled_back
-
-    def cost(self) -> dict:
-        """Learning time per line (one step each, p50/p99 in ms) and per character (µs)."""
-        times = sorted(self.learn_seconds) or [0.0]
-        return {"lines": len(self.learn_seconds), "chars": self.learned_chars,
-                "ms_per_line_p50": 1e3 * times[len(times) // 2],
-                "ms_per_line_p99": 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))],
-                "us_per_char": 1e6 * sum(times) / max(self.learned_chars, 1), "rollbacks": self.rollbacks}

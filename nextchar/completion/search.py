@@ -20,7 +20,10 @@ Finished hypotheses are ranked by the length-normalised score  log p(c | x) / n^
 counts the symbols scored (the end symbol included): α = 0 ranks by probability, α = 1 by
 mean log-probability per symbol.
 
-With a lexicon the beam walks a marisa trie in lockstep: a hypothesis may only grow by a
+Each step is a few requests (lockstep.py): the search yields what it needs computed, so that
+the searches of several people can share one model call a step.
+
+With a lexicon the beam walks a marisa trie as it grows: a hypothesis may only grow by a
 character that keeps it a prefix of some entry, and it finishes exactly when it is an entry.
 
 Graphemes: completions are sequences of code points, so a completion is never cut where
@@ -36,17 +39,19 @@ from __future__ import annotations
 import heapq
 import math
 import unicodedata
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from nextchar.models import State, select_state, stack_states
+from nextchar.completion.config import MODES
+from nextchar.completion.lexicon import Lexicon
+from nextchar.completion.lockstep import Batch, ExtendRequest, MassesRequest, Request, TopKRequest
+from nextchar.completion.states import Node, Tree
 from nextchar.text import END, START, UNK, Vocabulary
 
-MODES = ("word", "line", "phrase")
 APOSTROPHES = frozenset("'’")  # inside words: don't, l’homme, o'clock
 GRAPHEME_SLACK = 8  # characters a length-limited completion may overrun to finish a grapheme
 ZWJ = "\u200d"
@@ -119,49 +124,6 @@ def word_start(text: str, limit: int = 256) -> int:
     return i
 
 
-def symbol_logprobs(logits: Tensor) -> Tensor:
-    """log p over the symbols (last dimension); <start> is never a next symbol, so it gets 0."""
-    logits = logits.float()
-    logits[..., START] = -math.inf
-    return torch.log_softmax(logits, dim=-1)
-
-
-class Node:
-    """The model after reading some text: its state s_t (batch of 1) and log p_t (V,).
-
-    `Node.row(states, logprobs, r)` is row r of a batch, sliced when first read: a search makes
-    a node for every hypothesis of every step, and only a few are ever read again.
-    """
-
-    __slots__ = ("_batch", "_logprobs", "_row", "_state")
-
-    def __init__(self, state: State, logprobs: Tensor):
-        self._state: State | None = state
-        self._logprobs: Tensor | None = logprobs
-        self._batch: tuple[State, Tensor] | None = None
-        self._row = 0
-
-    @classmethod
-    def row(cls, states: State, logprobs: Tensor, row: int) -> Node:
-        node = cls.__new__(cls)
-        node._state = node._logprobs = None
-        node._batch, node._row = (states, logprobs), row
-        return node
-
-    @property
-    def state(self) -> State:
-        if self._state is None:
-            states, _ = self._batch  # type: ignore[misc]
-            self._state = tuple(s[self._row : self._row + 1] for s in states)
-        return self._state
-
-    @property
-    def logprobs(self) -> Tensor:
-        if self._logprobs is None:
-            self._logprobs = self._batch[1][self._row]  # type: ignore[index]
-        return self._logprobs
-
-
 @dataclass
 class Candidate:
     """A finished hypothesis."""
@@ -185,7 +147,9 @@ class SearchSettings:
 class SymbolTable:
     """What each vocabulary index is, for the search: boundary, extender, end of line…"""
 
-    ANY, WORD, EXTEND, NONE = 0, 1, 2, 3  # continuation kinds → rows of `masks`
+    # Continuation kinds → rows of `masks`; NONE, the last row, allows nothing (lockstep.py
+    # gives it to the rows of a batch that no search asks about).
+    ANY, WORD, EXTEND, NONE = 0, 1, 2, 3
 
     def __init__(self, vocab: Vocabulary, corpus_format: str):
         size = len(vocab)
@@ -227,245 +191,14 @@ class SymbolTable:
         return [self.index.get(ch, UNK) for ch in text]
 
 
-# ---------------------------------------------------------------------------------- driving searches
-#
-# A search is a generator that yields what it needs computed and is sent back the answer: the
-# end-event masses of its hypotheses (_Masses), their best extensions (_TopK), the model's step
-# for the extensions it chose (_Extend). `drive_together` answers each kind of request for
-# every search at once, so a round of a dozen concurrent searches costs about one search's
-# tensor operations and ONE model call. Why: per hypothesis, a step for 64 costs half what a
-# step for 8 does on this CPU (bench/step.py), and a search's own tensor operations, a few µs
-# each, cost as much as its share of the model call (bench/search.py: 17–24% less per search
-# in batches of 5–16). A search's hypotheses are rows lo…hi of the round's `_Batch`, which
-# holds every search's rows.
-
-
-class _Batch:
-    """One round's hypotheses, of every search driven together: log p_t rows (N, V) and states."""
-
-    __slots__ = ("logprobs", "masses", "state")
-
-    def __init__(self, logprobs: Tensor, state: State):
-        self.logprobs, self.state = logprobs, state
-        self.masses: list[list[float]] | None = None  # log p of [line end, word end, extender] per row
-
-
-class _Masses:
-    """Request: log p(line end), log p(word end), log p(extender) of rows lo…hi."""
-
-    __slots__ = ("batch", "hi", "lo", "table")
-
-    def __init__(self, batch: _Batch, lo: int, hi: int, table: SymbolTable):
-        self.batch, self.lo, self.hi, self.table = batch, lo, hi, table
-
-
-class _TopK:
-    """Request: the `width` best (row, symbol) pairs by lps[row] + log p[row, symbol] + mask,
-    the mask of each row chosen by its kind (SymbolTable.ANY …); indices are row·V + symbol."""
-
-    __slots__ = ("batch", "hi", "kinds", "lo", "lps", "table", "width")
-
-    def __init__(self, batch: _Batch, lo: int, hi: int, lps: list[float], kinds: list[int], width: int,
-                 table: SymbolTable):
-        self.batch, self.lo, self.hi, self.table = batch, lo, hi, table
-        self.lps, self.kinds, self.width = lps, kinds, width
-
-
-class _Extend:
-    """Request: one model step for each (parent row, symbol), unless its node is known already.
-    Answered by (batch, lo): the new hypotheses are rows lo… of the next round's batch."""
-
-    __slots__ = ("batch", "known", "lo", "parents", "symbols")
-
-    def __init__(self, batch: _Batch, lo: int, parents: list[int], symbols: list[int], known: list[Node | None]):
-        self.batch, self.lo, self.parents, self.symbols, self.known = batch, lo, parents, symbols, known
-
-
-Request = _Masses | _TopK | _Extend
-Forward = Callable[[Tensor, State], tuple[Tensor, State]]  # model(idx, state), e.g. a stepper.Stepper
-Steps = Generator[Request, Any, Any]
-R = TypeVar("R")
-
-
-@torch.inference_mode()
-def drive(forward: Forward, steps: Generator[Request, Any, R]) -> R:
-    """Run one search to its end.
-
-    The whole search runs in inference mode here, in the driver: a generator must not enter
-    a context manager across its yields (it would leak into whatever runs between them).
-    """
-    result = drive_together(forward, [steps])[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
-@torch.inference_mode()
-def drive_together(forward: Forward, searches: Sequence[Steps]) -> list[Any]:
-    """Run several searches in lockstep, each kind of request answered for all of them at once.
-
-    Returns each search's result, or the exception it raised (one failing search does not
-    stop the others).
-    """
-    results: list[Any] = [None] * len(searches)
-    waiting: dict[int, Request] = {}
-
-    def advance(i: int, reply: Any) -> None:
-        try:
-            request = next(searches[i]) if reply is None else searches[i].send(reply)
-        except StopIteration as done:
-            results[i] = done.value
-        except Exception as exc:  # handed back to that search's caller, who raises it
-            results[i] = exc
-        else:
-            if isinstance(request, _PHASES):
-                waiting[i] = request
-            else:
-                searches[i].close()
-                results[i] = TypeError(f"a search yielded {type(request).__name__}, not a request")
-
-    for i in range(len(searches)):
-        advance(i, None)
-    while waiting:
-        # The earliest phase of a round first: searches at a later one wait there for the rest.
-        for phase in _PHASES:
-            group = [i for i, request in waiting.items() if type(request) is phase]
-            if group:
-                break
-        replies = _SERVE[phase](forward, [waiting.pop(i) for i in group])
-        for i, reply in zip(group, replies, strict=True):
-            advance(i, reply)
-    return results
-
-
-def _serve_masses(forward: Forward, requests: list[_Masses]) -> list[tuple[list[float], list[float], list[float]]]:
-    replies = []
-    for r in requests:
-        batch = r.batch
-        if batch.masses is None:  # one product per batch (a mass below 1e-38 is taken as 0)
-            batch.masses = (batch.logprobs.exp() @ r.table.ends).log_().t().tolist()
-        line_end, boundary, extend = batch.masses
-        replies.append((line_end[r.lo : r.hi], boundary[r.lo : r.hi], extend[r.lo : r.hi]))
-    return replies
-
-
-def _serve_topk(forward: Forward, requests: list[_TopK]) -> list[tuple[list[float], list[int]]]:
-    replies: list[Any] = [None] * len(requests)
-    by_batch: dict[int, list[int]] = {}
-    for j, r in enumerate(requests):
-        by_batch.setdefault(id(r.batch), []).append(j)
-    for js in by_batch.values():
-        group = [requests[j] for j in js]
-        batch, table = group[0].batch, group[0].table
-        n, size = batch.logprobs.shape
-        if len(group) == 1 and group[0].hi - group[0].lo == n:
-            lps, kinds = group[0].lps, group[0].kinds
-        else:  # rows no search asks about (theirs ended) get nothing
-            lps, kinds = [-math.inf] * n, [SymbolTable.NONE] * n
-            for r in group:
-                lps[r.lo : r.hi], kinds[r.lo : r.hi] = r.lps, r.kinds
-        mask = table.masks[kinds[0]] if kinds.count(kinds[0]) == n else table.masks[torch.tensor(kinds)]
-        scores = torch.tensor(lps).unsqueeze(1) + batch.logprobs + mask
-        tallest = max(r.hi - r.lo for r in group)
-        if len(group) == 1:
-            flat = scores[group[0].lo : group[0].hi].reshape(1, -1)
-        elif tallest * len(group) == n and all(r.lo == g * tallest for g, r in enumerate(group)):
-            flat = scores.view(len(group), -1)  # the searches tile the batch evenly: one row each
-        else:  # pad every search to the tallest with rows of −inf (row n)
-            padded = torch.cat((scores, scores.new_full((1, size), -math.inf)))
-            index = [[r.lo + h if h < r.hi - r.lo else n for h in range(tallest)] for r in group]
-            flat = padded[torch.tensor(index)].view(len(group), -1)
-        top = flat.topk(min(max(r.width for r in group), flat.shape[1]), dim=1)
-        for j, r, values, indices in zip(js, group, top.values.tolist(), top.indices.tolist(), strict=True):
-            replies[j] = (values[: r.width], indices[: r.width])
-    return replies
-
-
-def _serve_extend(forward: Forward, requests: list[_Extend]) -> list[tuple[_Batch, int]]:
-    # The next batch is made of blocks: the model's step for the rows it must take (by batch:
-    # (batch, rows, symbols)), known rows copied out of the batch they live in (by tensor),
-    # and single known nodes. `plan` says where the new hypotheses are, in runs:
-    # (block kind, key, place in the block, count).
-    steps: dict[int, tuple[_Batch, list[int], list[int]]] = {}
-    copies: dict[int, tuple[State, Tensor, list[int]]] = {}
-    singles: list[Node] = []
-    plan: list[tuple[int, int, int, int]] = []
-
-    def from_model(r: _Extend, parents: list[int], symbols: list[int]) -> None:
-        rows, block_symbols = steps.setdefault(id(r.batch), (r.batch, [], []))[1:]
-        plan.append((0, id(r.batch), len(rows), len(parents)))
-        rows.extend([r.lo + parent for parent in parents])
-        block_symbols.extend(symbols)
-
-    for r in requests:
-        if not any(r.known):  # the usual case: every row from the model, one run
-            from_model(r, r.parents, r.symbols)
-            continue
-        for parent, symbol, node in zip(r.parents, r.symbols, r.known, strict=True):
-            if node is None:
-                from_model(r, [parent], [symbol])
-            elif node._batch is not None:  # one gather for all of a batch's rows, not a slice each
-                states, logprobs = node._batch
-                rows = copies.setdefault(id(logprobs), (states, logprobs, []))[2]
-                plan.append((1, id(logprobs), len(rows), 1))
-                rows.append(node._row)
-            else:
-                plan.append((2, 0, len(singles), 1))
-                singles.append(node)
-    offsets: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
-    blocks: list[tuple[Tensor, State]] = []
-    start = 0
-    if steps:
-        parts, symbols = [], []
-        for key, (batch, rows, syms) in steps.items():
-            index = torch.tensor(rows)
-            parts.append(select_state(batch.state, index))
-            symbols.extend(syms)
-            offsets[0][key], start = start, start + len(rows)
-        state = parts[0] if len(parts) == 1 else stack_states(parts)
-        logits, state = forward(torch.tensor(symbols).unsqueeze(1), state)
-        blocks.append((symbol_logprobs(logits[:, -1]), state))
-    for key, (states, logprobs, rows) in copies.items():
-        index = torch.tensor(rows)
-        blocks.append((logprobs[index], select_state(states, index)))
-        offsets[1][key], start = start, start + len(rows)
-    if singles:
-        blocks.append((torch.stack([n.logprobs for n in singles]), stack_states([n.state for n in singles])))
-        offsets[2][0] = start
-    if len(blocks) == 1:
-        logprobs, state = blocks[0]
-    else:
-        logprobs, state = torch.cat([b[0] for b in blocks]), stack_states([b[1] for b in blocks])
-    order: list[int] = []
-    for kind, key, place, count in plan:
-        first = offsets[kind][key] + place
-        order.extend(range(first, first + count))
-    if order != list(range(len(order))):
-        index = torch.tensor(order)
-        logprobs, state = logprobs[index], select_state(state, index)
-    out = _Batch(logprobs, state)
-    replies, lo = [], 0
-    for r in requests:
-        replies.append((out, lo))
-        lo += len(r.parents)
-    return replies
-
-
-_PHASES = (_Masses, _TopK, _Extend)  # a round's requests, in order
-_SERVE: dict[type, Callable[[Forward, list], list]] = {_Masses: _serve_masses, _TopK: _serve_topk,
-                                                       _Extend: _serve_extend}
-
-
-# ---------------------------------------------------------------------------------- one search
-
-
 class _Beam:
     """The live hypotheses of one step: parallel lists, their tensors rows lo… of `batch`."""
 
     __slots__ = ("batch", "in_word", "lo", "lps", "texts", "words")
 
-    def __init__(self, texts: list[str], lps: list[float], words: list[int], in_word: list[bool],
-                 batch: _Batch, lo: int):
+    def __init__(
+        self, texts: list[str], lps: list[float], words: list[int], in_word: list[bool], batch: Batch, lo: int
+    ) -> None:
         self.texts, self.lps, self.words, self.in_word = texts, lps, words, in_word
         self.batch, self.lo = batch, lo
 
@@ -485,14 +218,14 @@ def beam_steps(
     mode: str,
     k: int,
     settings: SearchSettings,
-    lexicon=None,  # nextchar.completion.lexicon.Lexicon | None
+    lexicon: Lexicon | None = None,
     lexicon_key: str = "",
-    known: dict[str, Node] | None = None,
+    known: Tree | None = None,
     allow_empty: bool = False,
-) -> Generator[Request, Any, tuple[list[Candidate], dict[str, Node]]]:
+) -> Generator[Request, Any, tuple[list[Candidate], Tree]]:
     """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
 
-    A generator of requests (see `drive`): one model step per round, for every live
+    A generator of requests (lockstep.py's `drive`): one model step per round, for every live
     hypothesis at once.
 
     An empty completion (the text is already complete) is returned only with `allow_empty`:
@@ -505,12 +238,12 @@ def beam_steps(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     known = known or {}
-    tree: dict[str, Node] = {}
+    tree: Tree = {}
     width = max(settings.beam_width, k)
     alpha = settings.length_alpha
     in_word0 = bool(context) and not is_boundary(context[-1])
-    beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], _Batch(root.logprobs.unsqueeze(0), root.state), 0)
-    # Without a lexicon the search's score is the final ranking (completion.py): only the k
+    beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], Batch(root.logprobs.unsqueeze(0), root.state), 0)
+    # Without a lexicon the search's score is the final ranking (completer.py): only the k
     # best can ever be shown, so only they are kept.
     finished = _Finished(alpha, top=k if lexicon is None else None)
     finish = finished.add
@@ -518,13 +251,13 @@ def beam_steps(
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
     size = len(table.chars)  # V: a top-k index is row·V + symbol
     for _ in range(max_steps + 1):
-        masses = yield _Masses(beam.batch, beam.lo, beam.hi, table)
+        masses = yield MassesRequest(beam.batch, beam.lo, beam.hi, table.ends)
         if lexicon is not None:
             chosen = _lexicon_step(beam, masses, table, lexicon, lexicon_key, width, finish)
         else:
             kinds = _free_finish(beam, masses, mode, settings, finish, allow_empty)
             allow_empty = False
-            values, indices = yield _TopK(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table)
+            values, indices = yield TopKRequest(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table.masks)
             chosen = []
             for value, index in zip(values, indices, strict=True):
                 if value == -math.inf:
@@ -585,9 +318,14 @@ class _Finished:
         return sorted(self.best.values(), key=lambda c: -c.score)
 
 
-def _free_finish(beam: _Beam, masses: tuple[list[float], list[float], list[float]], mode: str,
-                 settings: SearchSettings, finish: Callable[[str, float, int], None],
-                 allow_empty: bool = False) -> list[int]:
+def _free_finish(
+    beam: _Beam,
+    masses: tuple[list[float], list[float], list[float]],
+    mode: str,
+    settings: SearchSettings,
+    finish: Callable[[str, float, int], None],
+    allow_empty: bool = False,
+) -> list[int]:
     """Finish what may end here; returns how each hypothesis may go on (SymbolTable.ANY …)."""
     line_end, boundary, extend = masses
     if mode == "line":
@@ -620,10 +358,16 @@ def _free_finish(beam: _Beam, masses: tuple[list[float], list[float], list[float
     return kinds
 
 
-def _lexicon_step(beam: _Beam, masses: tuple[list[float], list[float], list[float]], table: SymbolTable,
-                  lexicon, key: str, width: int, finish: Callable[[str, float, int], None],
-                  ) -> list[tuple[int, int, str, float]]:
-    """Lockstep with the trie: finish entries, extend only along the trie's edges."""
+def _lexicon_step(
+    beam: _Beam,
+    masses: tuple[list[float], list[float], list[float]],
+    table: SymbolTable,
+    lexicon: Lexicon,
+    key: str,
+    width: int,
+    finish: Callable[[str, float, int], None],
+) -> list[tuple[int, int, str, float]]:
+    """In step with the trie: finish entries, extend only along the trie's edges."""
     size = len(beam.texts)
     line_end, boundary, _ = masses
     ends = line_end if table.lines else boundary
@@ -633,8 +377,9 @@ def _lexicon_step(beam: _Beam, masses: tuple[list[float], list[float], list[floa
             finish(text, beam.lps[h] + ends[h], len(text) + 1)
     scores = torch.tensor(beam.lps).unsqueeze(1) + beam.logprobs
     scores[:, END] = -math.inf  # the end of an entry is the finish event above
-    values, order = scores.sort(dim=1, descending=True)
-    values, order = values.tolist(), order.tolist()
+    sorted_scores, sorted_symbols = scores.sort(dim=1, descending=True)
+    values: list[list[float]] = sorted_scores.tolist()
+    order: list[list[int]] = sorted_symbols.tolist()
     # Merge the rows' sorted candidates best-first and keep those the trie allows.
     heap = [(-values[h][0], h, 0) for h in range(size)]
     heapq.heapify(heap)
@@ -658,8 +403,9 @@ def _lexicon_step(beam: _Beam, masses: tuple[list[float], list[float], list[floa
     return chosen
 
 
-def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]], known: dict[str, Node],
-            tree: dict[str, Node]) -> Generator[Request, Any, _Beam]:
+def _expand(
+    table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, float]], known: Tree, tree: Tree
+) -> Generator[Request, Any, _Beam]:
     """One model step for all chosen extensions at once (those already known skip it)."""
     texts, lps, words, in_word = [], [], [], []
     boundary = table.boundary  # is_boundary of each symbol, computed once
@@ -669,8 +415,8 @@ def _expand(table: SymbolTable, beam: _Beam, chosen: list[tuple[int, int, str, f
         inside = not (boundary[symbol] if symbol != UNK else is_boundary(ch))
         words.append(beam.words[parent] + (1 if inside and not beam.in_word[parent] else 0))
         in_word.append(inside)
-    nodes = [known.get(t) for t in texts] if known else [None] * len(texts)
-    batch, lo = yield _Extend(beam.batch, beam.lo, [c[0] for c in chosen], [c[1] for c in chosen], nodes)
+    nodes: list[Node | None] = [known.get(t) for t in texts] if known else [None] * len(texts)
+    batch, lo = yield ExtendRequest(beam.batch, beam.lo, [c[0] for c in chosen], [c[1] for c in chosen], nodes)
     for i, (text, node) in enumerate(zip(texts, nodes, strict=True)):
         tree[text] = node if node is not None else Node.row(batch.state, batch.logprobs, lo + i)
     return _Beam(texts, lps, words, in_word, batch, lo)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from nextchar.completion.lexicon import Lexicon
 from nextchar.text import UNK
 
 KINDS = ("substitution", "insertion", "deletion", "transposition")
@@ -67,7 +68,7 @@ def ranked_edits(
     index: dict[str, int],
     per_position: int,
     limit: int | None = None,
-    lexicon=None,  # nextchar.completion.lexicon.Lexicon | None
+    lexicon: Lexicon | None = None,
     key_start: int = 0,
 ) -> list[tuple[float, Edit]]:
     """Candidate edits at positions lo…len(text)−1 (at most `limit`), by local gain, best first.

@@ -173,7 +173,9 @@ def split_validation(text: str, corpus_format: str, val_fraction: float) -> tupl
         return text[:cut], text[cut:]
     lines = split_lines(text)
     if len(lines) < 2:
-        raise UserError("a `lines` corpus needs at least 2 non-empty lines to hold some out for validation; "
-                        "give more lines or --val FILE")
+        raise UserError(
+            "a `lines` corpus needs at least 2 non-empty lines to hold some out for validation; "
+            "give more lines or --val FILE"
+        )
     cut = min(len(lines) - 1, max(1, int((1.0 - val_fraction) * len(lines))))
     return "\n".join(lines[:cut]) + "\n", "\n".join(lines[cut:]) + "\n"

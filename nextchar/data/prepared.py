@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u4")
 
 
-def prepared_meta(corpus_format: str, vocab: Vocabulary, tokens: int, sha256: str, characters: int,
-                  lines: int | None, unknown: int, sources: list[dict]) -> dict:
+def prepared_meta(
+    corpus_format: str,
+    vocab: Vocabulary,
+    tokens: int,
+    sha256: str,
+    characters: int,
+    lines: int | None,
+    unknown: int,
+    sources: list[dict[str, str]],
+) -> dict[str, Any]:
     """The content of prepared.json."""
     return {
         "prepared_version": PREPARED_VERSION,
@@ -69,23 +78,24 @@ def is_prepared(directory: str | Path) -> bool:
     return (Path(directory) / PREPARED_NAME).is_file()
 
 
-def read_prepared_meta(directory: str | Path) -> dict:
+def read_prepared_meta(directory: str | Path) -> dict[str, Any]:
     """prepared.json, checked: every problem is one UserError saying what to do."""
     directory = Path(directory)
     where = directory / PREPARED_NAME
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory; make one with `nextchar prepare`")
     if not where.is_file():
-        raise UserError(f"{directory}: not a prepared directory (no {PREPARED_NAME}); "
-                        "make one with `nextchar prepare`")
+        raise UserError(f"{directory}: not a prepared directory (no {PREPARED_NAME}); make one with `nextchar prepare`")
     try:
-        meta = json.loads(where.read_text(encoding="utf-8"))
+        meta: dict[str, Any] = json.loads(where.read_text(encoding="utf-8"))
         version = meta.get("prepared_version")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise UserError(f"{where}: damaged ({exc}); run `nextchar prepare` again") from None
     if version != PREPARED_VERSION:
-        raise UserError(f"{where}: prepared-data version {version!r} is not supported by this nextchar "
-                        f"(version {PREPARED_VERSION}); run `nextchar prepare` again")
+        raise UserError(
+            f"{where}: prepared-data version {version!r} is not supported by this nextchar "
+            f"(version {PREPARED_VERSION}); run `nextchar prepare` again"
+        )
     try:
         vocab = Vocabulary.from_json(meta["vocabulary"])
         if meta["format"] not in FORMATS:
@@ -105,8 +115,10 @@ def _open_array(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
         raise UserError(f"{path}: missing; run `nextchar prepare` again")
     size, expected = path.stat().st_size, count * dtype.itemsize
     if size != expected:
-        raise UserError(f"{path}: {'truncated' if size < expected else 'too long'} ({size:,} bytes, "
-                        f"{expected:,} expected); run `nextchar prepare` again")
+        raise UserError(
+            f"{path}: {'truncated' if size < expected else 'too long'} ({size:,} bytes, "
+            f"{expected:,} expected); run `nextchar prepare` again"
+        )
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
@@ -117,7 +129,7 @@ class PreparedCorpus:
     """An opened prepared directory: vocabulary, format and memory-mapped arrays."""
 
     path: Path
-    meta: dict
+    meta: dict[str, Any]
     format: str
     vocab: Vocabulary
     tokens: np.ndarray  # read-only memory map
@@ -133,8 +145,7 @@ class PreparedCorpus:
         if meta["format"] == "lines":
             offsets = _open_array(directory / LINES_NAME, np.dtype("<u8"), int(meta["lines"]["count"]) + 1)
             if len(offsets) and int(offsets[-1]) != len(tokens):
-                raise UserError(f"{directory / LINES_NAME}: does not match {TOKENS_NAME}; "
-                                "run `nextchar prepare` again")
+                raise UserError(f"{directory / LINES_NAME}: does not match {TOKENS_NAME}; run `nextchar prepare` again")
         return cls(directory, meta, meta["format"], vocab, tokens, offsets)
 
     @property
@@ -162,7 +173,7 @@ class PreparedCorpus:
                 val = encode_corpus(val_text, self.vocab, "text")
             else:
                 cut = max(int((1.0 - val_fraction) * n), n - max_val_chars)
-                val = torch.cat([torch.tensor([START]), torch.from_numpy(self.tokens[1 + cut:].astype(np.int64))])
+                val = torch.cat([torch.tensor([START]), torch.from_numpy(self.tokens[1 + cut :].astype(np.int64))])
             train_end, train_chars = 1 + cut, cut
         else:
             n = self.n_lines
@@ -171,8 +182,10 @@ class PreparedCorpus:
                 val = encode_corpus(val_text, self.vocab, "lines")
             else:
                 if n < 2:
-                    raise UserError(f"{self.path}: a `lines` corpus needs at least 2 non-empty lines to hold some "
-                                    "out for validation; give more lines or --val FILE")
+                    raise UserError(
+                        f"{self.path}: a `lines` corpus needs at least 2 non-empty lines to hold some "
+                        "out for validation; give more lines or --val FILE"
+                    )
                 assert self.offsets is not None
                 cut = min(n - 1, max(1, int((1.0 - val_fraction) * n)))
                 # Move the cut later until the tail has at most max_val_chars symbols (chars + <end>).
@@ -196,10 +209,12 @@ def vocabulary_mapping(source: Vocabulary, target: Vocabulary, where: Path) -> T
     if source == target:
         return None
     if source.alphabet != target.alphabet:
-        raise UserError(f"{where}: prepared with the {source.alphabet} alphabet, the model uses the "
-                        f"{target.alphabet} alphabet; prepare the corpus again with --vocab-from MODEL")
+        raise UserError(
+            f"{where}: prepared with the {source.alphabet} alphabet, the model uses the "
+            f"{target.alphabet} alphabet; prepare the corpus again with --vocab-from MODEL"
+        )
     mapping = torch.arange(len(source))
-    mapping[len(source) - len(source.chars):] = torch.tensor(target.encode("".join(source.chars)), dtype=torch.long)
+    mapping[len(source) - len(source.chars) :] = torch.tensor(target.encode("".join(source.chars)), dtype=torch.long)
     return mapping
 
 
@@ -232,8 +247,9 @@ class PreparedSplit:
     digest: str
     train_characters: int
 
-    def batches(self, batch_size: int, seq_len: int, max_line_len: int, seed: int,
-                rank: int = 0, world: int = 1) -> MemmapStreamBatches | MemmapLineBatches:
+    def batches(
+        self, batch_size: int, seq_len: int, max_line_len: int, seed: int, rank: int = 0, world: int = 1
+    ) -> MemmapStreamBatches | MemmapLineBatches:
         """This process's rows of every global batch (all rows when world = 1)."""
         if self.corpus.format == "text":
             return MemmapStreamBatches(self.corpus.tokens[: self.train_end], batch_size, seq_len, rank, world)
@@ -266,8 +282,16 @@ class MemmapStreamBatches(StreamBatches):
 class MemmapLineBatches:
     """LineBatches over a memory map: random lines each step, reading only this rank's lines."""
 
-    def __init__(self, corpus: PreparedCorpus, n_lines: int, batch_size: int, max_len: int, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        corpus: PreparedCorpus,
+        n_lines: int,
+        batch_size: int,
+        max_len: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if n_lines < 1:
             raise UserError("the training corpus has no non-empty lines")
         self.corpus, self.n_lines = corpus, n_lines

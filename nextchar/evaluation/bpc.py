@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,11 +35,17 @@ class EvalResult:
     top5: float
     chars: int  # number of predicted positions
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class _Tally:
+class Tally:
+    """Running totals of −ln p, top-1 and top-5 hits over the scored positions (IGNORE skipped).
+
+    Every evaluation adds its logits batch by batch (`add`) and reads the figures once (`result`);
+    dynamic evaluation (nextchar.evaluation.dynamic) tallies its adapted scores the same way.
+    """
+
     def __init__(self) -> None:
         self.nats = 0.0
         self.top1 = 0
@@ -54,8 +61,8 @@ class _Tally:
         logits, y = logits[keep], y[keep]
         self.nats += F.cross_entropy(logits, y, reduction="sum").item()
         best = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        self.top1 += (best[:, 0] == y).sum().item()
-        self.top5 += (best == y[:, None]).any(dim=-1).sum().item()
+        self.top1 += int((best[:, 0] == y).sum().item())
+        self.top5 += int((best == y[:, None]).any(dim=-1).sum().item())
         self.count += len(y)
 
     def result(self) -> EvalResult:
@@ -73,8 +80,9 @@ def _gather(data: Tensor | np.ndarray, positions: Tensor, mapping: Tensor | None
 
 
 @torch.no_grad()
-def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int = 16, chunk: int = 512,
-                    mapping: Tensor | None = None) -> EvalResult:
+def evaluate_stream(
+    model: CharModel, data: Tensor | np.ndarray, n_streams: int = 16, chunk: int = 512, mapping: Tensor | None = None
+) -> EvalResult:
     """BPC of a `text` stream (indices starting with <start>), state carried throughout.
 
     The layout is `nextchar.data.batches.stream_eval_layout`'s, read `chunk` columns at a time;
@@ -87,7 +95,7 @@ def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int 
     n_streams, length = stream_eval_shape(n_targets, n_streams)
     first = torch.arange(n_streams)[:, None] * length  # stream i predicts targets [i·L, (i+1)·L)
     state = model.initial_state(n_streams, device)
-    tally = _Tally()
+    tally = Tally()
     for lo in range(0, length, chunk):
         positions = first + torch.arange(lo, min(lo + chunk, length))
         inside = positions < n_targets  # the last stream's tail is padding
@@ -101,8 +109,9 @@ def evaluate_stream(model: CharModel, data: Tensor | np.ndarray, n_streams: int 
 
 
 @torch.no_grad()
-def evaluate_lines(model: CharModel, lines: Sequence[Tensor], batch_size: int = 128,
-                   lengths: Sequence[int] | None = None) -> EvalResult:
+def evaluate_lines(
+    model: CharModel, lines: Sequence[Tensor], batch_size: int = 128, lengths: Sequence[int] | None = None
+) -> EvalResult:
     """BPC of a `lines` corpus: every line framed "^"+line → line+<end>, each from s_0.
 
     `lengths` (the lines' lengths, when they are known without reading the lines) saves a pass.
@@ -110,7 +119,7 @@ def evaluate_lines(model: CharModel, lines: Sequence[Tensor], batch_size: int = 
     was_training = model.training
     model.eval()
     device = model.device
-    tally = _Tally()
+    tally = Tally()
     sizes = lengths if lengths is not None else [len(line) for line in lines]
     order = sorted(range(len(lines)), key=lambda i: sizes[i])  # similar lengths, less padding
     for start in range(0, len(order), batch_size):

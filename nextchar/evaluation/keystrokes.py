@@ -8,7 +8,7 @@ Targets and prediction points (n = len(line), cursor p = characters typed, 1 ≤
 
     line    the target is the whole line; every p is a prediction point; prefix length = p.
     word    the target is the word the cursor is in: p is a prediction point when the last
-            typed character is inside a word (not a boundary, see beam.is_boundary) and the
+            typed character is inside a word (not a boundary, see search.is_boundary) and the
             word goes on after p; the target is line[:end of that word]; prefix length =
             characters of that word typed.
     phrase  as word, but the target runs to the end of the `max_words`-th word counting the
@@ -34,6 +34,10 @@ Baselines, measured the same way:
              (line mode), of their words (word mode) or of their `max_words`-word phrases
              starting at each word (phrase mode); it can only complete what it has seen.
     window   the lecture's window model (any checkpoint, through the same Completer).
+
+And the model learning as it is used (`PersonalPredictor`, eval-complete --adapt): a person's
+own completer (nextchar.completion.personal) learns each line once it has been typed, so the
+suggestions for a line come from what was learned on the lines before it.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
-from nextchar.completion.completer import Completer, check_k, check_mode
+from nextchar.completion.completer import Completer
+from nextchar.completion.config import check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
+from nextchar.completion.personal import PersonalCompleter
 from nextchar.completion.search import is_boundary, word_start
 from nextchar.errors import UserError
 
@@ -68,13 +75,14 @@ class CompleteEvalResult:
     keystrokes: int
     prediction_points: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def word_spans(line: str) -> list[tuple[int, int]]:
     """(start, end) of each word: maximal runs of non-boundary characters."""
-    spans, start = [], None
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
     for i, ch in enumerate(line):
         if is_boundary(ch):
             if start is not None:
@@ -114,7 +122,7 @@ class Predictor:
         raise NotImplementedError
 
     def finish(self, line: str) -> None:
-        """The line is done (untimed): an adapting predictor learns from it (nextchar.completion.personal)."""
+        """The line is done (untimed): an adapting predictor learns from it (`PersonalPredictor`)."""
 
 
 class CompleterPredictor(Predictor):
@@ -130,6 +138,40 @@ class CompleterPredictor(Predictor):
     def keystroke(self, ch: str, typed: str) -> list[str]:
         self.session.type(ch)
         return [s.text for s in self.session.suggest(self.k, self.mode, self.typos)]
+
+
+class PersonalPredictor(CompleterPredictor):
+    """eval-complete's typist for a person whose completer learns each line once it is typed.
+
+    Suggestions for a line come from weights learned on the lines before it only; learning
+    happens in `finish`, untimed by the keystroke latency (as a service would learn after
+    answering), and is timed here instead.
+    """
+
+    def __init__(self, person: PersonalCompleter, mode: str, k: int, name: str = "model, adapted", typos: bool = False):
+        super().__init__(person.completer, mode, k, name=name, typos=typos)
+        self.person = person
+        self.learn_seconds: list[float] = []
+        self.learned_chars = 0
+        self.rollbacks = 0
+
+    def finish(self, line: str) -> None:
+        report = self.person.learn(line + "\n")
+        self.learn_seconds.append(report.seconds)
+        self.learned_chars += report.chars
+        self.rollbacks += report.rolled_back
+
+    def cost(self) -> dict[str, float]:
+        """Learning time per line (one step each, p50/p99 in ms) and per character (µs)."""
+        times = sorted(self.learn_seconds) or [0.0]
+        return {
+            "lines": len(self.learn_seconds),
+            "chars": self.learned_chars,
+            "ms_per_line_p50": 1e3 * times[len(times) // 2],
+            "ms_per_line_p99": 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))],
+            "us_per_char": 1e6 * sum(times) / max(self.learned_chars, 1),
+            "rollbacks": self.rollbacks,
+        }
 
 
 class TriePredictor(Predictor):
@@ -160,8 +202,9 @@ class TriePredictor(Predictor):
         return [typed[:start] + entry for entry, _ in found if entry != fragment][: self.k]
 
 
-def evaluate_completion(lines: list[str], predictor: Predictor, mode: str, k: int, max_words: int = 3,
-                        progress: bool = False) -> CompleteEvalResult:
+def evaluate_completion(
+    lines: list[str], predictor: Predictor, mode: str, k: int, max_words: int = 3, progress: bool = False
+) -> CompleteEvalResult:
     """Simulate typing `lines` with `predictor`'s suggestions (see the module docstring)."""
     k, mode = check_k(k), check_mode(mode)
     lines = [line for line in lines if line]
@@ -207,14 +250,23 @@ def evaluate_completion(lines: list[str], predictor: Predictor, mode: str, k: in
             cursor = line_points[cursor][0] if ranks.get(cursor) else cursor + 1
     ms = np.array(latencies or [0.0]) * 1000.0
     return CompleteEvalResult(
-        name=predictor.name, mode=mode, k=k,
+        name=predictor.name,
+        mode=mode,
+        k=k,
         ksr=1.0 - keystrokes / chars,
         mrr=reciprocal / points if points else 0.0,
         success_at_1={str(ell): (v[1] / v[0] if v[0] else 0.0) for ell, v in at.items()},
         success_at_k={str(ell): (v[2] / v[0] if v[0] else 0.0) for ell, v in at.items()},
-        latency_ms={"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-                    "p99": float(np.percentile(ms, 99))},
-        targets=targets, lines=len(lines), chars=chars, keystrokes=keystrokes, prediction_points=points,
+        latency_ms={
+            "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)),
+        },
+        targets=targets,
+        lines=len(lines),
+        chars=chars,
+        keystrokes=keystrokes,
+        prediction_points=points,
     )
 
 
@@ -223,20 +275,31 @@ def format_table(results: list[CompleteEvalResult]) -> str:
     if not results:
         return ""
     k = results[0].k
-    head = (f"{'system':<22} {'KSR':>6} {'MRR':>6}  {'s@1 by prefix length 1-5':<26}  "
-            f"{f's@{k} by prefix length 1-5':<26}  {'p50 ms':>6} {'p95 ms':>6} {'p99 ms':>6}")
+    head = (
+        f"{'system':<22} {'KSR':>6} {'MRR':>6}  {'s@1 by prefix length 1-5':<26}  "
+        f"{f's@{k} by prefix length 1-5':<26}  {'p50 ms':>6} {'p95 ms':>6} {'p99 ms':>6}"
+    )
     rows = [head]
     for r in results:
         s1 = " ".join(f"{r.success_at_1[str(ell)]:.2f}" for ell in PREFIX_LENGTHS)
         sk = " ".join(f"{r.success_at_k[str(ell)]:.2f}" for ell in PREFIX_LENGTHS)
         lat = r.latency_ms
-        rows.append(f"{r.name[:22]:<22} {r.ksr:6.3f} {r.mrr:6.3f}  {s1:<26}  {sk:<26}  "
-                    f"{lat['p50']:6.2f} {lat['p95']:6.2f} {lat['p99']:6.2f}")
+        rows.append(
+            f"{r.name[:22]:<22} {r.ksr:6.3f} {r.mrr:6.3f}  {s1:<26}  {sk:<26}  "
+            f"{lat['p50']:6.2f} {lat['p95']:6.2f} {lat['p99']:6.2f}"
+        )
     return "\n".join(rows)
 
 
-def typing_latency(completer: Completer, text: str, lengths: Iterable[int], keystrokes: int = 20, k: int = 5,
-                   mode: str = "line", clock: Callable[[], float] = time.perf_counter) -> dict[int, dict[str, float]]:
+def typing_latency(
+    completer: Completer,
+    text: str,
+    lengths: Iterable[int],
+    keystrokes: int = 20,
+    k: int = 5,
+    mode: str = "line",
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[int, dict[str, float]]:
     """Per-keystroke latency (ms) after `length` characters are already typed, for each length.
 
     For each length L: a session is set to text[:L] (untimed), then the next `keystrokes`
@@ -257,6 +320,9 @@ def typing_latency(completer: Completer, text: str, lengths: Iterable[int], keys
             session.suggest(k, mode)
             times.append((clock() - started) * 1000.0)
         arr = np.array(times)
-        out[length] = {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-                       "max": float(arr.max())}
+        out[length] = {
+            "p50": float(np.percentile(arr, 50)),
+            "p99": float(np.percentile(arr, 99)),
+            "max": float(arr.max()),
+        }
     return out

@@ -11,7 +11,8 @@ Read in this order (each file opens with the part of the lecture it implements):
                       three-line worked example                               (section 5)
     convert.py        to and from nextchar's PyTorch `rnn` model and checkpoints; a `window`
                       checkpoint as the fixed-weight RNN (torch imported only when called)
-    cli.py            `nextchar lecture …`
+
+`nextchar lecture …` runs these steps from the command line (nextchar/cli/lecture.py).
 
 This package needs NumPy only; nothing here imports torch until a conversion is asked for.
 """

@@ -50,11 +50,15 @@ def is_restart() -> bool:
 
 def restart_caveat() -> str | None:
     """Why torchrun's restarts would fail here, if they would (checked on torch 2.13)."""
-    if (int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
-            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
-        return ("torchrun shares its rendezvous store with these processes, so after a failure the restarted "
-                "ones can read stale addresses and fail to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-                "for torchrun to make --max-restarts work (pytorch/pytorch#135712)")
+    if (
+        int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+        and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    ):
+        return (
+            "torchrun shares its rendezvous store with these processes, so after a failure the restarted "
+            "ones can read stale addresses and fail to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+            "for torchrun to make --max-restarts work (pytorch/pytorch#135712)"
+        )
     return None
 
 
@@ -74,8 +78,10 @@ def resolve_device(name: str) -> torch.device:
             raise UserError("--device cuda: this PyTorch sees no CUDA GPU; use --device cpu (or auto)")
         local = env_local_rank()
         if local >= torch.cuda.device_count():
-            raise UserError(f"local rank {local} has no GPU of its own ({torch.cuda.device_count()} on this "
-                            "machine); start at most that many processes per node")
+            raise UserError(
+                f"local rank {local} has no GPU of its own ({torch.cuda.device_count()} on this "
+                "machine); start at most that many processes per node"
+            )
         return torch.device("cuda", local)
     if name == "mps":
         if not torch.backends.mps.is_available():
@@ -208,8 +214,10 @@ def stop_on_ctrl_c(request: StopRequest) -> Iterator[StopRequest]:
 
 def is_communication_error(exc: BaseException) -> bool:
     """A collective failed: another rank died or the network went away."""
-    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
-        word in str(exc) for word in ("Connection closed by peer", "Connection reset", "gloo", "NCCL")))
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError)
+        and any(word in str(exc) for word in ("Connection closed by peer", "Connection reset", "gloo", "NCCL"))
+    )
 
 
 def describe(exc: BaseException) -> str:

@@ -1,14 +1,18 @@
-"""The `nextchar` command end to end: every command, bad inputs, unknown characters (cli.py, sampling.py)."""
+"""The `nextchar` command end to end: every command, bad inputs, unknown characters, missing extras
+(nextchar/cli/, sampling.py), and the one place the version is written."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 
+import nextchar
 from nextchar.checkpoint import load_checkpoint, read_bundle
 from nextchar.cli.main import main
 from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
@@ -16,8 +20,29 @@ from nextchar.text import END, START, UNK
 from tests.helpers import NAMES, PROSE
 
 # A tiny, exact, quick run: every `train` call in these tests adds these flags.
-TINY = ["--kind", "gru", "--hidden", "16", "--layers", "1", "--embedding", "8", "--batch-size", "4",
-        "--seq-len", "16", "--steps", "3", "--warmup", "1", "--precision", "fp32", "--device", "cpu", "--quiet"]
+TINY = [
+    "--kind",
+    "gru",
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embedding",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 UNSEEN = "日本語のテキスト 😀🎉 ∑"  # never in any training corpus here
 
@@ -73,8 +98,7 @@ def test_encoding_errors_replace_goes_on(capsys, tmp_path, write_file):
     corpus = write_file("latin1.txt", "Café crème.\n".encode("latin-1") + PROSE.encode())
     code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "strict"), *TINY)
     assert_one_line_error(code, err, "--encoding-errors replace")
-    code, _, _ = run(capsys, "train", str(corpus), "--out", str(tmp_path / "m"), "--encoding-errors", "replace",
-                     *TINY)
+    code, _, _ = run(capsys, "train", str(corpus), "--out", str(tmp_path / "m"), "--encoding-errors", "replace", *TINY)
     assert code == 0
     assert "\ufffd" in load_checkpoint(tmp_path / "m").vocab.chars
     # eval applies the same rule to its corpus.
@@ -113,12 +137,14 @@ def test_train_eval_sample_predict_end_to_end(capsys, tmp_path, write_file):
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir))
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["bpc", "top1", "top5", "chars"]
 
-    code, out, _ = run(capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3",
-                       "-n", "2")
+    code, out, _ = run(
+        capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3", "-n", "2"
+    )
     assert code == 0
     assert out.startswith("It was") and out.count("It was") >= 2 and out.endswith("\n")
-    code, again, _ = run(capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3",
-                         "-n", "2")
+    code, again, _ = run(
+        capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3", "-n", "2"
+    )
     assert again == out  # a seed makes samples repeatable
 
     code, out, _ = run(capsys, "predict", "It was the", "-m", str(out_dir), "-k", "4")
@@ -175,8 +201,13 @@ def test_top_level_help_version_and_no_command(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["train", "--steps", "0"], ["predict", "x", "-k", "zero"], ["sample", "--temperature", "-1"], ["frobnicate"],
-     ["eval"]],
+    [
+        ["train", "--steps", "0"],
+        ["predict", "x", "-k", "zero"],
+        ["sample", "--temperature", "-1"],
+        ["frobnicate"],
+        ["eval"],
+    ],
 )
 def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as info:
@@ -187,11 +218,56 @@ def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
 
 
 def test_python_dash_m_nextchar_help():
-    result = subprocess.run([sys.executable, "-m", "nextchar", "--help"], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "nextchar", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: nextchar")
     assert "predict" in result.stdout and result.stderr == ""
+
+
+def run_without(modules: list[str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`nextchar ARGV` in a fresh interpreter in which importing any of `modules` fails for real
+    (a None in sys.modules makes `import` raise ImportError), as when an extra is not installed."""
+    code = (
+        f"import sys\nfor name in {modules!r}: sys.modules[name] = None\n"
+        f"from nextchar.cli.main import main\nraise SystemExit(main({argv!r}))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "missing", "extra"),
+    [
+        (["serve"], "fastapi", "serve"),
+        (["serve", "--port", "0"], "uvicorn", "serve"),
+        (["serve"], "prometheus_client", "serve"),
+        (["type"], "prompt_toolkit", "type"),
+    ],
+)
+def test_a_command_whose_extra_is_missing_says_which_to_install(argv, missing, extra):
+    result = run_without([missing], argv)
+    assert result.returncode == 2
+    assert result.stderr == f"nextchar {argv[0]}: needs the [{extra}] extra: pip install 'nextchar[{extra}]'\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_the_core_builds_every_parser_without_the_extras():
+    result = run_without(["fastapi", "uvicorn", "prometheus_client", "prompt_toolkit"], ["--help"])
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout and "type" in result.stdout and result.stderr == ""
+
+
+def test_the_version_is_written_once_in_the_package(capsys):
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "nextchar.__version__"}
+    assert nextchar.__version__.count(".") == 2
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"nextchar {nextchar.__version__}\n"
 
 
 def test_runtime_user_errors_of_sample_and_predict(capsys, text_model_dir):
@@ -239,8 +315,11 @@ def test_sample_and_predict_reject_bad_arguments(text_model_dir):
     from nextchar.errors import UserError
 
     ckpt = load_checkpoint(text_model_dir)
-    for kwargs, message in [({"temperature": 0.0}, "--temperature"), ({"top_k": 0}, "--top-k"),
-                            ({"length": -1}, "--length")]:
+    for kwargs, message in [
+        ({"temperature": 0.0}, "--temperature"),
+        ({"top_k": 0}, "--top-k"),
+        ({"length": -1}, "--length"),
+    ]:
         with pytest.raises(UserError, match=message):
             sample(ckpt, "x", **kwargs)
     with pytest.raises(UserError, match="-k must be at least 1"):
@@ -251,8 +330,10 @@ def test_sample_and_predict_reject_bad_arguments(text_model_dir):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--ema", "1"], "--ema must be in [0, 1), not 1.0"),
-     (["--min-lr-ratio", "-0.5"], "--min-lr-ratio must be in [0, 1], not -0.5")],
+    [
+        (["--ema", "1"], "--ema must be in [0, 1), not 1.0"),
+        (["--min-lr-ratio", "-0.5"], "--min-lr-ratio must be in [0, 1], not -0.5"),
+    ],
 )
 def test_train_refuses_bad_schedule_settings(capsys, tmp_path, flags, message):
     code, _, err = run(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "1", *flags)

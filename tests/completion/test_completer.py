@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.completion.completer import K_MAX, Completer, Suggestion, _safe_start
+from nextchar.completion.completer import Completer, Suggestion
+from nextchar.completion.config import DEFAULTS, K_MAX, CompleterConfig, ConfigOverrides
 from nextchar.completion.search import is_boundary, is_extender, is_regional_indicator, needs_continuation
+from nextchar.completion.session import safe_start
 from nextchar.errors import UserError
 from nextchar.models import KINDS
 from nextchar.text import END, START
@@ -50,6 +52,7 @@ def reference_logprob(ckpt: Checkpoint, text: str, completion: str) -> tuple[flo
 
 # ---------------------------------------------------------------------------------- scores and modes
 
+
 @pytest.mark.parametrize("text", ["", "e", "em", "isab"])
 def test_line_suggestions_are_ranked_and_scored_exactly(lines_ckpt: Checkpoint, text: str) -> None:
     completer = Completer(lines_ckpt, reuse=False)
@@ -68,8 +71,9 @@ def test_line_suggestions_are_ranked_and_scored_exactly(lines_ckpt: Checkpoint, 
 def test_beam_finds_the_most_probable_short_lines(tmp_path: Path) -> None:
     """With a wide beam and α = 0, the top suggestion beats every other line the model can end
     (checked exhaustively over all completions of up to 3 characters)."""
-    train("ab\nabc\nabd\nb\n" * 5, "ab\n", tmp_path, train_config(steps=60), model_config("gru"), "lines",
-          progress=False)
+    train(
+        "ab\nabc\nabd\nb\n" * 5, "ab\n", tmp_path, train_config(steps=60), model_config("gru"), "lines", progress=False
+    )
     ckpt = load_checkpoint(tmp_path)
     completer = Completer(ckpt, beam_width=64, max_chars=3)
     best = completer.suggest("a", k=1)[0]
@@ -101,7 +105,7 @@ def test_line_and_phrase_modes_of_a_text_model(text_ckpt: Checkpoint) -> None:
     for s in completer.suggest("it was the ", k=5, mode="line"):
         assert "\n" not in s.completion and len(s.completion) <= 30
     for s in completer.suggest("it was the ag", k=5, mode="phrase"):
-        words = [w for w in "".join(" " if is_boundary(c) else c for c in s.text[len("it was the "):]).split()]
+        words = [w for w in "".join(" " if is_boundary(c) else c for c in s.text[len("it was the ") :]).split()]
         assert len(words) <= 2, s  # the word being typed counts as the first
 
 
@@ -127,6 +131,7 @@ def test_next_chars_is_the_models_distribution(lines_ckpt: Checkpoint) -> None:
 
 
 # ---------------------------------------------------------------------------------- the session
+
 
 def test_session_matches_stateless_suggestions(lines_ckpt: Checkpoint) -> None:
     session = Completer(lines_ckpt).session()
@@ -202,14 +207,15 @@ def test_a_long_paste_keeps_few_states_and_backspace_is_exact(text_ckpt: Checkpo
     session = completer.session()
     text = PROSE * 3
     session.type(text)
-    assert len(session._stack) < 120  # sparse: one state per chunk, dense only at the end
+    assert session.stack_size < 120  # sparse: one state per chunk, dense only at the end
     session.backspace(100)  # into the sparse stretch: re-reads the gap only
     assert session.text == text[:-100]
     _, want = reference_logprob(text_ckpt, text[:-100], "")
-    assert torch.allclose(session._stack[-1].node.logprobs, want, atol=1e-4)
+    assert torch.allclose(session.current_state()[1], want, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- bad input
+
 
 @pytest.mark.parametrize("k", [0, -3])
 def test_k_must_be_positive(lines_ckpt: Checkpoint, k: int) -> None:
@@ -233,11 +239,30 @@ def test_bad_arguments_are_user_errors(lines_ckpt: Checkpoint, bad: dict) -> Non
         Completer(lines_ckpt).suggest("a", **{"k": 5, **bad})
 
 
-@pytest.mark.parametrize("setting", [{"beam_width": 0}, {"max_chars": -1}, {"length_alpha": math.nan},
-                                     {"typo_penalty": -1.0}, {"max_context": 0}])
+@pytest.mark.parametrize(
+    "setting",
+    [{"beam_width": 0}, {"max_chars": -1}, {"length_alpha": math.nan}, {"typo_penalty": -1.0}, {"max_context": 0}],
+)
 def test_bad_settings_are_user_errors(lines_ckpt: Checkpoint, setting: dict) -> None:
     with pytest.raises(UserError):
         Completer(lines_ckpt, **setting)
+
+
+def test_keyword_settings_override_the_config(lines_ckpt: Checkpoint) -> None:
+    from typing import get_type_hints
+
+    assert get_type_hints(ConfigOverrides) == get_type_hints(CompleterConfig)  # the same names and types
+    assert Completer(lines_ckpt).config == DEFAULTS
+    assert Completer(lines_ckpt, beam_width=16).config == CompleterConfig(beam_width=16)
+    given = CompleterConfig(max_chars=20, beam_width=4)
+    assert Completer(lines_ckpt, config=given).config is given
+    both = Completer(lines_ckpt, config=given, beam_width=6)
+    assert both.config == CompleterConfig(max_chars=20, beam_width=6) and given.beam_width == 4
+    assert both.settings.beam_width == 6 and both.settings.max_chars == 20
+    both.cache_size = 3  # the service sizes the cache to its memory budget
+    assert both.cache_size == both.config.cache_size == both.states.capacity == 3
+    with pytest.raises(TypeError):
+        Completer(lines_ckpt, beam=3)  # type: ignore[call-arg]
 
 
 def test_text_made_only_of_unknown_characters(lines_ckpt: Checkpoint) -> None:
@@ -264,7 +289,7 @@ def test_a_million_characters_take_bounded_time(text_ckpt: Checkpoint) -> None:
     session.suggest(3, "word")
     assert time.perf_counter() - started < 20
     assert found and all(s.text.startswith(huge) for s in found)
-    assert len(session._stack) <= 512 + 2
+    assert session.stack_size <= 512 + 2
 
 
 # ---------------------------------------------------------------------------------- any script
@@ -281,8 +306,15 @@ SCRIPTS = (
 @pytest.fixture(scope="module")
 def scripts_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
     out = tmp_path_factory.mktemp("scripts")
-    train(SCRIPTS, SCRIPTS[:200], out, train_config(steps=40), model_config("gru", hidden_size=48), "lines",
-          progress=False)
+    train(
+        SCRIPTS,
+        SCRIPTS[:200],
+        out,
+        train_config(steps=40),
+        model_config("gru", hidden_size=48),
+        "lines",
+        progress=False,
+    )
     return load_checkpoint(out)
 
 
@@ -322,8 +354,9 @@ def test_input_is_nfc_normalised(scripts_ckpt: Checkpoint) -> None:
 
 @pytest.mark.parametrize("alphabet", ["corpus", "lecture"])
 def test_incremental_preparation_matches_whole_text(tmp_path: Path, alphabet: str) -> None:
-    train(PROSE, PROSE[-100:], tmp_path, train_config(steps=2), model_config("window"), "text", alphabet,
-          progress=False)
+    train(
+        PROSE, PROSE[-100:], tmp_path, train_config(steps=2), model_config("window"), "text", alphabet, progress=False
+    )
     completer = Completer(load_checkpoint(tmp_path))
     session = completer.session()
     pieces = ["The ", "  Cafe", "\u0301", " NAÏVE", "\n", "  x", "ß", "\u0323", "e\u0323\u0302", "  ", "Ab"]
@@ -335,7 +368,7 @@ def test_incremental_preparation_matches_whole_text(tmp_path: Path, alphabet: st
         session.type(piece[-1:])
     session.set_text("Zz " + session.text)
     assert session.prepared == completer.prepare(session.text)
-    assert _safe_start("ab", 1, lecture=False) == 0
+    assert safe_start("ab", 1, lecture=False) == 0
 
 
 def test_custom_checkpoint_kinds_all_complete(lines_ckpt: Checkpoint) -> None:
@@ -347,6 +380,7 @@ def test_custom_checkpoint_kinds_all_complete(lines_ckpt: Checkpoint) -> None:
 
 
 # ---------------------------------------------------------------------------------- fixed distributions
+
 
 class Uniform(torch.nn.Module):
     """A stand-in model whose next-symbol distribution is fixed (the shared model interface)."""
@@ -420,6 +454,6 @@ def test_cache_stats_clear_cache_and_with_model(lines_ckpt: Checkpoint) -> None:
         for p, q in zip(model.parameters(), other.parameters(), strict=True):
             p.copy_(q)
     completer.clear_cache()
-    assert len(completer._nodes) == 0
+    assert len(completer.states) == 0
     assert [s.text for s in session.suggest(3)] == [s.text for s in plain.suggest("em", 3)]
     assert session.text == "em"

@@ -40,6 +40,7 @@ def entry_logprob(ckpt: Checkpoint, entry: str) -> float:
 
 # ---------------------------------------------------------------------------------- loading
 
+
 def test_load_weights_duplicates_and_blank_lines(write_file: Callable[..., Path]) -> None:
     path = write_file("lex.txt", "new york\t8\n\n   \nnew orleans\t3.5\nnewcastle\nnew york\t2\n\ufeffx\n")
     lexicon = Lexicon.load(path)
@@ -63,17 +64,20 @@ def test_entries_are_nfc(write_file: Callable[..., Path]) -> None:
     assert "café" in lexicon
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"good\nbad\tmany\n", r"lex.txt:2: bad weight 'many'"),
-    (b"good\t1\nbad\t-2\n", r"lex.txt:2: bad weight '-2'"),
-    (b"good\t1\n\nbad\t0\n", r"lex.txt:3: bad weight '0'"),
-    (b"a\t1\nbad\tinf\n", r"lex.txt:2: bad weight 'inf'"),
-    (b"a\t1\nbad\tnan\n", r"lex.txt:2: bad weight 'nan'"),
-    (b"ok\n\t5\n", r"lex.txt:2: a weight without an entry"),
-    (b"ok\nfine\n\xff\xfe broken\n", r"lex.txt:3: invalid UTF-8"),
-    (b"ok\nnul\x00\n", r"lex.txt:2: NUL byte"),
-    (b"\n\n   \n", r"no entries"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"good\nbad\tmany\n", r"lex.txt:2: bad weight 'many'"),
+        (b"good\t1\nbad\t-2\n", r"lex.txt:2: bad weight '-2'"),
+        (b"good\t1\n\nbad\t0\n", r"lex.txt:3: bad weight '0'"),
+        (b"a\t1\nbad\tinf\n", r"lex.txt:2: bad weight 'inf'"),
+        (b"a\t1\nbad\tnan\n", r"lex.txt:2: bad weight 'nan'"),
+        (b"ok\n\t5\n", r"lex.txt:2: a weight without an entry"),
+        (b"ok\nfine\n\xff\xfe broken\n", r"lex.txt:3: invalid UTF-8"),
+        (b"ok\nnul\x00\n", r"lex.txt:2: NUL byte"),
+        (b"\n\n   \n", r"no entries"),
+    ],
+)
 def test_bad_lexicons_name_the_line(write_file: Callable[..., Path], content: bytes, message: str) -> None:
     with pytest.raises(UserError, match=message):
         Lexicon.load(write_file("lex.txt", content))
@@ -100,6 +104,7 @@ def test_a_million_entries_load_in_seconds(tmp_path: Path, names_ckpt: Checkpoin
 
 
 # ---------------------------------------------------------------------------------- the walk
+
 
 def test_suggestions_are_entries_ranked_by_the_model(names_ckpt: Checkpoint) -> None:
     entries = ["emma", "emily", "emilia", "evelyn", "mia", "amelia", "em"]

@@ -1,4 +1,4 @@
-"""Concurrent searches sharing model calls (beam.drive_together, Completer.suggest_many), bf16
+"""Concurrent searches sharing model calls (lockstep.drive_together, Completer.suggest_many), bf16
 serving weights, and the service batching the requests that queue up together."""
 
 from __future__ import annotations
@@ -14,15 +14,23 @@ import torch
 
 from nextchar import stepper
 from nextchar.checkpoint import Checkpoint, load_checkpoint
-from nextchar.cli import options as argtypes
+from nextchar.completion import config
 from nextchar.completion.completer import Completer
 from nextchar.errors import UserError
-from nextchar.service.app import ServiceSettings, build_engine, create_app
+from nextchar.service.app import create_app
+from nextchar.service.engine import build_engine
+from nextchar.service.settings import ServiceSettings
 from nextchar.stepper import auto_precision
 from tests.helpers import CallCounter, train_on_prose
 
-QUERIES = [("", 3, "line", False), ("it", 5, "phrase", False), ("it was the", 4, "word", False),
-           ("the sea", 2, "line", True), ("wors", 5, "phrase", True), ("It was", 1, "phrase", False)]
+QUERIES = [
+    ("", 3, "line", False),
+    ("it", 5, "phrase", False),
+    ("it was the", 4, "word", False),
+    ("the sea", 2, "line", True),
+    ("wors", 5, "phrase", True),
+    ("It was", 1, "phrase", False),
+]
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])
@@ -119,7 +127,16 @@ def test_low_precision_steps_serve_nearly_the_same_suggestions(prose_ckpt: Check
 
 
 def test_the_commands_offer_the_steppers_precisions() -> None:
-    assert argtypes.PRECISIONS == stepper.PRECISIONS
+    import argparse
+
+    from nextchar.cli.main import build_parser
+
+    assert config.PRECISIONS == stepper.PRECISIONS
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("complete", "type", "eval-complete", "serve"):
+        precision = next(a for a in commands[name]._actions if "--precision" in a.option_strings)
+        assert tuple(precision.choices or ()) == stepper.PRECISIONS
+        assert precision.default == config.SERVING_PRECISION
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +196,10 @@ def test_concurrent_http_requests_each_get_their_own_answer(prose_dir: Path) -> 
 
     async def fire() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
-                                                                       base_url="http://t") as client:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
             return await asyncio.gather(*(client.get("/suggest", params={"q": q, "k": 3}) for q in PREFIXES))
 
     for q, response in zip(PREFIXES, asyncio.run(fire()), strict=True):

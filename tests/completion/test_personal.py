@@ -42,8 +42,9 @@ def base(lines_model_dir) -> Completer:
 def test_personal_view_owns_only_its_weights(kind, params):
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind=kind, vocab_size=12, hidden_size=8, embedding_size=4, context=3)).eval()
-    names = [n for n, _ in model.named_parameters()
-             if params == "all" or n in ("W_o", "W0_o", "head.weight", "head.bias")]
+    names = [
+        n for n, _ in model.named_parameters() if params == "all" or n in ("W_o", "W0_o", "head.weight", "head.bias")
+    ]
     view = personal_view(model, names)
     shared = dict(model.named_parameters())
     for name, p in view.named_parameters():
@@ -120,7 +121,8 @@ def test_lru_bound_and_reset(base):
     assert len(people) == 2 and "a" not in people and people.evicted == 1
     again = people.get("a")
     assert again is not a and line_logprob(again.completer, NEW_NAME) == pytest.approx(
-        line_logprob(base, NEW_NAME), abs=1e-5)
+        line_logprob(base, NEW_NAME), abs=1e-5
+    )
     assert people.reset("a") and not people.reset("a") and "a" not in people
     owned = people.owned_bytes()
     head = sum(p.numel() for n, p in base.model.named_parameters() if n.startswith("head."))
@@ -175,13 +177,42 @@ def test_bad_inputs_are_user_errors(base):
 
 def test_eval_complete_adapt_raises_keystroke_savings(capsys, lines_model_dir, write_file):
     # A person who keeps typing names the model has never seen.
-    names = ["prospero", "miranda", "caliban", "ariel", "prospero", "ferdinand", "miranda", "prospero",
-             "caliban", "ariel", "miranda", "prospero", "ferdinand", "ariel", "caliban", "prospero"] * 2
+    names = [
+        "prospero",
+        "miranda",
+        "caliban",
+        "ariel",
+        "prospero",
+        "ferdinand",
+        "miranda",
+        "prospero",
+        "caliban",
+        "ariel",
+        "miranda",
+        "prospero",
+        "ferdinand",
+        "ariel",
+        "caliban",
+        "prospero",
+    ] * 2
     doc = write_file("names.txt", "\n".join(names) + "\n")
     # (The tiny test model learns only with all its weights and big steps; see docs for real settings.)
     learn = ["--adapt", "--adapt-params", "all", "--adapt-lr", "2", "--adapt-decay", "0"]
-    code = main(["eval-complete", str(doc), "-m", str(lines_model_dir), *learn, "--no-baselines", "--json",
-                 "-k", "3", "--beam", "4"])
+    code = main(
+        [
+            "eval-complete",
+            str(doc),
+            "-m",
+            str(lines_model_dir),
+            *learn,
+            "--no-baselines",
+            "--json",
+            "-k",
+            "3",
+            "--beam",
+            "4",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["adapted"]["ksr"] > out["ksr"] + 0.04
@@ -194,13 +225,32 @@ def test_eval_complete_adapt_raises_keystroke_savings(capsys, lines_model_dir, w
 
 def test_eval_complete_adapt_rms_needs_a_training_text(capsys, lines_model_dir, write_file):
     doc = write_file("names.txt", NAMES)
-    code = main(["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "rms",
-                 "--no-baselines"])
+    code = main(
+        ["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "rms", "--no-baselines"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cannot find the model's training text" in err
     train = write_file("train.txt", NAMES * 3)
-    assert main(["eval-complete", str(doc), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "rms",
-                 "--adapt-lr", "1e-3", "--adapt-train", str(train), "--no-baselines", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval-complete",
+                str(doc),
+                "-m",
+                str(lines_model_dir),
+                "--adapt",
+                "--adapt-rule",
+                "rms",
+                "--adapt-lr",
+                "1e-3",
+                "--adapt-train",
+                str(train),
+                "--no-baselines",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["adapted"]["learning"]["rollbacks"] == 0
 
 
@@ -211,10 +261,12 @@ def test_eval_complete_adapt_rms_needs_a_training_text(capsys, lines_model_dir, 
 def personal_client(lines_model_dir):
     from fastapi.testclient import TestClient
 
-    from nextchar.service.app import ServiceSettings, create_app
+    from nextchar.service.app import create_app
+    from nextchar.service.settings import ServiceSettings
 
-    settings = ServiceSettings(cache_mb=2, personal_users=2, max_chars=12, beam_width=4,
-                               precision="fp32")  # personal weights are fp32: compare like with like
+    settings = ServiceSettings(
+        cache_mb=2, personal_users=2, max_chars=12, beam_width=4, precision="fp32"
+    )  # personal weights are fp32: compare like with like
     with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)) as client:
         yield client
 
@@ -230,7 +282,8 @@ def personal_texts(client, user: str, q: str = "prosp") -> list[str]:
 def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_model_dir):
     from fastapi.testclient import TestClient
 
-    from nextchar.service.app import ServiceSettings, create_app
+    from nextchar.service.app import create_app
+    from nextchar.service.settings import ServiceSettings
 
     client = personal_client
     shared_before = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
@@ -262,16 +315,19 @@ def test_service_personal_lru_keeps_at_most_personal_users(personal_client):
     assert len(people) == 2 and "u1" not in people
 
 
-@pytest.mark.parametrize(("method", "route", "params", "body", "status"), [
-    ("get", "/api/personal/complete", {"q": "a"}, None, 422),  # no user
-    ("get", "/api/personal/complete", {"user": "", "q": "a"}, None, 422),
-    ("get", "/api/personal/complete", {"user": "x" * 201, "q": "a"}, None, 422),
-    ("get", "/api/personal/complete", {"user": "a", "q": "a", "k": 0}, None, 422),
-    ("post", "/api/personal/learn", {"user": "a"}, {"txt": "x"}, 422),
-    ("post", "/api/personal/learn", {"user": "a"}, {"text": 3}, 422),
-    ("post", "/api/personal/learn", {"user": "a"}, {"text": "x" * 20_000}, 422),
-    ("post", "/api/personal/reset", {}, None, 422),
-])
+@pytest.mark.parametrize(
+    ("method", "route", "params", "body", "status"),
+    [
+        ("get", "/api/personal/complete", {"q": "a"}, None, 422),  # no user
+        ("get", "/api/personal/complete", {"user": "", "q": "a"}, None, 422),
+        ("get", "/api/personal/complete", {"user": "x" * 201, "q": "a"}, None, 422),
+        ("get", "/api/personal/complete", {"user": "a", "q": "a", "k": 0}, None, 422),
+        ("post", "/api/personal/learn", {"user": "a"}, {"txt": "x"}, 422),
+        ("post", "/api/personal/learn", {"user": "a"}, {"text": 3}, 422),
+        ("post", "/api/personal/learn", {"user": "a"}, {"text": "x" * 20_000}, 422),
+        ("post", "/api/personal/reset", {}, None, 422),
+    ],
+)
 def test_service_personal_bad_input_is_a_4xx(personal_client, method, route, params, body, status):
     response = getattr(personal_client, method)(route, params=params, **({"json": body} if body is not None else {}))
     assert response.status_code == status
@@ -288,10 +344,13 @@ def test_service_personal_learns_any_text(personal_client):
 @pytest.fixture(scope="module")
 def personal_schema(lines_model_dir):
     schemathesis = pytest.importorskip("schemathesis")
-    from nextchar.service.app import ServiceSettings, create_app
+    from nextchar.service.app import create_app
+    from nextchar.service.settings import ServiceSettings
 
-    app = create_app(ckpt=load_checkpoint(lines_model_dir),
-                     settings=ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2))
+    app = create_app(
+        ckpt=load_checkpoint(lines_model_dir),
+        settings=ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2),
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/")
 
 
@@ -300,8 +359,11 @@ def test_service_personal_routes_fuzzed(personal_schema):
     from hypothesis import HealthCheck, given, settings
 
     operations = [result.ok() for result in personal_schema.get_all_operations()]
-    assert sorted(op.path for op in operations) == ["/api/personal/complete", "/api/personal/learn",
-                                                    "/api/personal/reset"]
+    assert sorted(op.path for op in operations) == [
+        "/api/personal/complete",
+        "/api/personal/learn",
+        "/api/personal/reset",
+    ]
     for operation in operations:
         strategy = operation.as_strategy()
 

@@ -46,17 +46,27 @@ def test_edit_apply() -> None:
 @pytest.fixture(scope="module")
 def names_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
     out = tmp_path_factory.mktemp("names-gru")
-    train(NAMES * 4, "mia\nemma\n", out, train_config(steps=60), model_config("gru", hidden_size=48), "lines",
-          progress=False)
+    train(
+        NAMES * 4,
+        "mia\nemma\n",
+        out,
+        train_config(steps=60),
+        model_config("gru", hidden_size=48),
+        "lines",
+        progress=False,
+    )
     return load_checkpoint(out)
 
 
-@pytest.mark.parametrize(("typed", "want"), [
-    ("hlelo", "hello"),  # transposition
-    ("helo", "hello"),  # a missed letter (insertion)
-    ("hxello", "hello"),  # an extra letter (deletion)
-    ("jello", "hello"),  # substitution
-])
+@pytest.mark.parametrize(
+    ("typed", "want"),
+    [
+        ("hlelo", "hello"),  # transposition
+        ("helo", "hello"),  # a missed letter (insertion)
+        ("hxello", "hello"),  # an extra letter (deletion)
+        ("jello", "hello"),  # substitution
+    ],
+)
 def test_lexicon_corrections_are_found_and_labelled(names_ckpt: Checkpoint, typed: str, want: str) -> None:
     completer = Completer(names_ckpt, lexicon=Lexicon.from_entries(["hello", "help", "yellow", "world"]))
     assert completer.suggest(typed, k=5) == []  # no entry extends what was typed
@@ -69,8 +79,9 @@ def test_lexicon_corrections_are_found_and_labelled(names_ckpt: Checkpoint, type
 
 
 def test_exact_matches_outrank_corrections(names_ckpt: Checkpoint) -> None:
-    completer = Completer(names_ckpt, lexicon=Lexicon.from_entries(["hello", "help", "helium", "jello", "yelp"]),
-                          beam_width=16)
+    completer = Completer(
+        names_ckpt, lexicon=Lexicon.from_entries(["hello", "help", "helium", "jello", "yelp"]), beam_width=16
+    )
     found = completer.suggest("hel", k=10, typos=True)
     flags = [s.corrected for s in found]
     assert flags[:3] == [False, False, False] and any(flags)  # exact first, then corrections

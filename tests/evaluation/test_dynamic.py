@@ -1,4 +1,4 @@
-"""Dynamic evaluation (adapt.py, adapt_cli.py): no leak, it helps, divergence, the eval command.
+"""Dynamic evaluation (evaluation/dynamic.py, adapt.py, cli/adapt.py): no leak, it helps, divergence, eval --adapt.
 
 The no-leak test is the one that matters: the adapted score of every character must not depend
 on that character or on anything after it. It runs against dynamic_evaluate and, to show the
@@ -14,19 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextchar.adapt import (
-    AdaptConfig,
-    Adapter,
-    DynamicEvalResult,
-    dynamic_evaluate,
-    gradient_statistics,
-    iter_windows,
-)
+from nextchar.adapt import AdaptConfig, Adapter, gradient_statistics
 from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
 from nextchar.data.batches import IGNORE, encode_corpus, stream_eval_layout
 from nextchar.errors import UserError
 from nextchar.evaluation.bpc import evaluate_stream
+from nextchar.evaluation.dynamic import DynamicEvalResult, dynamic_evaluate, iter_windows
 from nextchar.models import CharModel, build_model
 from nextchar.text import Vocabulary
 from tests.helpers import NAMES, PROSE, model_config
@@ -171,8 +165,11 @@ def test_adaptation_lowers_bpc_on_repeated_text_and_leaves_the_model_alone(kind,
     model = tiny_model(kind, vocab)
     before = {name: t.clone() for name, t in model.state_dict().items()}
     encoded = encode_corpus(TEXT, vocab, "text")
-    config = sgd() if rule == "sgd" else AdaptConfig(rule="rms", lr=0.005, window=16, decay=0.0,
-                                                      stat_windows=5, stat_batch=2)
+    config = (
+        sgd()
+        if rule == "sgd"
+        else AdaptConfig(rule="rms", lr=0.005, window=16, decay=0.0, stat_windows=5, stat_batch=2)
+    )
     # The statistics come from "training text" like the evaluated one, as they would in use.
     stats = gradient_statistics(model, encode_corpus(PROSE, vocab, "text"), config) if rule == "rms" else None
     result = dynamic_evaluate(model, encoded, config, stats)
@@ -219,8 +216,10 @@ def test_gradient_statistics_cover_the_adapted_parameters(vocab):
     config = AdaptConfig(window=8, stat_windows=4, stat_batch=3)
     stats = gradient_statistics(model, encode_corpus(PROSE, vocab, "text"), config)
     assert stats.windows == 4 and set(stats.rms) == {name for name, _ in model.named_parameters()}
-    assert all(r.shape == p.shape and (r >= 0).all() for (name, p), r in
-               zip(model.named_parameters(), stats.rms.values(), strict=True))
+    assert all(
+        r.shape == p.shape and (r >= 0).all()
+        for (name, p), r in zip(model.named_parameters(), stats.rms.values(), strict=True)
+    )
     assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
     lines = gradient_statistics(model, encode_corpus(NAMES, vocab, "lines"), config)
     assert lines.windows == 4
@@ -285,8 +284,20 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_eval_adapt_prints_static_and_adapted(capsys, text_model_dir, write_file):
     corpus = write_file("doc.txt", PROSE * 2)
-    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(text_model_dir), "--adapt", "--adapt-rule", "sgd",
-                       "--adapt-lr", "0.3", "--adapt-window", "32")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        str(corpus),
+        "-m",
+        str(text_model_dir),
+        "--adapt",
+        "--adapt-rule",
+        "sgd",
+        "--adapt-lr",
+        "0.3",
+        "--adapt-window",
+        "32",
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["static", "adapted"]
@@ -301,8 +312,19 @@ def test_eval_adapt_prints_static_and_adapted(capsys, text_model_dir, write_file
 
 def test_eval_adapt_rms_json_with_a_training_text(capsys, text_model_dir, write_file):
     corpus, train_text = write_file("doc.txt", PROSE), write_file("train.txt", PROSE)
-    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(text_model_dir), "--adapt", "--adapt-train",
-                       str(train_text), "--adapt-window", "16", "--json")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        str(corpus),
+        "-m",
+        str(text_model_dir),
+        "--adapt",
+        "--adapt-train",
+        str(train_text),
+        "--adapt-window",
+        "16",
+        "--json",
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result) >= {"static", "adapted", "config", "adapt_seconds_per_window", "cost_ratio", "stats"}
@@ -312,8 +334,27 @@ def test_eval_adapt_rms_json_with_a_training_text(capsys, text_model_dir, write_
 
 def test_eval_adapt_rms_finds_the_recorded_training_corpus(capsys, tmp_path, write_file):
     corpus = write_file("corpus.txt", PROSE * 3)
-    tiny = ["--kind", "gru", "--hidden", "16", "--embedding", "8", "--batch-size", "4", "--seq-len", "16",
-            "--steps", "2", "--warmup", "1", "--precision", "fp32", "--device", "cpu", "--quiet"]
+    tiny = [
+        "--kind",
+        "gru",
+        "--hidden",
+        "16",
+        "--embedding",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(["train", str(corpus), "--out", str(tmp_path / "m"), *tiny]) == 0
     capsys.readouterr()
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(tmp_path / "m"), "--adapt", "--adapt-window", "64")
@@ -327,8 +368,20 @@ def test_eval_adapt_rms_finds_the_recorded_training_corpus(capsys, tmp_path, wri
 
 def test_eval_adapt_divergence_is_reported_not_a_crash(capsys, text_model_dir, write_file):
     corpus = write_file("doc.txt", PROSE)
-    code, out, err = run(capsys, "eval", str(corpus), "-m", str(text_model_dir), "--adapt", "--adapt-rule", "sgd",
-                         "--adapt-lr", "1e12", "--adapt-window", "8")
+    code, out, err = run(
+        capsys,
+        "eval",
+        str(corpus),
+        "-m",
+        str(text_model_dir),
+        "--adapt",
+        "--adapt-rule",
+        "sgd",
+        "--adapt-lr",
+        "1e12",
+        "--adapt-window",
+        "8",
+    )
     assert code == 0
     assert "diverged" in err and "rolled back" in err and "smaller --adapt-lr" in err
     assert math.isfinite(float(out.splitlines()[1].split()[2]))
@@ -365,8 +418,21 @@ def test_checkpoint_model_is_unchanged_by_eval_adapt(capsys, text_model_dir, wri
 
 def test_eval_adapt_on_a_lines_model(capsys, lines_model_dir, write_file):
     corpus = write_file("names.txt", NAMES * 3)
-    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(lines_model_dir), "--adapt", "--adapt-rule", "sgd",
-                       "--adapt-lr", "0.5", "--adapt-window", "20", "--json")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        str(corpus),
+        "-m",
+        str(lines_model_dir),
+        "--adapt",
+        "--adapt-rule",
+        "sgd",
+        "--adapt-lr",
+        "0.5",
+        "--adapt-window",
+        "20",
+        "--json",
+    )
     assert code == 0
     result = json.loads(out)
     targets = sum(len(name) + 1 for name in NAMES.split()) * 3  # every letter and every <end>

@@ -112,8 +112,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     source = {"corpus": str(corpus), "val": None, "format": "lines", "val_fraction": 0.1}
     text = corpus.read_text()
     cut = text.rindex("emma")
-    train(text[:cut], text[cut:], lstm, train_config(steps=40), model_config("lstm"), "lines", source=source,
-          progress=False)
+    train(
+        text[:cut],
+        text[cut:],
+        lstm,
+        train_config(steps=40),
+        model_config("lstm"),
+        "lines",
+        source=source,
+        progress=False,
+    )
     train(text[:cut], text[cut:], window, train_config(steps=40), model_config("window"), "lines", progress=False)
     return corpus, lstm, window
 
@@ -131,8 +139,10 @@ def test_completer_predictor_and_latency(models: tuple[Path, Path, Path]) -> Non
 
 # ---------------------------------------------------------------------------------- commands
 
-def test_eval_complete_command_json(models: tuple[Path, Path, Path], write_file: Callable[..., Path],
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_eval_complete_command_json(
+    models: tuple[Path, Path, Path], write_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, lstm, window = models
     test_file = write_file("test.txt", "emma\nmia\nzoe\n")
     assert main(["eval-complete", str(test_file), "-m", str(lstm), "--baseline-window", str(window), "--json"]) == 0
@@ -144,8 +154,9 @@ def test_eval_complete_command_json(models: tuple[Path, Path, Path], write_file:
     assert out["targets"] == 3 and out["baselines"]["trie"]["ksr"] > 0  # emma and mia were in training
 
 
-def test_eval_complete_command_table(models: tuple[Path, Path, Path], write_file: Callable[..., Path],
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_complete_command_table(
+    models: tuple[Path, Path, Path], write_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     corpus, _, window = models
     test_file = write_file("test.txt", "emma\nmia\n")
     assert main(["eval-complete", str(test_file), "-m", str(window), "--mode", "word", "-k", "3"]) == 0
@@ -156,8 +167,9 @@ def test_eval_complete_command_table(models: tuple[Path, Path, Path], write_file
     assert "trie" in capsys.readouterr().out
 
 
-def test_complete_command(models: tuple[Path, Path, Path], write_file: Callable[..., Path],
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_complete_command(
+    models: tuple[Path, Path, Path], write_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, lstm, _ = models
     assert main(["complete", "em", "-m", str(lstm), "-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -171,18 +183,29 @@ def test_complete_command(models: tuple[Path, Path, Path], write_file: Callable[
     assert {s["text"] for s in json.loads(capsys.readouterr().out)["suggestions"]} <= {"emma", "emily"}
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["complete", "em", "-k", "0"], "k must be at least 1"),
-    (["complete", "em", "--lexicon", "LEX"], "lex.txt:2: bad weight"),
-    (["complete", "em", "--beam", "0"], "beam_width"),
-    (["eval-complete", "MISSING"], "no such file"),
-    (["eval-complete", "EMPTY"], "empty"),
-])
-def test_command_errors_are_one_line(models: tuple[Path, Path, Path], write_file: Callable[..., Path],
-                                     capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["complete", "em", "-k", "0"], "k must be at least 1"),
+        (["complete", "em", "--lexicon", "LEX"], "lex.txt:2: bad weight"),
+        (["complete", "em", "--beam", "0"], "beam_width"),
+        (["eval-complete", "MISSING"], "no such file"),
+        (["eval-complete", "EMPTY"], "empty"),
+    ],
+)
+def test_command_errors_are_one_line(
+    models: tuple[Path, Path, Path],
+    write_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
     _, lstm, _ = models
-    replace = {"LEX": str(write_file("lex.txt", "ok\nbad\tx\n")), "MISSING": str(write_file("a", "x").parent / "nope"),
-               "EMPTY": str(write_file("empty.txt", b""))}
+    replace = {
+        "LEX": str(write_file("lex.txt", "ok\nbad\tx\n")),
+        "MISSING": str(write_file("a", "x").parent / "nope"),
+        "EMPTY": str(write_file("empty.txt", b"")),
+    }
     assert main([replace.get(a, a) for a in argv] + ["-m", str(lstm)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

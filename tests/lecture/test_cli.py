@@ -28,8 +28,16 @@ def assert_one_line_error(code: int, err: str, message: str) -> None:
 def test_table_prints_the_lecture_table(capsys):
     code, out, _ = run(capsys, "table", "^what happens", "-m", "3")
     assert code == 0
-    for row in (" 0       ^^^", " 1  ^    ^^^", " 2  w    ^^w", " 3  h    ^wh", " 4  a    wha", " 5  t    hat",
-                " 6  _    at_", "13  s    ens"):
+    for row in (
+        " 0       ^^^",
+        " 1  ^    ^^^",
+        " 2  w    ^^w",
+        " 3  h    ^wh",
+        " 4  a    wha",
+        " 5  t    hat",
+        " 6  _    at_",
+        "13  s    ens",
+    ):
         assert row in out
     assert "states equal the table's, one-hot coded, at all 14 steps: yes" in out
 
@@ -76,8 +84,9 @@ def test_train_that_does_not_finish_exits_1(capsys, write_file):
 def test_load_runs_rnn_and_window_checkpoints(capsys, tmp_path):
     for kind in ("rnn", "window"):
         out = tmp_path / kind
-        nextchar_train(NAME_LIST, "mia\nemma\n", out, train_config(steps=3), model_config(kind, context=3),
-                       "lines", progress=False)
+        nextchar_train(
+            NAME_LIST, "mia\nemma\n", out, train_config(steps=3), model_config(kind, context=3), "lines", progress=False
+        )
         code, text, _ = run(capsys, "load", "ameli", "-m", str(out), "-k", "3")
         assert code == 0, text
         assert "after '^ameli', the NumPy engine predicts:" in text
@@ -86,15 +95,20 @@ def test_load_runs_rnn_and_window_checkpoints(capsys, tmp_path):
     assert "window checkpoint (c = 3) as the fixed-weight RNN" in text
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["table", ""], "TEXT is empty"),
-    (["table", "abc", "--start", "^^"], "--start must be one character"),
-    (["weights", "--alphabet", "01", "--run", "012"],
-     "character '2' (position 2 of the input) is not in the alphabet '01'"),
-    (["weights", "--alphabet", "abc", "--encoding", "scalar"], "the scalar encoding is for two characters"),
-    (["weights", "--alphabet", "aa"], "repeats a character"),
-    (["train", "--clip", "-1"], "--clip must be 0 (off) or positive"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["table", ""], "TEXT is empty"),
+        (["table", "abc", "--start", "^^"], "--start must be one character"),
+        (
+            ["weights", "--alphabet", "01", "--run", "012"],
+            "character '2' (position 2 of the input) is not in the alphabet '01'",
+        ),
+        (["weights", "--alphabet", "abc", "--encoding", "scalar"], "the scalar encoding is for two characters"),
+        (["weights", "--alphabet", "aa"], "repeats a character"),
+        (["train", "--clip", "-1"], "--clip must be 0 (off) or positive"),
+    ],
+)
 def test_bad_input_is_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, message)

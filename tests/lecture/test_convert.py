@@ -45,6 +45,7 @@ def _engine_batch(lines: list[list[int]], v: int):
 
 # ------------------------------------------------------------------------------ 5b. autograd
 
+
 @pytest.mark.parametrize("f1", ["tanh", "relu"])
 def test_same_loss_and_gradients_as_the_rnn_model_with_autograd(f1):
     """The foundation's own model, framing and loss, in float64: J and all five gradients agree."""
@@ -80,6 +81,7 @@ def test_autograd_check_on_random_shapes(f1, seed):
 
 
 # ------------------------------------------------------------------------------ 5c. checkpoints both ways
+
 
 @pytest.fixture(scope="module")
 def lecture_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
@@ -120,8 +122,9 @@ def test_every_command_uses_a_model_trained_here(lecture_checkpoint, capsys, tmp
 
 def test_an_rnn_checkpoint_trained_by_nextchar_loads_here(tmp_path):
     out = tmp_path / "rnn"
-    nextchar_train(NAME_LIST, "mia\nemma\n", out, train_config(steps=5), model_config("rnn-relu"), "lines",
-                   progress=False)
+    nextchar_train(
+        NAME_LIST, "mia\nemma\n", out, train_config(steps=5), model_config("rnn-relu"), "lines", progress=False
+    )
     converted = from_checkpoint(out)
     ckpt = load_checkpoint(out)
     assert converted.f1 == "relu" and converted.format == "lines" and converted.vocab == ckpt.vocab
@@ -129,8 +132,9 @@ def test_an_rnn_checkpoint_trained_by_nextchar_loads_here(tmp_path):
         np.testing.assert_array_equal(getattr(converted.params, name), getattr(ckpt.model, name).detach().double())
     indices = [START, *ckpt.vocab.encode("amelia")]
     batch = make_batch([indices], [[0] * len(indices)], converted.params.ell, converted.params.v)
-    np.testing.assert_allclose(forward(converted.params, batch, "relu").P[0],
-                               torch_probabilities(ckpt.model, indices), atol=1e-6)
+    np.testing.assert_allclose(
+        forward(converted.params, batch, "relu").P[0], torch_probabilities(ckpt.model, indices), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("f1", ["tanh", "relu"])
@@ -166,12 +170,20 @@ def test_converter_refuses_other_kinds_and_bad_shapes(tmp_path):
 
 # ------------------------------------------------------------------------------ 2. window = fixed-weight RNN
 
+
 @pytest.mark.parametrize("context", [1, 3])
 def test_window_checkpoint_equals_the_fixed_weight_rnn(tmp_path, context):
     """The window model is the output function g of the window machine: same p_t at every step."""
     out = tmp_path / "window"
-    nextchar_train(NAME_LIST, "mia\nemma\n", out, train_config(steps=5, lr=0.3),
-                   model_config("window", context=context), "lines", progress=False)
+    nextchar_train(
+        NAME_LIST,
+        "mia\nemma\n",
+        out,
+        train_config(steps=5, lr=0.3),
+        model_config("window", context=context),
+        "lines",
+        progress=False,
+    )
     ckpt = load_checkpoint(out)
     with torch.no_grad():  # trained weights are nearly uniform after 5 steps: make them distinctive
         ckpt.model.W_o.normal_(0, 2.0)

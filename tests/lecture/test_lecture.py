@@ -40,11 +40,12 @@ from nextchar.text import END, START, Vocabulary
 
 
 def test_importing_the_engine_does_not_import_torch():
-    code = "import nextchar.lecture, nextchar.lecture.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import nextchar.lecture, nextchar.cli.lecture, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ------------------------------------------------------------------------------ 1. state machines
+
 
 def test_state_machine_table_has_t_input_state_output():
     counter = StateMachine(0, lambda s, x: s + x, lambda s: s % 2)
@@ -58,16 +59,29 @@ def test_window_machine_reproduces_the_lecture_table():
     assert [r.x for r in rows[:7]] == [None, "^", "w", "h", "a", "t", " "]
     assert rows[-1].s == "ens"
     table = format_table(rows)
-    for line in (" 0       ^^^", " 1  ^    ^^^", " 2  w    ^^w", " 3  h    ^wh", " 4  a    wha", " 5  t    hat",
-                 " 6  _    at_"):
+    for line in (
+        " 0       ^^^",
+        " 1  ^    ^^^",
+        " 2  w    ^^w",
+        " 3  h    ^wh",
+        " 4  a    wha",
+        " 5  t    hat",
+        " 6  _    at_",
+    ):
         assert line in table
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ({"m": 0}, "m must be at least 1"),
-    ({"m": 2, "start": "^^"}, "start marker must be one character"),
-    ({"m": 2, "start": "^", "alphabet": "ab"}, "character '^' (position 0 of the start marker) is not in the alphabet"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"m": 0}, "m must be at least 1"),
+        ({"m": 2, "start": "^^"}, "start marker must be one character"),
+        (
+            {"m": 2, "start": "^", "alphabet": "ab"},
+            "character '^' (position 0 of the start marker) is not in the alphabet",
+        ),
+    ],
+)
 def test_window_machine_refuses_bad_settings(args, message):
     with pytest.raises(LectureInputError, match=re.escape(message)):
         window_machine(**args)
@@ -80,6 +94,7 @@ def test_window_machine_refuses_a_character_outside_its_alphabet():
 
 
 # ------------------------------------------------------------------------------ 2. the machine as an RNN
+
 
 def test_fixed_weights_are_the_lectures_for_binary_scalars():
     rnn = window_rnn("01", 3, encoding="scalar")
@@ -146,6 +161,7 @@ def test_window_rnn_refuses_bad_alphabets():
 
 # ------------------------------------------------------------------------------ 3. forward
 
+
 def _batch(lines: list[list[int]], ell: int, v: int, seed: int = 0) -> tuple:
     rng = np.random.default_rng(seed)
     targets = [rng.integers(0, v, len(line)).tolist() for line in lines]
@@ -192,6 +208,7 @@ def test_padding_changes_nothing():
 
 # ------------------------------------------------------------------------------ 5a. gradient check
 
+
 @pytest.mark.parametrize("f1", ["tanh", "relu"])
 @pytest.mark.parametrize("seed", range(8))
 def test_gradients_match_central_finite_differences(f1, seed):
@@ -221,6 +238,7 @@ def test_gradient_check_detects_a_wrong_gradient():
 
 
 # ------------------------------------------------------------------------------ bad input
+
 
 def test_mismatched_shapes_are_named():
     good = init_params(3, 4, 5)
@@ -267,6 +285,7 @@ def test_lines_are_framed_as_in_the_lecture():
 
 # ------------------------------------------------------------------------------ 4. SGD
 
+
 def test_sgd_step_and_clipping():
     params = init_params(3, 2, 2)
     grads = params.copy()
@@ -297,8 +316,11 @@ def test_one_sgd_update_steps_along_minus_the_gradient_of_one_sequence():
     for seed in range(12):
         params = start.copy()
         train(params, sequences, v, v, SGDConfig(lr=0.1, steps=1, clip=0, seed=seed))
-        matches = [i for i, c in enumerate(candidates)
-                   if all(np.allclose(getattr(params, n), getattr(c, n), rtol=0, atol=1e-14) for n in NAMES)]
+        matches = [
+            i
+            for i, c in enumerate(candidates)
+            if all(np.allclose(getattr(params, n), getattr(c, n), rtol=0, atol=1e-14) for n in NAMES)
+        ]
         assert len(matches) == 1
         chosen.add(matches[0])
     assert chosen == {0, 1, 2}  # every index gets chosen

@@ -1,4 +1,4 @@
-"""The suggestion service (nextchar.service.app, `nextchar serve`): every route in-process, bad
+"""The suggestion service (nextchar.service, `nextchar serve`): every route in-process, bad
 input, caches and their bounds, metrics, slow clients on a real server, and the CLI."""
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ from fastapi.testclient import TestClient
 from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint
 from nextchar.cli.main import main
 from nextchar.completion.completer import Completer
-from nextchar.service.app import (
-    SUGGESTIONS_TYPE,
-    ResponseCache,
-    ServiceSettings,
-    app_from_env,
-    create_app,
-    query_problem,
-)
+from nextchar.service.app import app_from_env, create_app
+from nextchar.service.engine import ResponseCache
+from nextchar.service.guard import query_problem
+from nextchar.service.schemas import SUGGESTIONS_TYPE
+from nextchar.service.settings import ServiceSettings
 from tests.live_server import live_server
 
 SMALL = ServiceSettings(cache_mb=2, precision="fp32")  # exact: answers are compared with an fp32 Completer
@@ -141,8 +138,10 @@ def test_opensearch_description(client: TestClient) -> None:
     ns = {"os": "http://a9.com/-/spec/opensearch/1.1/"}
     assert root.find("os:ShortName", ns).text == "nextchar"
     urls = {u.get("type"): u.get("template") for u in root.findall("os:Url", ns)}
-    assert urls == {"text/html": "http://testserver/?q={searchTerms}",
-                    SUGGESTIONS_TYPE: "http://testserver/suggest?q={searchTerms}"}
+    assert urls == {
+        "text/html": "http://testserver/?q={searchTerms}",
+        SUGGESTIONS_TYPE: "http://testserver/suggest?q={searchTerms}",
+    }
 
 
 def test_opensearch_public_url_is_escaped(text_model_dir: Path) -> None:
@@ -198,23 +197,26 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
 # ---------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize(("query", "status"), [
-    ("q=%ff", 400),  # invalid UTF-8
-    ("q=%C3%28", 400),  # invalid UTF-8 sequence
-    ("q=%ED%A0%80", 400),  # an encoded surrogate
-    ("q=%zz", 400),  # broken percent-encoding
-    ("q=abc%", 400),
-    ("q=abc%4", 400),
-    ("q=" + "a" * 1001, 422),  # longer than max_query characters
-    ("q=" + "%F0%9F%99%82" * 1001, 422),  # 1001 emoji: characters counted, not bytes
-    ("q=" + "a" * 17000, 413),  # a query string past max_query_bytes
-    ("q=a&k=0", 422),
-    ("q=a&k=51", 422),
-    ("q=a&k=-3", 422),
-    ("q=a&k=abc", 422),
-    ("q=a&k=1.5", 422),
-    ("k=3", 422),  # no q
-])
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("q=%ff", 400),  # invalid UTF-8
+        ("q=%C3%28", 400),  # invalid UTF-8 sequence
+        ("q=%ED%A0%80", 400),  # an encoded surrogate
+        ("q=%zz", 400),  # broken percent-encoding
+        ("q=abc%", 400),
+        ("q=abc%4", 400),
+        ("q=" + "a" * 1001, 422),  # longer than max_query characters
+        ("q=" + "%F0%9F%99%82" * 1001, 422),  # 1001 emoji: characters counted, not bytes
+        ("q=" + "a" * 17000, 413),  # a query string past max_query_bytes
+        ("q=a&k=0", 422),
+        ("q=a&k=51", 422),
+        ("q=a&k=-3", 422),
+        ("q=a&k=abc", 422),
+        ("q=a&k=1.5", 422),
+        ("k=3", 422),  # no q
+    ],
+)
 @pytest.mark.parametrize("route", ["/suggest", "/api/complete"])
 def test_bad_input_is_a_json_4xx(client: TestClient, route: str, query: str, status: int) -> None:
     r = client.get(f"{route}?{query}")
@@ -245,17 +247,28 @@ def test_unknown_routes_and_methods(client: TestClient) -> None:
     assert client.get("/static/missing.js").status_code == 404
 
 
-@pytest.mark.parametrize(("raw", "status"), [
-    (b"", None), (b"q=abc&k=3", None), (b"q=%C3%A9", None), (b"q=\xc3\xa9", None), (b"q=%E9", 400),
-    (b"q=\xe9", 400), (b"q=%", 400), (b"q=%G0", 400), (b"a" * 101, 413),
-])
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"", None),
+        (b"q=abc&k=3", None),
+        (b"q=%C3%A9", None),
+        (b"q=\xc3\xa9", None),
+        (b"q=%E9", 400),
+        (b"q=\xe9", 400),
+        (b"q=%", 400),
+        (b"q=%G0", 400),
+        (b"a" * 101, 413),
+    ],
+)
 def test_query_problem(raw: bytes, status: int | None) -> None:
     problem = query_problem(raw, max_bytes=100)
     assert (problem[0] if problem else None) == status
 
 
-def test_a_failing_model_is_a_500_and_the_server_goes_on(text_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_model_is_a_500_and_the_server_goes_on(
+    text_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     completer = Completer(load_checkpoint(text_model_dir))
     with TestClient(create_app(completer, settings=SMALL)) as c:
         monkeypatch.setattr(completer, "suggest_steps", lambda *a, **k: 1 / 0)  # the search fails
@@ -290,8 +303,9 @@ def test_overload_is_a_503(text_model_dir: Path) -> None:
 
 def test_typing_costs_one_step_per_character(text_model_dir: Path) -> None:
     with TestClient(create_app(ckpt=load_checkpoint(text_model_dir), settings=SMALL)) as c:
-        seen = [c.get("/api/complete", params={"q": "it was the"[:n]}).headers["x-nextchar-cache"]
-                for n in range(1, 11)]
+        seen = [
+            c.get("/api/complete", params={"q": "it was the"[:n]}).headers["x-nextchar-cache"] for n in range(1, 11)
+        ]
         assert seen == ["step"] * 10  # "" is read at start-up, then one step per keystroke
         assert c.get("/api/complete", params={"q": "it was"}).headers["x-nextchar-cache"] == "response"
         assert c.get("/api/complete", params={"q": "it was", "k": 2}).headers["x-nextchar-cache"] == "hit"
@@ -372,11 +386,11 @@ def test_metrics_are_prometheus_text(text_model_dir: Path) -> None:
         for line in r.text.splitlines():  # every line is a comment or `name{labels} value`
             assert re.fullmatch(r'# (HELP|TYPE) \w+ .+|\w+(\{(\w+="[^"]*",?)+\})? -?[\d.e+-]+', line), line
         s = _samples(r.text)
-        assert s['nextchar_http_requests_total{route="/suggest",method="GET",status="200"}'] == 3
+        assert s['nextchar_http_requests_total{method="GET",route="/suggest",status="200"}'] == 3
         assert s['nextchar_http_errors_total{route="unmatched",status="400"}'] == 1
         assert s['nextchar_http_errors_total{route="unmatched",status="404"}'] == 1
-        prefix = 'nextchar_http_request_duration_seconds_bucket{route="/suggest"'
-        buckets = [v for k, v in s.items() if k.startswith(prefix)]
+        prefix, route = "nextchar_http_request_duration_seconds_bucket{", ',route="/suggest"}'  # labels: le, route
+        buckets = [v for k, v in s.items() if k.startswith(prefix) and k.endswith(route)]
         assert buckets == sorted(buckets) and buckets[-1] == 3
         assert s['nextchar_http_request_duration_seconds_count{route="/suggest"}'] == 3
         assert s["nextchar_cache_hit_ratio"] == 1.0
@@ -386,7 +400,7 @@ def test_metrics_are_prometheus_text(text_model_dir: Path) -> None:
 
 
 def test_model_is_loaded_once_in_the_lifespan(text_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nextchar.service.app as service
+    import nextchar.service.engine as service
 
     calls = []
 
@@ -404,8 +418,7 @@ def test_model_is_loaded_once_in_the_lifespan(text_model_dir: Path, monkeypatch:
     assert calls == [str(text_model_dir)]
 
 
-def test_workers_get_their_settings_from_the_environment(text_model_dir: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_get_their_settings_from_the_environment(text_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = ServiceSettings(model=str(text_model_dir), cache_mb=1, default_k=3, max_query=20)
     assert ServiceSettings.from_env(settings.to_env()) == settings
     monkeypatch.setenv("NEXTCHAR_SERVE_SETTINGS", settings.to_env())
@@ -426,8 +439,11 @@ def test_slow_clients_do_not_block_others(text_model_dir: Path) -> None:
         trickle.sendall(b"GET /suggest?q=it HTTP/1.1\r\nHo")
         hoarder = socket.create_connection(("127.0.0.1", port))  # asks for a lot and never reads
         hoarder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        hoarder.sendall(b"".join(b"GET /suggest?q=it%20w%20" + str(i).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-                                 for i in range(200)))
+        hoarder.sendall(
+            b"".join(
+                b"GET /suggest?q=it%20w%20" + str(i).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n" for i in range(200)
+            )
+        )
         try:
             with httpx.Client(base_url=url, timeout=10) as other:
                 for q in ["i", "it", "it ", "it w"]:
@@ -442,9 +458,14 @@ def test_slow_clients_do_not_block_others(text_model_dir: Path) -> None:
 
 def _serve(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """Start `nextchar serve --port 0 ARGS`; returns the process and its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "nextchar", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nextchar", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     line = proc.stdout.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
     if not match:
@@ -484,6 +505,12 @@ def test_serve_command_with_two_workers(text_model_dir: Path) -> None:
         assert health["model"] == str(text_model_dir) and health["pid"] != proc.pid
         body = httpx.get(url + "/suggest", params={"q": "it was"}).json()
         assert body[0] == "it was" and body[1]
+        for i in range(11):  # a connection each: the workers share them out
+            assert httpx.get(url + "/suggest", params={"q": f"it was {i}"}).status_code == 200
+        for _ in range(4):  # whichever worker answers, /metrics counts every worker's requests
+            s = _samples(httpx.get(url + "/metrics").text)
+            assert s['nextchar_http_requests_total{method="GET",route="/suggest",status="200"}'] == 12
+            assert s["nextchar_state_cache_capacity_entries"] > 0
     finally:
         assert _stop(proc, signal.SIGTERM) == 0
 
@@ -500,15 +527,19 @@ def test_serve_defaults_to_the_bundled_model() -> None:
         assert _stop(proc) == 0
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-m", "/no/such/model"], "no such checkpoint directory"),
-    (["--lexicon", "/no/such/lexicon.txt"], "no such lexicon file"),
-    (["--workers", "0"], "--workers must be at least 1"),
-    (["--cache-mb", "0"], "--cache-mb must be positive"),
-    (["--host", "no.such.host.invalid"], "not an address"),
-])
-def test_serve_mistakes_are_one_line(args: list[str], message: str, text_model_dir: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "/no/such/model"], "no such checkpoint directory"),
+        (["--lexicon", "/no/such/lexicon.txt"], "no such lexicon file"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--cache-mb", "0"], "--cache-mb must be positive"),
+        (["--host", "no.such.host.invalid"], "not an address"),
+    ],
+)
+def test_serve_mistakes_are_one_line(
+    args: list[str], message: str, text_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if "-m" not in args:
         args = ["-m", str(text_model_dir), *args]
     assert main(["serve", "--port", "0", *args]) == 2  # before anything listens

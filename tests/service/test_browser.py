@@ -17,15 +17,26 @@ from pathlib import Path
 import pytest
 
 from nextchar.checkpoint import load_checkpoint
-from nextchar.service.app import ServiceSettings, create_app
+from nextchar.service.app import create_app
+from nextchar.service.settings import ServiceSettings
 from tests.live_server import live_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = os.environ.get("NEXTCHAR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
-                                                         "(`make test` installs it: apt-get install chromium)")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it: apt-get install chromium)"
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 expect = sync_api.expect if hasattr(sync_api, "expect") else None
 
@@ -56,8 +67,10 @@ def page(browser, server: str) -> Iterator[object]:  # type: ignore[no-untyped-d
         page.set_default_timeout(10_000)
         problems: list[str] = []
         page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
-        page.on("console", lambda msg: problems.append(f"console: {msg.text} {msg.location}")
-                if msg.type == "error" else None)
+        page.on(
+            "console",
+            lambda msg: problems.append(f"console: {msg.text} {msg.location}") if msg.type == "error" else None,
+        )
         page.on("request", lambda req: None if req.url.startswith(server) else problems.append(req.url))
         page.goto(server + "/")
         yield page

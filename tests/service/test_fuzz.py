@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 schemathesis = pytest.importorskip("schemathesis")
 
 from nextchar.checkpoint import load_checkpoint  # noqa: E402
-from nextchar.service.app import ServiceSettings, create_app  # noqa: E402
+from nextchar.service.app import create_app  # noqa: E402
+from nextchar.service.settings import ServiceSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,41 @@ from nextchar.checkpoint import load_checkpoint
 from nextchar.cli.main import main
 from nextchar.data.batches import split_validation
 from nextchar.data.prepare import prepare
-from nextchar.training.loop import RESUME_DIR, train
+from nextchar.training.loop import train
+from nextchar.training.resume import RESUME_DIR
 from tests.helpers import NAMES, PROSE, model_config, train_config
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this PyTorch has no gloo backend",
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # A tiny model and exact arithmetic (fp32, no dropout), so trajectories can be compared.
-TINY = ["--kind", "lstm", "--hidden", "16", "--layers", "1", "--embedding", "8", "--dropout", "0",
-        "--embedding-dropout", "0", "--precision", "fp32", "--device", "cpu", "--lr", "0.01", "--warmup", "2",
-        "--quiet"]
+TINY = [
+    "--kind",
+    "lstm",
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embedding",
+    "8",
+    "--dropout",
+    "0",
+    "--embedding-dropout",
+    "0",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--lr",
+    "0.01",
+    "--warmup",
+    "2",
+    "--quiet",
+]
 
 # Trains with the library inside torchrun, then every rank saves its own final weights.
 REPLICA_SCRIPT = """
@@ -44,7 +67,8 @@ import torch
 from safetensors.torch import save_file
 from nextchar.training import distributed
 from nextchar.models import ModelConfig
-from nextchar.training.loop import TrainConfig, train
+from nextchar.training.config import TrainConfig
+from nextchar.training.loop import train
 
 train_text, val_text, out, config, model, corpus_format = sys.argv[1:]
 distributed.init(torch.device("cpu"))
@@ -80,8 +104,15 @@ def test_replicas_stay_identical_and_equal_one_process(tmp_path, write_file, cor
     config = train_config(steps=8, batch_size=batch_size, eval_interval=4, ema=0.9)
     model = model_config(kind, num_layers=2 if kind == "lstm" else 1)
     script = write_file("replicas.py", REPLICA_SCRIPT)
-    done = torchrun(str(script), str(write_file("train.txt", train_text)), str(write_file("val.txt", val_text)),
-                    str(tmp_path / "ddp"), json.dumps(config.to_json()), json.dumps(model.to_json()), corpus_format)
+    done = torchrun(
+        str(script),
+        str(write_file("train.txt", train_text)),
+        str(write_file("val.txt", val_text)),
+        str(tmp_path / "ddp"),
+        json.dumps(config.to_json()),
+        json.dumps(model.to_json()),
+        corpus_format,
+    )
     assert done.returncode == 0, done.stderr
     rank0, rank1 = (load_file(tmp_path / "ddp" / f"rank{r}.st") for r in (0, 1))
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)  # DDP: bitwise the same
@@ -114,13 +145,30 @@ def test_cli_two_processes_equal_one_and_resume_on_the_other_count(tmp_path, wri
 
 def test_more_processes_than_rows_is_a_one_line_error(tmp_path, write_file):
     prepare([str(write_file("tiny.txt", PROSE))], tmp_path / "data", progress=False)
-    done = torchrun("-m", "nextchar", "train", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
-                    "--steps", "2", "--batch-size", "8", "--seq-len", "300", *TINY, timeout=90)
+    done = torchrun(
+        "-m",
+        "nextchar",
+        "train",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "300",
+        *TINY,
+        timeout=90,
+    )
     assert done.returncode != 0
     ours = [line for line in done.stderr.splitlines() if line.startswith("nextchar: error: ")]
     assert ours, done.stderr
-    assert all("2 processes, but the training data fills only 1 of the 8 rows of a batch (each row is a stream "
-               "of --seq-len 300 windows)" in line for line in ours)
+    assert all(
+        "2 processes, but the training data fills only 1 of the 8 rows of a batch (each row is a stream "
+        "of --seq-len 300 windows)" in line
+        for line in ours
+    )
     assert "nextchar/" not in done.stderr.split("ChildFailedError")[0]  # no traceback of ours before torchrun's
 
 
@@ -140,9 +188,30 @@ def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
 def test_a_dead_rank_stops_the_run_with_its_last_checkpoint_intact(tmp_path, write_file, capsys):
     prepare([str(write_file("prose.txt", PROSE * 4))], tmp_path / "data", progress=False)
     out = tmp_path / "run"
-    launcher = subprocess.Popen([*TORCHRUN, "-m", "nextchar", "train", str(tmp_path / "data"), "--out", str(out),
-                                 "--steps", "1000000", "--eval-interval", "5", "--batch-size", "4", "--seq-len", "16",
-                                 *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    launcher = subprocess.Popen(
+        [
+            *TORCHRUN,
+            "-m",
+            "nextchar",
+            "train",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--steps",
+            "1000000",
+            "--eval-interval",
+            "5",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            *TINY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 90
         while not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= 2):

@@ -1,4 +1,4 @@
-"""Training and evaluation: overfitting, exact BPC, exact resume, schedules (training.py, evaluate.py)."""
+"""Training and evaluation: overfitting, exact BPC, exact resume, schedules (training/loop.py, config.py, resume.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,10 @@ from nextchar.errors import UserError
 from nextchar.evaluation.bpc import evaluate_encoded, evaluate_lines, evaluate_stream
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START, Vocabulary
-from nextchar.training.loop import (
-    BASE_OPTIMISER_DEFAULTS,
-    RESUME_DIR,
-    TrainConfig,
-    learning_rate,
-    moving_average,
-    optimiser_default,
-    train,
-)
+from nextchar.training.config import BASE_OPTIMISER_DEFAULTS, TrainConfig, learning_rate, optimiser_default
+from nextchar.training.loop import train
+from nextchar.training.optimisation import moving_average
+from nextchar.training.resume import RESUME_DIR
 from tests.helpers import NAMES, ONE_LINE, PROSE, model_config, train_config
 
 # ------------------------------------------------------------------------------ overfitting
@@ -50,8 +45,15 @@ def test_one_line_corpus_is_determined_by_six_characters():
 def test_every_model_kind_overfits_one_line(tmp_path, kind):
     settings, lr = OVERFIT[kind]
     config = train_config(steps=150, lr=lr, warmup_steps=5, weight_decay=0.0)
-    result = train(ONE_LINE + "\n", ONE_LINE + "\n", tmp_path, config, model_config(kind, hidden_size=32, **settings),
-                   "lines", progress=False)
+    result = train(
+        ONE_LINE + "\n",
+        ONE_LINE + "\n",
+        tmp_path,
+        config,
+        model_config(kind, hidden_size=32, **settings),
+        "lines",
+        progress=False,
+    )
     assert result.steps == 150
     assert result.final_val.chars == len(ONE_LINE) + 1
     assert result.final_val.top1 == 1.0
@@ -143,8 +145,13 @@ def resume_weights(out) -> tuple[dict, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize(
     ("corpus_format", "kind", "precision", "ema"),
-    [("text", "lstm", "fp32", 0.0), ("lines", "lstm", "fp32", 0.0), ("text", "rnn-tanh", "auto", 0.0),
-     ("lines", "window", "fp32", 0.0), ("text", "gru", "fp32", 0.9)],
+    [
+        ("text", "lstm", "fp32", 0.0),
+        ("lines", "lstm", "fp32", 0.0),
+        ("text", "rnn-tanh", "auto", 0.0),
+        ("lines", "window", "fp32", 0.0),
+        ("text", "gru", "fp32", 0.9),
+    ],
 )
 def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_format, kind, precision, ema):
     if corpus_format == "text":
@@ -157,8 +164,16 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, corpus_
     config = train_config(steps=12, eval_interval=4, precision=precision, ema=ema)
     straight = train(train_text, val_text, tmp_path / "a", config, model, corpus_format, progress=False)
 
-    stopped = train(train_text, val_text, tmp_path / "b", config, model, corpus_format, progress=False,
-                    should_stop=lambda step: step == 6)  # mid-epoch: a carried state is saved
+    stopped = train(
+        train_text,
+        val_text,
+        tmp_path / "b",
+        config,
+        model,
+        corpus_format,
+        progress=False,
+        should_stop=lambda step: step == 6,
+    )  # mid-epoch: a carried state is saved
     assert stopped.steps == 6
     meta, _ = resume_weights(tmp_path / "b")
     assert meta["step"] == 6
@@ -221,8 +236,16 @@ def test_resume_without_a_run_is_a_user_error(tmp_path):
 
 
 def test_training_writes_checkpoint_metrics_plot_and_resume_state(tmp_path):
-    result = train(NAMES, "mia\nemma\n", tmp_path, train_config(steps=9, eval_interval=3), model_config("gru"),
-                   "lines", source={"corpus": "names"}, progress=False)
+    result = train(
+        NAMES,
+        "mia\nemma\n",
+        tmp_path,
+        train_config(steps=9, eval_interval=3),
+        model_config("gru"),
+        "lines",
+        source={"corpus": "names"},
+        progress=False,
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6, 9]
     assert {"step", "elapsed", "train_bpc", "val_bpc", "val_top1", "lr", "chars_per_s"} <= set(records[0])
@@ -238,7 +261,8 @@ def test_training_writes_checkpoint_metrics_plot_and_resume_state(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
     ckpt = load_checkpoint(tmp_path)
     assert evaluate_encoded(ckpt.model, encode_corpus("mia\nemma\n", ckpt.vocab, "lines")).bpc == pytest.approx(
-        result.best_val.bpc, rel=1e-6)
+        result.best_val.bpc, rel=1e-6
+    )
 
 
 def test_moving_average_ramps_its_decay_up_to_the_given_one():
@@ -260,8 +284,9 @@ def test_moving_average_ramps_its_decay_up_to_the_given_one():
 
 def test_evaluations_score_and_save_the_moving_average(tmp_path):
     cut = int(0.9 * len(PROSE))
-    result = train(PROSE[:cut], PROSE[cut:], tmp_path, train_config(steps=8, ema=0.5), model_config("lstm"),
-                   progress=False)
+    result = train(
+        PROSE[:cut], PROSE[cut:], tmp_path, train_config(steps=8, ema=0.5), model_config("lstm"), progress=False
+    )
     _, tensors = resume_weights(tmp_path)
     ckpt = load_checkpoint(tmp_path)
     for name, saved in ckpt.model.state_dict().items():
@@ -273,15 +298,29 @@ def test_evaluations_score_and_save_the_moving_average(tmp_path):
 
 
 def test_time_budget_ends_training(tmp_path):
-    result = train(NAMES, "mia\n", tmp_path, train_config(steps=None, time_budget=0.3), model_config("rnn-tanh"),
-                   "lines", progress=False)
+    result = train(
+        NAMES,
+        "mia\n",
+        tmp_path,
+        train_config(steps=None, time_budget=0.3),
+        model_config("rnn-tanh"),
+        "lines",
+        progress=False,
+    )
     assert result.steps > 0
     assert result.final_val is not None
 
 
 def test_sgd_and_bf16_train(tmp_path):
-    result = train(NAMES, "mia\n", tmp_path, train_config(steps=5, optimizer="sgd", precision="bf16"),
-                   model_config("lstm"), "lines", progress=False)
+    result = train(
+        NAMES,
+        "mia\n",
+        tmp_path,
+        train_config(steps=5, optimizer="sgd", precision="bf16"),
+        model_config("lstm"),
+        "lines",
+        progress=False,
+    )
     assert result.steps == 5 and math.isfinite(result.final_val.bpc)
 
 

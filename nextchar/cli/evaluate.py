@@ -1,0 +1,100 @@
+"""`nextchar eval`: bits per character, top-1 and top-5 accuracy of a model on a corpus.
+
+A text file is encoded in the model's own framing (or --format); a directory made by
+`nextchar prepare` is read from its memory map a batch at a time, its vocabulary mapped onto
+the model's. --adapt adds dynamic evaluation beside the static figures (nextchar.cli.adapt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nextchar.cli.options import add_model_option
+from nextchar.errors import UserError
+
+if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
+    from nextchar.checkpoint import Checkpoint
+    from nextchar.evaluation.bpc import EvalResult
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="bits per character and accuracy on a corpus",
+        description="Evaluate a model on a corpus: bits per character (BPC), top-1 and top-5 "
+        "next-character accuracy, and the number of predicted characters.",
+    )
+    p.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, or a directory made by `nextchar prepare`")
+    add_model_option(p)
+    p.add_argument(
+        "--format",
+        choices=("text", "lines"),
+        default=None,
+        help="how to frame the corpus (default: as the model was trained; a prepared directory's own)",
+    )
+    p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    from nextchar.cli.adapt import add_eval_options  # --adapt and its settings (issue 7)
+
+    add_eval_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.data.batches import count_targets, encode_corpus
+    from nextchar.data.prepared import is_prepared
+    from nextchar.evaluation.bpc import evaluate_encoded
+    from nextchar.text import read_corpus
+
+    ckpt = load_checkpoint(args.model)
+    if is_prepared(args.corpus):
+        return _eval_prepared(args, ckpt)
+    text = read_corpus(args.corpus, args.encoding_errors)
+    encoded = encode_corpus(text, ckpt.vocab, args.format or ckpt.format)
+    if count_targets(encoded) == 0:
+        raise UserError(f"{args.corpus}: nothing to evaluate after mapping onto the model's alphabet")
+    if args.adapt:  # dynamic evaluation, printed beside the static figures
+        from nextchar.cli.adapt import run_adapted_eval
+
+        return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
+    _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
+    return 0
+
+
+def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
+    """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
+    from nextchar.data.prepared import PreparedCorpus, PreparedLines, vocabulary_mapping
+    from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
+
+    directory = Path(args.corpus)
+    corpus = PreparedCorpus.open(directory)
+    if args.format and args.format != corpus.format:
+        raise UserError(
+            f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
+            "prepare it again with --format or leave --format out"
+        )
+    if args.adapt:
+        raise UserError(f"{directory}: --adapt reads a text file, not a prepared directory; give the text file")
+    mapping = vocabulary_mapping(corpus.vocab, ckpt.vocab, directory)
+    if corpus.format == "text":
+        if len(corpus.tokens) < 2:
+            raise UserError(f"{directory}: nothing to evaluate (no characters)")
+        result = evaluate_stream(ckpt.model, corpus.tokens, mapping=mapping)
+    else:
+        if corpus.n_lines == 0:
+            raise UserError(f"{directory}: nothing to evaluate (no lines)")
+        lines = PreparedLines(corpus, mapping)
+        result = evaluate_lines(ckpt.model, lines, lengths=lines.lengths())
+    _print_eval(result, args.json)
+    return 0
+
+
+def _print_eval(result: EvalResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"bpc   {result.bpc:.4f}\ntop1  {result.top1:.4f}\ntop5  {result.top5:.4f}\nchars {result.chars}")

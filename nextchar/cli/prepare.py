@@ -1,0 +1,104 @@
+"""`nextchar prepare`: the command that streams corpora into a prepared directory.
+
+The streaming itself is `nextchar.data.prepare`; this module adds what a command needs and the
+data layer must not know: the options, the report, and --vocab-from, which may name a model
+(a checkpoint) as well as a prepared directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nextchar.text import Vocabulary
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="stream corpora into a memory-mapped directory for `train DIR`",
+        description="Encode any number of UTF-8 corpora (- for standard input) into DIR: a memory-mapped "
+        "token array plus the vocabulary, in constant memory. `nextchar train DIR` then trains "
+        "on corpora larger than RAM.",
+    )
+    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files, or - for standard input")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    p.add_argument(
+        "--format",
+        choices=("auto", "text", "lines"),
+        default="auto",
+        help="as for `train` (default auto; with --vocab-from, that directory's format)",
+    )
+    p.add_argument(
+        "--alphabet",
+        choices=("corpus", "lecture"),
+        default="corpus",
+        help="corpus: every character seen; lecture: a-z and space (default corpus)",
+    )
+    p.add_argument(
+        "--vocab-from",
+        metavar="DIR",
+        help="reuse the vocabulary of a prepared directory or a checkpoint (new characters → <unk>)",
+    )
+    p.add_argument(
+        "--encoding-errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="on invalid UTF-8: stop (strict) or use U+FFFD (replace)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_prepare)
+
+
+def given_vocabulary(directory: Path) -> tuple[Vocabulary, str]:
+    """The vocabulary and format of a prepared directory or a checkpoint (for --vocab-from)."""
+    from nextchar.checkpoint import CONFIG_NAME, load_checkpoint
+    from nextchar.data.prepared import PREPARED_NAME, is_prepared, read_prepared_meta
+    from nextchar.errors import UserError
+
+    if is_prepared(directory):
+        meta = read_prepared_meta(directory)
+        return Vocabulary.from_json(meta["vocabulary"]), meta["format"]
+    if directory.is_dir() and not (directory / CONFIG_NAME).exists():
+        raise UserError(
+            f"{directory}: neither a prepared directory (no {PREPARED_NAME}) nor a checkpoint "
+            f"(no {CONFIG_NAME}); check --vocab-from"
+        )
+    ckpt = load_checkpoint(directory)
+    return ckpt.vocab, ckpt.format
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from nextchar.data.prepare import check_arguments, prepare
+    from nextchar.data.prepared import token_dtype
+
+    # The arguments first, then --vocab-from: the first problem named is the one prepare names.
+    check_arguments(args.corpus, args.out, args.format, args.alphabet, args.encoding_errors)
+    vocab: Vocabulary | None = None
+    corpus_format = args.format
+    if args.vocab_from is not None:
+        vocab, given_format = given_vocabulary(Path(args.vocab_from))
+        if corpus_format == "auto":  # a directory's corpora share one format, as they share indices
+            corpus_format = given_format
+    result = prepare(
+        args.corpus, args.out, corpus_format, args.alphabet, vocab, args.encoding_errors, progress=not args.quiet
+    )
+    megabytes = result.bytes_read / 1e6
+    lines = f", {_plural(result.lines, 'line')}" if result.lines is not None else ""
+    print(
+        f"prepared {_plural(result.characters, 'character')}{lines} in {result.out} (format {result.format}, "
+        f"{len(result.vocab)} symbols, {token_dtype(len(result.vocab)).name}): "
+        f"{megabytes:,.1f} MB in {result.seconds:.1f} s ({megabytes / max(result.seconds, 1e-9):,.1f} MB/s)"
+    )
+    if result.unknown:
+        print(
+            f"note: {_plural(result.unknown, 'character')} ({result.unknown / max(result.characters, 1):.2%}) "
+            "not in the vocabulary were stored as <unk>",
+            file=sys.stderr,
+        )
+    return 0

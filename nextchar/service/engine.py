@@ -1,0 +1,307 @@
+"""The engine: one model thread answering batched requests, and the caches in front of it.
+
+Why HTTP being stateless costs nothing: the Completer keeps an LRU cache of recurrent states
+keyed by text, so a request for "wha" after one for "wh" costs one model step, whichever
+connection or person sent them. Finished responses are cached too (a search box's traffic
+repeats: everyone types "the" on the way to "the return statement"). Both caches together
+stay under `cache_mb`: the responses get 1/RESPONSE_SHARE of it, the states the rest, and
+the state cache's capacity is that budget over `state_entry_bytes`, an upper bound on one
+entry. Nothing else is kept between requests, so several processes or machines behind any
+load balancer just work; each has its own caches.
+
+Why one model thread: the Completer serialises its calls (its caches are shared), and a
+keystroke's small batches run fastest on one core; the event loop stays free to parse
+requests, answer cached ones, serve /healthz and deal with slow clients meanwhile.
+Requests that queue up while the model thread is busy are taken together: their beam
+searches run in lockstep and share one model call per step, and the rest of each round's
+tensor work (beam.drive_together), which on a CPU costs less than one call per request
+(bench/step.py, bench/search.py). Past `max_pending` queued jobs a request is refused
+(Overloaded, a 503) rather than left to wait behind everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import math
+import sys
+import threading
+import time
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from nextchar.checkpoint import BUNDLED_DIR, Checkpoint, load_checkpoint
+from nextchar.completion.completer import Completer
+from nextchar.completion.lexicon import Lexicon
+from nextchar.service.schemas import complete_json
+from nextchar.service.settings import ServiceSettings
+
+PER_TENSOR_OVERHEAD = 512  # bytes a cached tensor costs beyond its data (TensorImpl, storage, Python object)
+PER_ENTRY_OVERHEAD = 400  # bytes an LRU entry costs beyond its key and tensors (dict slot, Node, tuple)
+RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states the rest
+
+CacheKey = tuple[object, ...]  # what a response is cached under: the route and its parameters
+Answer = tuple[bytes, str]  # a response body and how its text's state was found (its cache outcome)
+Job = Callable[..., Any]  # a function, or a generator function built on Completer.suggest_steps
+Queued = tuple[Job, tuple[Any, ...], Future[Any]]  # a job, its arguments, and where its result goes
+
+
+class ResponseCache:
+    """An LRU of finished response bodies, bounded by bytes (keys and bodies counted)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max(0, int(max_bytes))
+        self.bytes = 0
+        self._items: OrderedDict[CacheKey, bytes] = OrderedDict()
+
+    def get(self, key: CacheKey) -> bytes | None:
+        body = self._items.get(key)
+        if body is not None:
+            self._items.move_to_end(key)
+        return body
+
+    def put(self, key: CacheKey, body: bytes) -> None:
+        size = self._size(key, body)
+        if size > self.max_bytes or key in self._items:
+            return
+        self._items[key] = body
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            old_key, old_body = self._items.popitem(last=False)
+            self.bytes -= self._size(old_key, old_body)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @staticmethod
+    def _size(key: CacheKey, body: bytes) -> int:
+        return sys.getsizeof(body) + sum(sys.getsizeof(part) for part in key) + PER_ENTRY_OVERHEAD
+
+
+def state_entry_bytes(completer: Completer, max_key_chars: int) -> int:
+    """An upper bound on what one state-cache entry costs: its tensors, its key, its slot.
+
+    The key is counted as the longest a query may produce, in 4-byte characters (CPython's
+    widest string layout), so the bound holds whatever people type.
+    """
+    state, logprobs = completer.state_after("")
+    tensors = [*state, logprobs]
+    data = sum(t.untyped_storage().nbytes() for t in tensors)
+    key_chars = min(max_key_chars, completer.max_context)
+    return data + PER_TENSOR_OVERHEAD * len(tensors) + sys.getsizeof("\U00010000" * key_chars) + PER_ENTRY_OVERHEAD
+
+
+class Overloaded(Exception):
+    """The model queue is full."""
+
+
+class Engine:
+    """The model, its thread, and both caches: everything a request needs beyond its parameters."""
+
+    def __init__(self, completer: Completer, settings: ServiceSettings, name: str):
+        self.completer = completer
+        self.settings = settings
+        self.name = name  # what /healthz calls the model
+        self.default_mode = settings.default_mode or ("line" if completer.format == "lines" else "phrase")
+        budget = int(settings.cache_mb * 2**20)
+        self.responses = ResponseCache(budget // RESPONSE_SHARE)
+        per_entry = state_entry_bytes(completer, settings.max_query)
+        completer.cache_size = max(1, (budget - self.responses.max_bytes) // per_entry)
+        self.state_budget = completer.cache_size * per_entry
+        # The Completer's own counts of how it found each state (hit, step, read): they tell a
+        # job's cache outcome. Absent on a stand-in completer: every outcome is then "hit".
+        self._stats: dict[str, int] | None = getattr(completer, "cache_stats", None)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextchar-model")
+        self._queue: deque[Queued] = deque()  # jobs for the model thread
+        self.pending = 0  # model jobs queued or running
+        self._inflight: dict[CacheKey, asyncio.Future[Answer]] = {}
+        self.started = time.time()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def state_entries(self) -> int:
+        """Recurrent states in the completer's LRU cache now."""
+        return len(self.completer.states)
+
+    def _outcome(self, before: dict[str, int] | None) -> str:
+        if self._stats is None or before is None:
+            return "hit"
+        for result in ("read", "step", "hit"):
+            if self._stats.get(result, 0) > before.get(result, 0):
+                return result
+        return "hit"
+
+    async def answer(self, key: CacheKey, job: Job, *args: Any) -> Answer:
+        """(body, cache outcome) for `key`: from the response cache, shared with an identical
+        request already in flight (popular prefixes arrive together), or computed by job(*args)."""
+        cached = self.responses.get(key)
+        if cached is not None:
+            return cached, "response"
+        shared = self._inflight.get(key)
+        if shared is not None:
+            body, _ = await asyncio.shield(shared)
+            return body, "response"
+        shared = asyncio.get_running_loop().create_future()
+        shared.add_done_callback(_retrieve)
+        self._inflight[key] = shared
+        try:
+            body, outcome = await self.run(job, *args)
+        except asyncio.CancelledError:
+            shared.cancel()
+            raise
+        except Exception as exc:
+            shared.set_exception(exc)
+            raise
+        finally:
+            del self._inflight[key]
+        shared.set_result((body, outcome))
+        self.responses.put(key, body)
+        return body, outcome
+
+    async def run(self, job: Job, *args: Any) -> Any:
+        """job(*args) on the model thread; refuse when too many are queued (Overloaded).
+
+        A job is a function, or a generator function built on Completer.suggest_steps: the
+        generators that are queued together run together (their model calls batched).
+        """
+        if self.pending >= self.settings.max_pending:
+            raise Overloaded
+        self.pending += 1
+        try:
+            ticket: Future[Any] = Future()
+            self._queue.append((job, args, ticket))
+            self._pool.submit(self._drain)
+            return await asyncio.wrap_future(ticket)
+        finally:
+            self.pending -= 1
+
+    def _drain(self) -> None:
+        """On the model thread: the jobs queued by now, oldest first, as one batch of at most
+        max_batch searches (often none: an earlier drain took them; the rest wait for the next,
+        as every queued job submitted a drain of its own)."""
+        batch: list[Queued] = []
+        while self._queue and len(batch) < self.settings.max_batch:
+            job, args, ticket = self._queue.popleft()
+            if ticket.set_running_or_notify_cancel():  # False: its client went away while it waited
+                batch.append((job, args, ticket))
+        searches: list[tuple[Generator[Any, Any, Any], Future[Any]]] = []
+        for job, args, ticket in batch:
+            if inspect.isgeneratorfunction(job):
+                searches.append((job(*args), ticket))  # nothing runs until it is driven
+                continue
+            try:
+                ticket.set_result(job(*args))
+            except Exception as exc:
+                ticket.set_exception(exc)
+        if not searches:
+            return
+        try:
+            results = self.completer.drive_together([search for search, _ in searches])
+        except Exception as exc:  # not from one search (those come back as results): fail them all
+            results = [exc] * len(searches)
+        for (_, ticket), result in zip(searches, results, strict=True):
+            if isinstance(result, Exception):
+                ticket.set_exception(result)
+            else:
+                ticket.set_result(result)
+
+    # The jobs (generators, run on the model thread): each returns (body, cache outcome).
+
+    def complete_job(self, q: str, k: int, mode: str, typos: bool, chars: int) -> Generator[Any, Any, Answer]:
+        before = dict(self._stats) if self._stats is not None else None
+        next_chars = self.completer.next_chars(q, chars)  # the first lookup of q's state: it tells the outcome
+        outcome = self._outcome(before)
+        suggestions = yield from self.completer.suggest_steps(q, k, mode, typos)
+        return _dumps(complete_json(q, mode, k, typos, suggestions, next_chars)), outcome
+
+    def suggest_job(self, q: str, k: int, base_url: str) -> Generator[Any, Any, Answer]:
+        before = dict(self._stats) if self._stats is not None else None
+        self.completer.state_after(q)
+        outcome = self._outcome(before)
+        suggestions = yield from self.completer.suggest_steps(q, k, self.default_mode)
+        texts: list[str] = []
+        descriptions: list[str] = []
+        urls: list[str] = []
+        for s in suggestions:
+            text = s.text.rstrip("\n")
+            if text in texts:  # "abc" and "abc\n" (the line ends) read the same in a drop-down
+                continue
+            texts.append(text)
+            chance = math.exp(s.logprob) if s.logprob > -700 else 0.0
+            descriptions.append(("did you mean this? " if s.corrected else "") + f"{100 * chance:.2g}% likely")
+            urls.append(f"{base_url}?q={urllib.parse.quote(text, safe='')}")
+        return _dumps([q, texts, descriptions, urls]), outcome
+
+
+def _retrieve(future: asyncio.Future[Answer]) -> None:
+    """Mark a shared answer's exception as seen (its owner reports it; waiters may be none)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def build_engine(
+    settings: ServiceSettings, completer: Completer | None = None, ckpt: Checkpoint | None = None
+) -> Engine:
+    """Load what `settings` names (unless given) and wrap it in an Engine."""
+    if completer is None:
+        ckpt = ckpt if ckpt is not None else load_checkpoint(settings.model)
+        lexicon = Lexicon.load(settings.lexicon) if settings.lexicon else None
+        completer = Completer(
+            ckpt,
+            lexicon=lexicon,
+            beam_width=settings.beam_width,
+            max_chars=settings.max_chars,
+            max_words=settings.max_words,
+            typo_penalty=settings.typo_penalty,
+            precision=settings.precision,
+        )
+    path = completer.ckpt.path
+    if path is None:
+        name = "<memory>"
+    elif Path(path).resolve() == BUNDLED_DIR.resolve():
+        name = "bundled"
+    else:
+        name = str(path)
+    return Engine(completer, settings, name)
+
+
+class LazyEngine:
+    """The application's engine, built once when first asked for (or by the lifespan, at startup).
+
+    Calling it gives the engine. `close` (the lifespan's end) closes it and forgets it, so that a
+    server that skips lifespans, or starts a second one, gets a fresh one on its next request.
+    """
+
+    def __init__(self, build: Callable[[], Engine]):
+        self._build = build
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            with self._lock:  # two first requests on two threads build one engine
+                if self._engine is None:
+                    self._engine = self._build()
+                engine = self._engine
+        return engine
+
+    def built(self) -> Engine | None:
+        """The engine if there is one now; building nothing (for /metrics)."""
+        return self._engine
+
+    def close(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
