@@ -5,7 +5,7 @@ default). This measures, on the same random weights in one process, a one-charac
 B hypotheses through the model's own forward (`stepper.run_model`, the baseline) and through
 `stepper.Stepper` at each precision of its products (fp32: the same function; bf16; int8),
 as time per step and per hypothesis: the case for the stepper, for low-precision products,
-and for batching concurrent requests together (`nextchar.completion.search.drive_together`). Median of
+and for batching concurrent requests together (`nextchar.completion.lockstep.drive_together`). Median of
 --rounds rounds of --steps steps, 1 torch thread (what each serving worker uses).
 
     python -m bench.step                          # the default LSTM size

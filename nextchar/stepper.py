@@ -12,7 +12,7 @@ on the CPU, a one-character call here computes the same function directly:
     gates, as nn.LSTM/nn.GRU compute them (tests/test_stepper.py checks they agree).
   * Deeper layers: W_ih h_below + W_hh h, two products.
 
-Measured (`python bench/step.py`, one thread, default 1×512 LSTM), a step for 8 hypotheses:
+Measured (`python -m bench.step`, one thread, default 1×512 LSTM), a step for 8 hypotheses:
 0.56 ms through the model's forward; here 0.42 ms in fp32, 0.31 in bf16, 0.20 in int8.
 
 `precision` bf16 or int8 keeps copies of the recurrent weights in that format for the
@@ -82,7 +82,7 @@ _LINEAR_DYNAMIC = _int8_kernel()
 def auto_precision(model: CharModel) -> str:
     """What "auto" picks: int8 for LSTM/GRU models on a CPU where PyTorch has its x86 int8 kernels.
 
-    Measured on held-out Shakespeare lines (`python bench/complete.py --precision fp32|auto`,
+    Measured on held-out Shakespeare lines (`python -m bench.complete --precision fp32|auto`,
     docs/autocomplete.md): p99 per keystroke 11.7 ms in fp32, 7.1 in int8, with the same
     keystroke savings (0.037) and the same ranking quality (MRR 0.044).
     """

@@ -216,7 +216,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
                 CompleterPredictor(window, args.mode, k, name=f"baseline ({window_ckpt.model.config.kind})")
             )
     personal = None
-    if args.adapt:  # the same model learning each line once it is typed (personalisation, issue 7)
+    if args.adapt:  # the same model learning each line once it is typed (personalisation)
         from nextchar.cli.adapt import personal_predictor
 
         personal = personal_predictor(args, completer, k)
@@ -302,7 +302,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="print JSON: ksr, mrr, success_at_1, success_at_k, latency_ms {p50,p95,p99}, targets, "
         "… and baselines {trie, window}",
     )
-    from nextchar.cli.adapt import add_personal_options  # --adapt: personalisation (issue 7)
+    from nextchar.cli.adapt import add_personal_options  # --adapt: personalisation
 
     add_personal_options(p)
     p.set_defaults(run=_run_eval_complete)

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from nextchar.cli.adapt import add_eval_options  # --adapt and its settings (issue 7)
+    from nextchar.cli.adapt import add_eval_options  # --adapt and its settings
 
     add_eval_options(p)
     p.set_defaults(run=run)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from nextchar.cli.options import add_model_option, add_search_options, require_extra
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
-from nextchar.completion.config import K_MAX
+from nextchar.completion.config import K_MAX, MODES
 from nextchar.errors import UserError
 from nextchar.service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from nextchar.checkpoint import Checkpoint
 
 SERVED = ServiceSettings()  # the defaults (torch-free: building the parser loads nothing)
 
@@ -66,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--mode",
-        choices=("word", "line", "phrase"),
+        choices=MODES,
         default=None,
         help="completion mode when a request gives none (default: line for line-list models, phrase for prose)",
     )
@@ -84,7 +88,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="N",
         help=f"queued searches run together, sharing model calls (default {SERVED.max_batch}; 1: one at a time)",
     )
-    g = p.add_argument_group("server")
+    _add_server_options(p.add_argument_group("server"))
+    p.set_defaults(run=run)
+
+
+def _add_server_options(g: argparse._ArgumentGroup) -> None:
+    """How each process serves: threads, queue and connection limits, logging, personal routes."""
     g.add_argument(
         "--threads",
         type=_int,
@@ -121,7 +130,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, "
         "least recently used forgotten first (default 0: off; see docs/adaptation.md)",
     )
-    p.set_defaults(run=run)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -145,17 +153,35 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn", "prometheus_client")
-    import os
-
     import torch
-    import uvicorn
 
     from nextchar.checkpoint import load_checkpoint
     from nextchar.completion.lexicon import Lexicon
-    from nextchar.service.app import create_app, tune_gc_for_serving
-    from nextchar.service.metrics import shared_metrics_dir
-    from nextchar.service.settings import ENV_SETTINGS
 
+    settings = _settings(args)
+    torch.set_num_threads(args.threads)
+    # Load once here, so that a bad model or lexicon is a one-line error before anything listens
+    # (and a single worker serves what was loaded).
+    ckpt = load_checkpoint(args.model)
+    if args.lexicon:
+        Lexicon.load(args.lexicon)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    where = "the bundled model" if args.model is None else args.model
+    print(
+        f"nextchar: serving {where} at http://{shown}:{port}/ ({args.workers} worker"
+        f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops",
+        flush=True,
+    )
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"nextchar: note: listening on {args.host}, reachable from other machines", file=sys.stderr, flush=True)
+    _serve(args, ckpt, settings, sock)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers in one line naming the flag, before anything loads."""
     for name in (
         "workers",
         "threads",
@@ -180,7 +206,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
     if args.default_k > K_MAX:
         raise UserError(f"--k must be at most {K_MAX}, not {args.default_k}")
-    settings = ServiceSettings(
+
+
+def _settings(args: argparse.Namespace) -> ServiceSettings:
+    """The service's settings from the checked flags."""
+    _check(args)
+    return ServiceSettings(
         model=args.model,
         lexicon=args.lexicon,
         cache_mb=args.cache_mb,
@@ -197,23 +228,18 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         precision=args.precision,
     )
-    torch.set_num_threads(args.threads)
-    # Load once here, so that a bad model or lexicon is a one-line error before anything listens
-    # (and a single worker serves what was loaded).
-    ckpt = load_checkpoint(args.model)
-    if args.lexicon:
-        Lexicon.load(args.lexicon)
-    sock = _bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    where = "the bundled model" if args.model is None else args.model
-    print(
-        f"nextchar: serving {where} at http://{shown}:{port}/ ({args.workers} worker"
-        f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops",
-        flush=True,
-    )
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"nextchar: note: listening on {args.host}, reachable from other machines", file=sys.stderr, flush=True)
+
+
+def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings, sock: socket.socket) -> None:
+    """Run uvicorn on the bound socket: in this process, or in --workers processes sharing it."""
+    import os
+
+    import uvicorn
+
+    from nextchar.service.app import create_app, tune_gc_for_serving
+    from nextchar.service.metrics import shared_metrics_dir
+    from nextchar.service.settings import ENV_SETTINGS
+
     common = dict(
         log_level="info" if args.access_log else "warning",
         access_log=args.access_log,
@@ -243,4 +269,3 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         sock.close()
-    return 0

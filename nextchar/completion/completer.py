@@ -20,7 +20,7 @@ of the previous beam, that hypothesis's states are taken instead of recomputed.
 Precision. `precision` is that of the one-character steps' matrix products (stepper.py):
 "fp32" (the default here) computes exactly the model's function; "int8" and "bf16" keep
 low-precision copies of the recurrent weights (a step for 8 hypotheses 2.1× and 1.4× as fast
-as in fp32 on this CPU: bench/step.py) and may swap near ties; "auto" is int8 where PyTorch
+as in fp32 on this CPU: python -m bench.step) and may swap near ties; "auto" is int8 where PyTorch
 has its x86 int8 kernels. The commands and the service use "auto". Longer reads stay fp32.
 
 Bounds. The model reads at most the last `max_context` characters of a text it has to read

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 from nextchar.errors import UserError
 
-MODES = ("word", "line", "phrase")  # the rest of the word / of the line / up to max_words words
+Mode = Literal["word", "line", "phrase"]  # the rest of the word / of the line / up to max_words words
+MODES: tuple[str, ...] = get_args(Mode)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # of a search's matrix products (nextchar.stepper)
 PRECISION_HELP = (
     "of the search's matrix products: fp32 (exact), bf16, int8 (suggestions can differ in near "

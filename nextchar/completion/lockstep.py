@@ -10,9 +10,9 @@ sent back the answer:
 
 `drive_together` answers each kind of request for every search at once, so a round of a dozen
 concurrent searches costs about one search's tensor operations and ONE model call. Why: per
-hypothesis, a step for 64 costs half what a step for 8 does on this CPU (bench/step.py), and
+hypothesis, a step for 64 costs half what a step for 8 does on this CPU (python -m bench.step), and
 a search's own tensor operations, a few µs each, cost as much as its share of the model call
-(bench/search.py: 17–24% less per search in batches of 5–16). A search's hypotheses are rows
+(python -m bench.search: 17–24% less per search in batches of 5–16). A search's hypotheses are rows
 lo…hi of the round's `Batch`, which holds every search's rows; `drive` runs a single search.
 """
 

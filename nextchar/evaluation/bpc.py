@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,14 @@ from torch import Tensor
 from nextchar.data.batches import IGNORE, frame_lines, stream_eval_shape
 from nextchar.models import CharModel
 from nextchar.text import END
+
+
+class Lines(Protocol):
+    """Index tensors of lines, read by position: a list, or a prepared corpus read on demand."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> Tensor: ...
 
 
 @dataclass
@@ -110,7 +118,7 @@ def evaluate_stream(
 
 @torch.no_grad()
 def evaluate_lines(
-    model: CharModel, lines: Sequence[Tensor], batch_size: int = 128, lengths: Sequence[int] | None = None
+    model: CharModel, lines: Lines, batch_size: int = 128, lengths: Sequence[int] | np.ndarray | None = None
 ) -> EvalResult:
     """BPC of a `lines` corpus: every line framed "^"+line → line+<end>, each from s_0.
 
@@ -120,7 +128,7 @@ def evaluate_lines(
     model.eval()
     device = model.device
     tally = Tally()
-    sizes = lengths if lengths is not None else [len(line) for line in lines]
+    sizes = lengths if lengths is not None else [len(lines[i]) for i in range(len(lines))]
     order = sorted(range(len(lines)), key=lambda i: sizes[i])  # similar lengths, less padding
     for start in range(0, len(order), batch_size):
         x, y = frame_lines([lines[i] for i in order[start : start + batch_size]])

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from nextchar import __version__
 from nextchar.checkpoint import Checkpoint
 from nextchar.completion.completer import Completer
-from nextchar.completion.config import K_MAX
+from nextchar.completion.config import K_MAX, Mode
 from nextchar.errors import UserError
 from nextchar.service.engine import CacheKey, Job, LazyEngine, Overloaded, build_engine
 from nextchar.service.guard import GuardMiddleware
@@ -93,7 +93,7 @@ def create_app(
     app.include_router(suggestion_router(engine, chosen, metrics))
     app.include_router(info_router(engine, chosen, metrics))
     app.include_router(page_router())
-    if chosen.personal_users > 0:  # per-user adapted suggestions (issue 7); off by default: no per-user state
+    if chosen.personal_users > 0:  # per-user adapted suggestions; off by default: no per-user state
         people = People(engine, chosen.personal_users)
         app.include_router(personal_router(people, engine, chosen))
         app.state.personal = people
@@ -146,8 +146,8 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
     max_q = settings.max_query
     Q = Annotated[str, Query(max_length=max_q, description=f"the text typed so far (at most {max_q} characters)")]
     K = Annotated[int | None, Query(ge=1, le=K_MAX, description=f"number of suggestions, 1 … {K_MAX}")]
-    Mode = Annotated[
-        Literal["word", "line", "phrase"] | None,
+    ModeQuery = Annotated[
+        Mode | None,
         Query(
             description="word: the rest of the word; line: to the end of the line; phrase: a few "
             "words (default: line for line-list models, phrase for prose)"
@@ -182,7 +182,7 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
         responses=error_responses(400, 413, 500, 503),
         summary="Completions with scores and correction flags, and the next-character distribution",
     )
-    async def complete(q: Q, k: K = None, mode: Mode = None, typos: Typos = False, chars: Chars = 10) -> Response:
+    async def complete(q: Q, k: K = None, mode: ModeQuery = None, typos: Typos = False, chars: Chars = 10) -> Response:
         eng = engine()
         k = k or settings.default_k
         chosen_mode = mode or eng.default_mode

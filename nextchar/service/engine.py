@@ -15,7 +15,7 @@ requests, answer cached ones, serve /healthz and deal with slow clients meanwhil
 Requests that queue up while the model thread is busy are taken together: their beam
 searches run in lockstep and share one model call per step, and the rest of each round's
 tensor work (beam.drive_together), which on a CPU costs less than one call per request
-(bench/step.py, bench/search.py). Past `max_pending` queued jobs a request is refused
+(python -m bench.step, python -m bench.search). Past `max_pending` queued jobs a request is refused
 (Overloaded, a 503) rather than left to wait behind everyone else.
 """
 

@@ -16,13 +16,13 @@ route each user to the same one (or run one worker).
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time, and
 # their parameter types are local to personal_router (as in nextchar.service.app).
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from nextchar.completion.config import K_MAX
+from nextchar.completion.config import K_MAX, Mode
 from nextchar.completion.personal import MAX_LEARN_CHARS, PersonalCompleters
 from nextchar.errors import UserError
 from nextchar.service.engine import Engine, Overloaded
@@ -96,7 +96,7 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
         user: User,
         q: Q,
         k: K = None,
-        mode: Annotated[Literal["word", "line", "phrase"] | None, Query(description="as /api/complete")] = None,
+        mode: Annotated[Mode | None, Query(description="as /api/complete")] = None,
         typos: Annotated[bool, Query(description="as /api/complete")] = False,
         chars: Annotated[int, Query(ge=1, le=K_MAX, description="next characters to list")] = 10,
     ) -> Response:

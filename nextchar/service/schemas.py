@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from nextchar.completion.completer import Suggestion
+from nextchar.completion.config import Mode
 
 SUGGESTIONS_TYPE = "application/x-suggestions+json"
 OPENSEARCH_TYPE = "application/opensearchdescription+xml"
@@ -45,7 +46,7 @@ class NextCharBody(BaseModel):
 
 class CompleteBody(BaseModel):
     q: str
-    mode: Literal["word", "line", "phrase"]
+    mode: Mode
     k: int
     typos: bool
     suggestions: list[SuggestionBody] = Field(description="best first")
