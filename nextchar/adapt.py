@@ -74,9 +74,9 @@ class AdaptConfig:
         if self.params not in PARAM_SETS:
             raise UserError(f"adapted parameters must be one of {', '.join(PARAM_SETS)}, not {self.params!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--adapt-lr must be a positive number, not {self.lr}")
+            raise UserError(f"AdaptConfig.lr must be a positive number, not {self.lr}", parameter="AdaptConfig.lr")
         if not (math.isfinite(self.decay) and 0 <= self.decay < 1):
-            raise UserError(f"--adapt-decay must be in [0, 1), not {self.decay}")
+            raise UserError(f"AdaptConfig.decay must be in [0, 1), not {self.decay}", parameter="AdaptConfig.decay")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise UserError(f"adaptation epsilon must be positive, not {self.epsilon}")
         for name in ("window", "streams", "stat_windows", "stat_batch"):
@@ -187,7 +187,8 @@ class Adapter:
         if config.rule == "rms" and stats is None:
             raise UserError(
                 "the rms adaptation rule needs gradient statistics from training text "
-                "(give a training text, e.g. --adapt-train FILE) or use the sgd rule"
+                "(give stats: gradient_statistics(model, text, config)) or use the sgd rule",
+                parameter="stats",
             )
         self.config = config
         names = adapted_names(model, config.params)

@@ -1,12 +1,33 @@
-"""The one exception type for mistakes a user can fix (bad file, bad flag, bad checkpoint).
+"""The one exception type for mistakes a user can fix (bad file, bad argument, bad checkpoint).
 
 The CLI catches it once and prints its message on one line with exit status 2; library
 callers can catch it too. Programming errors stay ordinary exceptions with tracebacks.
+
+Library code names what the caller passed as the caller spelled it: the Python parameter
+(`seq_len`, `encoding_errors="replace"`, `AdaptConfig.lr`), never a command-line flag, and says
+which parameters the message names in `parameter`. The CLI (nextchar.cli.main) turns those
+names into the flags of the command that ran (`seq_len` → `--seq-len`), so the person at the
+terminal reads flags and a Python caller reads parameters.
 """
 
 
 class UserError(Exception):
-    """A problem with the user's input: the message says what is wrong and what to do."""
+    """A problem with the user's input: the message says what is wrong and what to do.
+
+    `parameter` is the parameter the message names, as it appears in the message (or a tuple
+    of them, when the message names several); None when it names none.
+    """
+
+    def __init__(self, message: str, parameter: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The parameters the message names (none, one or several), as a tuple."""
+        if self.parameter is None:
+            return ()
+        return (self.parameter,) if isinstance(self.parameter, str) else self.parameter
 
 
 class MissingExtra(UserError):

@@ -43,7 +43,7 @@ def next_char_distribution(ckpt: Checkpoint, text: str) -> torch.Tensor:
 def predict(ckpt: Checkpoint, text: str, k: int = 10) -> list[tuple[str, float]]:
     """The k most likely next symbols after `text` with their probabilities (<end> shown as $)."""
     if k < 1:
-        raise UserError(f"-k must be at least 1, not {k}")
+        raise UserError(f"k must be at least 1, not {k}", parameter="k")
     probs = next_char_distribution(ckpt, text)
     top = probs.topk(min(k, len(probs)))
     return [(ckpt.vocab.symbol(i), p) for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
@@ -60,11 +60,11 @@ def sample(
 ) -> str:
     """Continue `prefix` by sampling up to `length` characters (stops at <end> in lines format)."""
     if length < 0:
-        raise UserError(f"--length must be at least 0, not {length}")
+        raise UserError(f"length must be at least 0, not {length}", parameter="length")
     if temperature <= 0:
-        raise UserError(f"--temperature must be positive, not {temperature}")
+        raise UserError(f"temperature must be positive, not {temperature}", parameter="temperature")
     if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be at least 1, not {top_k}")
+        raise UserError(f"top_k must be at least 1, not {top_k}", parameter="top_k")
     generator = torch.Generator(device="cpu")
     if seed is not None:
         generator.manual_seed(seed)

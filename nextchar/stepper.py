@@ -29,7 +29,8 @@ forward, with oneDNN switched off for short inputs (`run_model`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -126,6 +127,13 @@ class Stepper:
         # name → (the (id, version) of each weight it was made from, what was made)
         self._cache: dict[str, tuple[tuple[tuple[int, int], ...], object]] = {}
         self._share = share if share is not None and share.precision == self.precision else None
+
+    @property
+    def prepared(self) -> Mapping[str, object]:
+        """What the fast path has made from the weights so far, by name ("table", "weight_hh_l0",
+        …), read-only. Where a stepper made with `share` has the same weights as the one it
+        shares, these are the very objects that one made (each is made once for all views)."""
+        return MappingProxyType({name: made for name, (_, made) in self._cache.items()})
 
     def __call__(self, idx: Tensor, state: State) -> tuple[Tensor, State]:
         if idx.shape[1] == 1 and self._fast():

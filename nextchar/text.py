@@ -58,7 +58,9 @@ MAX_PENDING_CHARS = 1 << 20
 def check_encoding_errors(encoding_errors: str) -> str:
     """`encoding_errors` if it is 'strict' or 'replace', else the UserError every reader raises."""
     if encoding_errors not in ENCODING_ERRORS:
-        raise UserError(f"--encoding-errors must be 'strict' or 'replace', not {encoding_errors!r}")
+        raise UserError(
+            f"encoding_errors must be 'strict' or 'replace', not {encoding_errors!r}", parameter="encoding_errors"
+        )
     return encoding_errors
 
 
@@ -157,7 +159,8 @@ class CorpusDecoder:
             data = held + chunk
             raise UserError(
                 f"{self.name}: invalid UTF-8 at byte offset {self._offset - len(held) + exc.start} "
-                f"({data[exc.start : exc.start + 1]!r}); fix the file or pass --encoding-errors replace"
+                f'({data[exc.start : exc.start + 1]!r}); fix the file or pass encoding_errors="replace"',
+                parameter="encoding_errors",
             ) from None
         self._offset += len(chunk)
         if self._at_start and text:

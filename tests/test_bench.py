@@ -147,6 +147,7 @@ def test_every_bench_module_imports_without_running(capsys: pytest.CaptureFixtur
     assert now == results  # and none wrote a result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["load", "step"])
 def test_a_benchmark_answers_help_from_the_repository_root(name: str) -> None:
     done = subprocess.run(

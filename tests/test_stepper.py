@@ -113,15 +113,15 @@ def test_a_view_sharing_weights_shares_what_is_made_from_them():
         view.head.bias += 1.0  # the person's own weights change
     got, _ = mine(idx, state)
     torch.testing.assert_close(got, view(idx, state)[0], rtol=0.05, atol=0.05)
-    assert mine._cache["table"][1] is base._cache["table"][1]
-    assert mine._cache["weight_hh_l0"][1] is base._cache["weight_hh_l0"][1]
+    assert mine.prepared["table"] is base.prepared["table"]
+    assert mine.prepared["weight_hh_l0"] is base.prepared["weight_hh_l0"]
     # A view that owns a shared weight makes its own copy (and leaves the base's alone).
     own = personal_view(model, ["rnn.weight_hh_l0"])
     with torch.no_grad():
         own.rnn.weight_hh_l0.mul_(-1.0)
     theirs = Stepper(own, "int8", share=base)
     theirs(idx, state)
-    assert theirs._cache["weight_hh_l0"][1] is not base._cache["weight_hh_l0"][1]
+    assert theirs.prepared["weight_hh_l0"] is not base.prepared["weight_hh_l0"]
     torch.testing.assert_close(base(idx, state)[0], model(idx, state)[0], rtol=0.05, atol=0.05)
 
 

@@ -67,7 +67,7 @@ def test_read_corpus_refuses_bad_content(write_file, content, message):
 
 def test_invalid_utf8_message_tells_how_to_go_on(write_file):
     path = write_file("latin1.txt", "naïve text".encode("latin-1"))
-    with pytest.raises(UserError, match=r"byte offset 2 \(b'\\xef'\).*--encoding-errors replace"):
+    with pytest.raises(UserError, match=r"byte offset 2 \(b'\\xef'\).*encoding_errors=\"replace\""):
         read_corpus(path)
     assert read_corpus(path, encoding_errors="replace") == "na\ufffdve text"
 
@@ -77,7 +77,7 @@ def test_read_corpus_refuses_missing_file_directory_and_bad_mode(tmp_path, write
         read_corpus(tmp_path / "absent.txt")
     with pytest.raises(UserError, match="is a directory"):
         read_corpus(tmp_path)
-    with pytest.raises(UserError, match="--encoding-errors must be"):
+    with pytest.raises(UserError, match=r"^encoding_errors must be"):
         read_corpus(write_file("ok.txt", "hello"), encoding_errors="ignore")
 
 
@@ -229,7 +229,7 @@ def test_split_validation_lines_is_the_last_tenth_of_lines():
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.5, 1.5])
 def test_split_validation_refuses_bad_fraction(fraction):
-    with pytest.raises(UserError, match="--val-fraction"):
+    with pytest.raises(UserError, match=r"^val_fraction must be between 0 and 1"):
         split_validation("some text", "text", fraction)
 
 
@@ -304,7 +304,7 @@ def test_stream_batches_on_tiny_corpora_give_full_windows(chars, seq_len, batch_
 
 
 def test_stream_batches_refuse_a_corpus_shorter_than_one_window():
-    with pytest.raises(UserError, match="shorter than one training window of --seq-len 8"):
+    with pytest.raises(UserError, match="shorter than one training window of seq_len=8"):
         StreamBatches(torch.arange(9), batch_size=4, seq_len=8)  # 8 characters, 8 + 1 needed
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, gradient_statistics
 from nextchar.checkpoint import Checkpoint
 from nextchar.cli.options import finite_number as _float
+from nextchar.cli.options import map_parameters
 from nextchar.cli.options import positive_int as _count
 from nextchar.data.batches import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
@@ -26,6 +27,10 @@ from nextchar.evaluation.dynamic import dynamic_evaluate
 if TYPE_CHECKING:
     from nextchar.completion.completer import Completer
     from nextchar.evaluation.keystrokes import PersonalPredictor
+
+
+# AdaptConfig's checks name its fields; these commands spell them --adapt-*.
+ADAPT_FLAGS = {"AdaptConfig.lr": "--adapt-lr", "AdaptConfig.decay": "--adapt-decay"}
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -70,6 +75,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         help="rms: training text for the gradient statistics (default: the checkpoint's own training "
         "corpus, when it can be found, without its validation part)",
     )
+    map_parameters(p, ADAPT_FLAGS)
 
 
 def training_data(
@@ -196,6 +202,7 @@ def add_personal_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="rms: training text for the gradient statistics (default: the checkpoint's own)",
     )
+    map_parameters(p, ADAPT_FLAGS)
 
 
 def personal_predictor(args: argparse.Namespace, completer: Completer, k: int) -> PersonalPredictor:

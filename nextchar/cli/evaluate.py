@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option
+from nextchar.cli.options import add_model_option, map_parameters
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     add_eval_options(p)
     p.set_defaults(run=run)
+    map_parameters(p, {"vocab_from": "--vocab-from"})  # a prepared directory of another alphabet: prepare's flag
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,15 +14,24 @@ Every command that uses a model takes it as -m/--model DIR and defaults to the b
 model. User mistakes raise UserError, printed here as one line with exit status 2. Each
 family imports what a command runs on inside the function that runs it, so that building
 the parser (--help) loads as little as it can.
+
+A UserError from the library names Python parameters (`seq_len`, `encoding_errors="replace"`)
+and lists them in `exc.parameters`; before printing, each becomes the flag that the command
+that ran spells it with: the option whose dest is the parameter (`--seq-len`), or what the
+command maps it to (nextchar.cli.options.map_parameters: `AdaptConfig.lr` → `--adapt-lr`);
+a keyword, `name="value"` or `name=value`, becomes `--flag value`. A parameter the command has
+no flag for stays as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from nextchar.cli.options import PARAMETER_FLAGS
 from nextchar.errors import MissingExtra, UserError
 
 EXIT_USAGE = 2
@@ -66,6 +75,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Parameter → the flag that means it, for the command that ran: the dest of each option of
+    the parsers from `parser` down to that command's (a sub-command's own option wins), then the
+    command's own mapping (map_parameters). An option is named by its long flag (-k when it has none)."""
+    flags: dict[str, str] = {}
+    current: argparse.ArgumentParser | None = parser
+    while current is not None:
+        below = None
+        for action in current._actions:  # argparse keeps dest → option strings only here
+            if isinstance(action, argparse._SubParsersAction):
+                below = action.choices.get(getattr(args, action.dest, None) or "")
+            elif action.option_strings:
+                long = [option for option in action.option_strings if option.startswith("--")]
+                flags[action.dest] = (long or action.option_strings)[0]
+        current = below
+    flags.update(getattr(args, PARAMETER_FLAGS, None) or {})
+    return flags
+
+
+def as_flags(message: str, parameters: Sequence[str], flags: dict[str, str]) -> str:
+    """`message` with each of `parameters` that `flags` knows replaced by its flag, as a whole word
+    (not inside a longer name or a path): `seq_len` → `--seq-len`, `encoding_errors="replace"` →
+    `--encoding-errors replace`, `vocab_from=run` → `--vocab-from run`."""
+    for name in parameters:
+        flag = flags.get(name)
+        if flag is None:
+            continue
+        pattern = re.compile(
+            rf"(?<![\w./\\-]){re.escape(name)}"
+            r"""(?:=(?:"(?P<double>[^"]*)"|'(?P<single>[^']*)'|(?P<bare>))|(?![\w/\\-]))"""
+        )
+
+        def spelled(match: re.Match[str], flag: str = flag) -> str:
+            value = next((v for v in match.group("double", "single", "bare") if v is not None), None)
+            return flag if value is None else f"{flag} {value}"
+
+        message = pattern.sub(spelled, message)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     except UserError as exc:
-        print(f"nextchar: error: {exc}", file=sys.stderr)
+        message = as_flags(str(exc), exc.parameters, command_flags(parser, args))
+        print(f"nextchar: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nextchar: interrupted", file=sys.stderr)

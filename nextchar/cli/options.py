@@ -1,5 +1,6 @@
 """What the commands' parsers share: number types checked with a one-line message, -m/--model,
-and the search options of the commands that complete (their defaults nextchar.completion.config's)."""
+the search options of the commands that complete (their defaults nextchar.completion.config's),
+and the mapping from library parameters to a command's flags (map_parameters)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import math
 
 from nextchar.completion.config import DEFAULTS, PRECISION_HELP, PRECISIONS, SERVING_PRECISION
 from nextchar.errors import MissingExtra
+
+# The parsed arguments' attribute that holds a command's map_parameters (read by nextchar.cli.main).
+PARAMETER_FLAGS = "parameter_flags"
+
+
+def map_parameters(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    """Spell these library parameters (as UserError names them) as these flags in this command's
+    errors: for a parameter named unlike the option's dest (`AdaptConfig.lr` → `--adapt-lr`), or
+    for a hint that names another command's flag (`vocab_from` → `--vocab-from`, of prepare). An
+    option whose dest is the parameter needs no entry. Adds to what the parser maps already."""
+    parser.set_defaults(**{PARAMETER_FLAGS: {**(parser.get_default(PARAMETER_FLAGS) or {}), **flags}})
 
 
 def whole_number(text: str) -> int:

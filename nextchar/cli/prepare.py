@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nextchar.cli.options import map_parameters
 from nextchar.text import Vocabulary
 
 
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_prepare)
+    map_parameters(p, {"corpus_format": "--format"})
 
 
 def given_vocabulary(directory: Path) -> tuple[Vocabulary, str]:

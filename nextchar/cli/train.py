@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nextchar.cli.options import positive_float, positive_int
+from nextchar.cli.options import map_parameters, positive_float, positive_int
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_optimisation_options(p.add_argument_group("optimisation"))
     _add_duration_options(p.add_argument_group("duration and system"))
     p.set_defaults(run=run)
+    # train() takes the validation text itself; a stale prepared directory needs prepare's flag.
+    map_parameters(p, {"val_text": "--val FILE", "vocab_from": "--vocab-from"})
 
 
 def _add_data_options(g: argparse._ArgumentGroup) -> None:
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         return _train(args, rank)
     except UserError as exc:
         if world > 1 and rank != 0:
-            raise UserError(f"rank {rank}: {exc}") from None
+            raise UserError(f"rank {rank}: {exc}", exc.parameter) from None
         raise
     except RuntimeError as exc:
         if world > 1 and distributed.is_communication_error(exc):

@@ -68,11 +68,12 @@ class StreamBatches:
 
     def __init__(self, data: Tensor, batch_size: int, seq_len: int):
         if seq_len < 1 or batch_size < 1:
-            raise UserError("--batch-size and --seq-len must be at least 1")
+            raise UserError("batch_size and seq_len must be at least 1", parameter=("batch_size", "seq_len"))
         if len(data) - 1 < seq_len + 1:
             raise UserError(
                 f"the training text has {len(data) - 1} characters, shorter than one training "
-                f"window of --seq-len {seq_len} (+1); give more text or a smaller --seq-len"
+                f"window of seq_len={seq_len} (+1); give more text or a smaller seq_len",
+                parameter="seq_len",
             )
         self.data = data
         self.seq_len = seq_len
@@ -167,7 +168,9 @@ def split_validation(text: str, corpus_format: str, val_fraction: float) -> tupl
     That is the char-rnn/nanoGPT convention: train = text[:int(0.9 n)], val = the rest.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+        raise UserError(
+            f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}", parameter="val_fraction"
+        )
     if corpus_format == "text":
         cut = int((1.0 - val_fraction) * len(text))
         return text[:cut], text[cut:]
@@ -175,7 +178,8 @@ def split_validation(text: str, corpus_format: str, val_fraction: float) -> tupl
     if len(lines) < 2:
         raise UserError(
             "a `lines` corpus needs at least 2 non-empty lines to hold some out for validation; "
-            "give more lines or --val FILE"
+            "give more lines or val_text",
+            parameter="val_text",
         )
     cut = min(len(lines) - 1, max(1, int((1.0 - val_fraction) * len(lines))))
     return "\n".join(lines[:cut]) + "\n", "\n".join(lines[cut:]) + "\n"

@@ -326,15 +326,15 @@ def check_arguments(paths: list[str], out: str | Path, corpus_format: str, alpha
     if paths.count(STDIN) > 1:
         raise UserError("standard input (-) can be given only once")
     if corpus_format not in ("auto", *FORMATS):
-        raise UserError(f"--format must be auto, text or lines, not {corpus_format!r}")
+        raise UserError(f"corpus_format must be auto, text or lines, not {corpus_format!r}", parameter="corpus_format")
     if alphabet not in ("corpus", "lecture"):
-        raise UserError(f"--alphabet must be corpus or lecture, not {alphabet!r}")
+        raise UserError(f"alphabet must be corpus or lecture, not {alphabet!r}", parameter="alphabet")
     check_encoding_errors(encoding_errors)
     for path in paths:
         _check_source(path)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory; choose another --out")
+        raise UserError(f"{out}: exists and is not a directory; choose another out", parameter="out")
     return out
 
 
@@ -423,7 +423,8 @@ def _publish(job: _Job, corpus_format: str, vocab: Vocabulary, encoder: _Encoder
     if encoder.characters == 0:
         what = "no non-empty lines" if corpus_format == "lines" else "no characters"
         raise UserError(
-            f"{what} left after mapping onto the {vocab.alphabet} alphabet; use --alphabet corpus or give more text"
+            f'{what} left after mapping onto the {vocab.alphabet} alphabet; use alphabet="corpus" or give more text',
+            parameter="alphabet",
         )
     tokens_tmp, lines_tmp, _ = job.temporaries
     os.replace(tokens_tmp, job.out / TOKENS_NAME)

@@ -165,7 +165,9 @@ class PreparedCorpus:
         `nextchar.data.batches.split_validation` when the cap does not bite.
         """
         if val_text is None and not 0.0 < val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+            raise UserError(
+                f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}", parameter="val_fraction"
+            )
         if self.format == "text":
             n = len(self.tokens) - 1  # characters after <start>
             if val_text is not None:
@@ -184,7 +186,8 @@ class PreparedCorpus:
                 if n < 2:
                     raise UserError(
                         f"{self.path}: a `lines` corpus needs at least 2 non-empty lines to hold some "
-                        "out for validation; give more lines or --val FILE"
+                        "out for validation; give more lines or val_text",
+                        parameter="val_text",
                     )
                 assert self.offsets is not None
                 cut = min(n - 1, max(1, int((1.0 - val_fraction) * n)))
@@ -211,7 +214,8 @@ def vocabulary_mapping(source: Vocabulary, target: Vocabulary, where: Path) -> T
     if source.alphabet != target.alphabet:
         raise UserError(
             f"{where}: prepared with the {source.alphabet} alphabet, the model uses the "
-            f"{target.alphabet} alphabet; prepare the corpus again with --vocab-from MODEL"
+            f"{target.alphabet} alphabet; prepare the corpus again with vocab_from=MODEL",
+            parameter="vocab_from",
         )
     mapping = torch.arange(len(source))
     mapping[len(source) - len(source.chars) :] = torch.tensor(target.encode("".join(source.chars)), dtype=torch.long)

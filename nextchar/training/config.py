@@ -136,7 +136,7 @@ def cpu_has_bf16() -> bool:
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether training runs under bf16 autocast: `auto` uses it where it is fast (GPUs, bf16 CPUs)."""
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be auto, bf16 or fp32, not {precision!r}")
+        raise UserError(f"precision must be auto, bf16 or fp32, not {precision!r}", parameter="precision")
     if precision == "auto":
         return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
     return precision == "bf16"

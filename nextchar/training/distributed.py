@@ -65,7 +65,7 @@ def restart_caveat() -> str | None:
 def resolve_device(name: str) -> torch.device:
     """`auto` → cuda if available, else mps, else cpu; under torchrun, GPU = LOCAL_RANK."""
     if name not in DEVICES:
-        raise UserError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, not {name!r}", parameter="device")
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -75,7 +75,9 @@ def resolve_device(name: str) -> torch.device:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: this PyTorch sees no CUDA GPU; use --device cpu (or auto)")
+            raise UserError(
+                'device="cuda": this PyTorch sees no CUDA GPU; use device="cpu" (or auto)', parameter="device"
+            )
         local = env_local_rank()
         if local >= torch.cuda.device_count():
             raise UserError(
@@ -85,9 +87,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda", local)
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise UserError("--device mps: Apple's Metal backend is not available here; use --device cpu (or auto)")
+            raise UserError(
+                'device="mps": Apple\'s Metal backend is not available here; use device="cpu" (or auto)',
+                parameter="device",
+            )
         if env_world_size() > 1:
-            raise UserError("--device mps does not support distributed training; use --device cpu")
+            raise UserError('device="mps" does not support distributed training; use device="cpu"', parameter="device")
     return torch.device(name)
 
 

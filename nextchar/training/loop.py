@@ -73,7 +73,10 @@ def fresh_spec(
 
 def _require_validation(val_data: Encoded) -> None:
     if count_targets(val_data) == 0:
-        raise UserError("the validation text is empty; give --val FILE or a larger --val-fraction")
+        raise UserError(
+            "the validation text is empty; give val_text or a larger val_fraction",
+            parameter=("val_text", "val_fraction"),
+        )
 
 
 def training_data(
@@ -96,12 +99,13 @@ def training_data(
         else:
             batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
     if batches.batch_size < world:
-        row = f"a stream of --seq-len {config.seq_len} windows" if spec.corpus_format == "text" else "a line"
+        row = f"a stream of seq_len={config.seq_len} windows" if spec.corpus_format == "text" else "a line"
         raise UserError(
             f"{world} processes, but the training data fills only {batches.batch_size} of the "
             f"{config.batch_size} rows of a batch (each row is {row}), so some processes would have "
             f"nothing to read; start at most {batches.batch_size} (torchrun --nproc_per_node) or give "
-            "more data"
+            "more data",
+            parameter="seq_len",
         )
     return val_data, batches
 
@@ -177,7 +181,9 @@ class TrainState:
             spec = fresh_spec(config, model_config, corpus_format, alphabet, train_text, prepared)
         config = spec.config
         if not config.steps and not config.time_budget:
-            raise UserError("give --steps or --time-budget (or both) so that training ends")
+            raise UserError(
+                "give steps or time_budget (or both) so that training ends", parameter=("steps", "time_budget")
+            )
         device = distributed.resolve_device(config.device)
         val_data, batches = training_data(spec, train_text, val_text, prepared, rank, world)
 

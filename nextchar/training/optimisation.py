@@ -36,7 +36,7 @@ def make_optimizer(model: CharModel, config: TrainConfig) -> torch.optim.Optimiz
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=resolved(config.weight_decay, "weight_decay"))
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum)
-    raise UserError(f"--optimizer must be adamw or sgd, not {config.optimizer!r}")
+    raise UserError(f"optimizer must be adamw or sgd, not {config.optimizer!r}", parameter="optimizer")
 
 
 def moving_average(model: CharModel, decay: float) -> AveragedModel:

@@ -127,7 +127,8 @@ class ResumeState:
             raise UserError(
                 f"{prepared.corpus.path}: its vocabulary ({len(prepared.corpus.vocab)} symbols) differs "
                 f"from the one of the run in {out} ({len(vocab)} symbols); prepare the corpus again "
-                f"with --vocab-from {out}"
+                f"with vocab_from={str(out)!r}",
+                parameter="vocab_from",
             )
         train_digest = prepared.digest if prepared is not None else text_digest(train_text)
         if self.meta["train_sha256"] != train_digest:

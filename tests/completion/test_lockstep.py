@@ -161,11 +161,20 @@ def test_jobs_queued_together_run_in_batches_of_at_most_max_batch(prose_dir: Pat
     calls = CallCounter(engine.completer)
 
     async def queue_all() -> list:
-        gate = threading.Event()
-        engine._pool.submit(gate.wait)  # the model thread is busy while every request queues
+        gate, holding = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            holding.set()
+            gate.wait()
+
+        # The model thread is busy (in a job of its own, alone in its batch) while every request queues.
+        blocker = asyncio.ensure_future(engine.run(hold))
+        await asyncio.to_thread(holding.wait)
         jobs = [asyncio.ensure_future(engine.run(engine.suggest_job, q, 3, "http://t/suggest")) for q in PREFIXES]
-        await asyncio.sleep(0.05)
+        while engine.pending < 1 + len(PREFIXES):  # every request queued behind it
+            await asyncio.sleep(0)
         gate.set()
+        await blocker
         return await asyncio.gather(*jobs)
 
     answers = asyncio.run(queue_all())

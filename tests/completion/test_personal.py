@@ -175,6 +175,7 @@ def test_bad_inputs_are_user_errors(base):
         people.get("a").learn(b"bytes")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_eval_complete_adapt_raises_keystroke_savings(capsys, lines_model_dir, write_file):
     # A person who keeps typing names the model has never seen.
     names = [
@@ -354,6 +355,7 @@ def personal_schema(lines_model_dir):
     return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/")
 
 
+@pytest.mark.slow
 def test_service_personal_routes_fuzzed(personal_schema):
     """Whatever the generated input, valid or not: no 5xx, and every answer matches the schema."""
     from hypothesis import HealthCheck, given, settings

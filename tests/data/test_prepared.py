@@ -7,6 +7,7 @@ one is a one-line error naming what to do.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -183,19 +184,30 @@ def test_memmap_line_batches_equal_line_batches(prepared_lines):
 def test_huge_line_counts_use_an_affine_permutation_that_visits_every_line(prepared_lines, monkeypatch):
     monkeypatch.setattr("nextchar.data.prepared.FULL_SHUFFLE_LINES", 0)
     corpus = PreparedCorpus.open(prepared_lines)
+    seen: list[int] = []  # the lines the batches read from the corpus, in order
+    read_line = corpus.line
+
+    def reading(i: int) -> torch.Tensor:
+        seen.append(i)
+        return read_line(i)
+
+    monkeypatch.setattr(corpus, "line", reading)
     batches = MemmapLineBatches(corpus, corpus.n_lines, 6, 64, seed=3)
     for epoch in range(2):
-        seen = []
+        seen.clear()
         for index in range(batches.batches_per_epoch):
-            positions = [index * 6 + r for r in range(6)]
-            seen += batches._affine_order(epoch, positions)
+            assert batches(epoch * batches.batches_per_epoch + index).x.shape[0] == 6
         assert len(set(seen)) == len(seen) == batches.batches_per_epoch * 6  # no line twice in an epoch
+        assert all(0 <= i < corpus.n_lines for i in seen)
+        # affine, (a·i + c) mod n: one stride between consecutive lines (a shuffle has many)
+        assert len({(b - a) % corpus.n_lines for a, b in itertools.pairwise(seen)}) == 1
     assert batches(0).x.shape[0] == 6
 
 
 # ------------------------------------------------------------------------------ training from it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("content", "corpus_format"), [(PROSE * 3, "text"), (NAMES * 3, "lines")])
 def test_training_from_a_prepared_directory_equals_training_from_the_text(tmp_path, write_file, content, corpus_format):
     corpus = write_file("corpus.txt", content)
@@ -217,7 +229,7 @@ def test_validation_tail_is_capped(prepared_dir, prepared_lines):
     assert len(corpus.split(0.01, 10**9).val) == len(corpus.tokens) - 1 - int(0.99 * (len(corpus.tokens) - 1)) + 1
     lines = PreparedCorpus.open(prepared_lines)
     assert len(lines.split(0.5, 1).val) == 1  # at least one whole line
-    with pytest.raises(UserError, match="--val-fraction"):
+    with pytest.raises(UserError, match=r"^val_fraction must be between 0 and 1"):
         corpus.split(1.5, 100)
 
 

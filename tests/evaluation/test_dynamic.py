@@ -256,9 +256,9 @@ def test_a_nan_gradient_is_rolled_back_not_applied(vocab):
     ("settings", "message"),
     [
         ({"rule": "adam"}, "rule must be one of rms, sgd"),
-        ({"lr": 0.0}, "--adapt-lr must be a positive number"),
-        ({"lr": float("nan")}, "--adapt-lr must be a positive number"),
-        ({"decay": 1.0}, "--adapt-decay must be in [0, 1)"),
+        ({"lr": 0.0}, "AdaptConfig.lr must be a positive number"),
+        ({"lr": float("nan")}, "AdaptConfig.lr must be a positive number"),
+        ({"decay": 1.0}, "AdaptConfig.decay must be in [0, 1)"),
         ({"window": 0}, "window must be a whole number ≥ 1"),
         ({"params": "some"}, "adapted parameters must be one of all, output"),
     ],
@@ -310,6 +310,7 @@ def test_eval_adapt_prints_static_and_adapted(capsys, text_model_dir, write_file
     assert "adaptation: sgd, lr 0.3, window 32" in out and "0 rollbacks" in out
 
 
+@pytest.mark.slow
 def test_eval_adapt_rms_json_with_a_training_text(capsys, text_model_dir, write_file):
     corpus, train_text = write_file("doc.txt", PROSE), write_file("train.txt", PROSE)
     code, out, _ = run(
@@ -332,6 +333,7 @@ def test_eval_adapt_rms_json_with_a_training_text(capsys, text_model_dir, write_
     assert result["adapted"]["chars"] == result["static"]["chars"] == len(PROSE)
 
 
+@pytest.mark.slow
 def test_eval_adapt_rms_finds_the_recorded_training_corpus(capsys, tmp_path, write_file):
     corpus = write_file("corpus.txt", PROSE * 3)
     tiny = [

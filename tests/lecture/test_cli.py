@@ -60,6 +60,7 @@ def test_gradcheck_prints_the_worst_error_per_parameter(capsys):
     assert "passed: every finite-difference error below 1e-6" in out
 
 
+@pytest.mark.slow
 def test_train_reproduces_the_three_lines_saves_and_plots(capsys, tmp_path):
     out_dir, plot = tmp_path / "model", tmp_path / "lecture.png"
     code, out, _ = run(capsys, "train", "--quiet", "--out", str(out_dir), "--plot", str(plot))

@@ -23,9 +23,13 @@ from tests.live_server import live_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = os.environ.get("NEXTCHAR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it: apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # a real browser against a real server
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed (`make test` installs it: apt-get install chromium)",
+    ),
+]
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -27,6 +27,7 @@ def service_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
+@pytest.mark.slow
 def test_no_server_errors_and_responses_match_the_schema(service_schema: Any) -> None:
     operations = [result.ok() for result in service_schema.get_all_operations()]
     assert len(operations) >= 5  # every route of the schema is fuzzed, not an empty list

@@ -28,10 +28,13 @@ from nextchar.training.loop import train
 from nextchar.training.resume import RESUME_DIR
 from tests.helpers import NAMES, PROSE, model_config, train_config
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="this PyTorch has no gloo backend",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test launches torchrun
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="this PyTorch has no gloo backend",
+    ),
+]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
