@@ -82,3 +82,13 @@ def test_the_readme_layout_names_nothing_that_is_gone() -> None:
                 if not (PACKAGE / package / f"{module}.py").exists():
                     gone.append(f"{package}{module}.py")
     assert not gone, f"README.md's layout map names what is not there: {', '.join(gone)}"
+
+
+def test_docs_name_no_absolute_path_of_a_machine() -> None:
+    """Commands in the docs work from a checkout anywhere: paths are relative to the project."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(?<![\w.])/(work|root|home|tmp|Users)/", line):
+                found.append(f"{doc.name}:{number}")
+    assert not found, f"absolute paths in the docs: {', '.join(found)}"
