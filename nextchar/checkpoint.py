@@ -61,6 +61,11 @@ def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str
     """Read the JSON and the tensors it names; any damage becomes one clear UserError."""
     directory = Path(directory)
     where = directory / json_name
+    if directory.is_file():
+        raise UserError(
+            f"{directory}: is a file, not a checkpoint directory; give the directory a training run "
+            "wrote (`nextchar train --out DIR`), or leave the model out to use the bundled one"
+        )
     if not directory.is_dir():
         raise UserError(f"{directory}: no such checkpoint directory; train one with `nextchar train`")
     if not where.is_file():

@@ -33,10 +33,11 @@ class UserError(Exception):
 class MissingExtra(UserError):
     """A command needs an optional group of dependencies (a pip "extra") that is not installed.
 
-    Its message is the whole line the CLI prints: it names the command and the install command,
-    which is all a user needs (the missing module itself is kept in `module` for callers).
+    Its message names the extra and the install command, which is all a user needs (the CLI
+    prints it after the command's name, as every error; the command and the missing module
+    itself are kept in `command` and `module` for callers).
     """
 
     def __init__(self, command: str, extra: str, module: str) -> None:
         self.command, self.extra, self.module = command, extra, module
-        super().__init__(f"nextchar {command}: needs the [{extra}] extra: pip install 'nextchar[{extra}]'")
+        super().__init__(f"needs the [{extra}] extra: pip install 'nextchar[{extra}]'")

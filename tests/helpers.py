@@ -5,6 +5,7 @@ Nothing here needs the corpora in /work/shared/data: every test writes its own f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from nextchar.training.loop import train
 # threads spin against each other and against other processes — measured here, a 100-step
 # LSTM run took 0.2 s with one thread and up to 38 s with two while a benchmark was running.
 torch.set_num_threads(1)
+# The commands, which choose their own threads (nextchar.threads), too: OMP_NUM_THREADS decides.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A one-line corpus: every 6-character context determines the next character (see
 # test_training's overfitting test, which checks that before relying on it).

@@ -209,7 +209,7 @@ def test_damaged_checkpoint_is_one_clear_user_error(tmp_path, case, capsys, writ
 def test_checkpoint_path_that_is_a_file(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"\x80\x04 pickle")
-    with pytest.raises(UserError, match="no such checkpoint directory"):
+    with pytest.raises(UserError, match="is a file, not a checkpoint directory; give the directory a training run"):
         load_checkpoint(path)
 
 

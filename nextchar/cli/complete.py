@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, add_search_options, require_extra
+from nextchar.cli.options import add_model_option, add_search_options, add_threads_option, require_extra
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
 from nextchar.completion.config import DEFAULTS, K_MAX, MODES, CompleterConfig, check_k
@@ -55,11 +55,8 @@ def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
         default=DEFAULTS.length_alpha,
         help=f"length normalisation: score = logprob / symbols^alpha (default {DEFAULTS.length_alpha:g})",
     )
-    g.add_argument(
-        "--threads",
-        type=_int,
-        default=1,
-        help="torch threads (default 1: a keystroke's small batches run fastest on one)",
+    add_threads_option(
+        g, default=1, help_text="torch threads (default 1: a keystroke's small batches run fastest on one)"
     )
 
 
@@ -92,16 +89,12 @@ def completer_config(args: argparse.Namespace) -> CompleterConfig:
 
 
 def build_completer(args: argparse.Namespace) -> Completer:
-    """A Completer from the common options (loads the model and the lexicon)."""
-    import torch
-
+    """A Completer from the common options (loads the model and the lexicon; nextchar.cli.main has
+    set the threads)."""
     from nextchar.checkpoint import load_checkpoint
     from nextchar.completion.completer import Completer
     from nextchar.completion.lexicon import Lexicon
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, not {args.threads}")
-    torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.model)
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
     return Completer(ckpt, lexicon=lexicon, config=completer_config(args))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, map_parameters
+from nextchar.cli.options import add_model_option, add_threads_option, map_parameters
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads_option(p)
     from nextchar.cli.adapt import add_eval_options  # --adapt and its settings
 
     add_eval_options(p)

@@ -1,12 +1,15 @@
 """What the commands' parsers share: number types checked with a one-line message, -m/--model,
-the search options of the commands that complete (their defaults nextchar.completion.config's),
-and the mapping from library parameters to a command's flags (map_parameters)."""
+--threads (and command_threads, which applies it), the search options of the commands that
+complete (their defaults nextchar.completion.config's), and the mapping from library parameters
+to a command's flags (map_parameters)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from nextchar.completion.config import DEFAULTS, PRECISION_HELP, PRECISIONS, SERVING_PRECISION
 from nextchar.errors import MissingExtra
@@ -59,6 +62,35 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m", "--model", metavar="DIR", default=None, help="checkpoint directory (default: the bundled model)"
     )
+
+
+THREADS_HELP = (
+    "CPU threads to compute with (default: the cores this process may use, less those that other "
+    "jobs keep busy; OMP_NUM_THREADS if set)"
+)
+
+
+def add_threads_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: int | None = None, help_text: str = THREADS_HELP
+) -> None:
+    """--threads N (at least 1), of every command that computes with torch; nextchar.cli.main
+    applies it (command_threads) before the command runs. `default` None: choose by the machine
+    (nextchar.threads.default_threads); the completing commands keep 1, their fastest."""
+    parser.add_argument("--threads", type=positive_int, default=default, help=help_text)
+
+
+@contextmanager
+def command_threads(args: argparse.Namespace) -> Iterator[None]:
+    """The parsed command runs with the torch threads it asks for (--threads, else the default
+    of nextchar.threads), and the process's count is put back after it; a command without
+    --threads runs as it is."""
+    if "threads" not in vars(args):
+        yield
+        return
+    from nextchar.threads import computing_with, default_threads
+
+    with computing_with(args.threads or default_threads()):
+        yield
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nextchar.cli.options import add_model_option, positive_float, positive_int
+from nextchar.cli.options import add_model_option, add_threads_option, positive_float, positive_int
 
 # How predict shows characters that print as nothing (space, newline, tab).
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥"}
@@ -32,6 +32,7 @@ def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--top-k", type=positive_int, default=None, help="sample only among the k most likely")
     p.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
     p.add_argument("-n", "--num", type=positive_int, default=1, help="number of samples (default 1)")
+    add_threads_option(p)
     p.set_defaults(run=run_sample)
 
 
@@ -57,6 +58,7 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add_model_option(p)
     p.add_argument("-k", type=positive_int, default=10, help="how many characters (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON: [{char, prob}, ...]")
+    add_threads_option(p)
     p.set_defaults(run=run_predict)
 
 

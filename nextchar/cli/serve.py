@@ -7,12 +7,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, add_search_options, require_extra
+from nextchar.cli.options import add_model_option, add_search_options, add_threads_option, require_extra
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
 from nextchar.completion.config import K_MAX, MODES
 from nextchar.errors import UserError
-from nextchar.service.settings import ServiceSettings
+from nextchar.service.settings import ServiceSettings, check_cors_origins
 
 if TYPE_CHECKING:
     from nextchar.checkpoint import Checkpoint
@@ -80,6 +80,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the URL people reach this server at, for /opensearch.xml behind a proxy "
         "(default: from each request's Host)",
     )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (scheme://host[:port]) call /suggest and /api/complete from the browser; "
+        "repeat for more; * for any page (default: none, only pages of this server; docs/embed.md)",
+    )
     g = add_search_options(p)  # --beam, --max-chars, --max-words, --precision
     g.add_argument(
         "--max-batch",
@@ -94,11 +102,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _add_server_options(g: argparse._ArgumentGroup) -> None:
     """How each process serves: threads, queue and connection limits, logging, personal routes."""
-    g.add_argument(
-        "--threads",
-        type=_int,
-        default=1,
-        help="torch threads per process (default 1: a keystroke's small batches run fastest on one)",
+    add_threads_option(
+        g, default=1, help_text="torch threads per process (default 1: a keystroke's small batches run fastest on one)"
     )
     g.add_argument(
         "--max-pending",
@@ -223,6 +228,7 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         max_chars=args.max_chars,
         max_words=args.max_words,
         public_url=args.public_url,
+        cors_origins=check_cors_origins(args.cors_origins or []),
         threads=args.threads,
         personal_users=args.personal_users,
         max_batch=args.max_batch,

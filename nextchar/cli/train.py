@@ -1,7 +1,9 @@
 """`nextchar train`: train a model on a text file, a prepared directory or the embedded corpus.
 
 The parser is built from the configs' own defaults (ModelConfig, TrainConfig), so that its help
-text and the library never disagree. `run` is also what each process that torchrun starts runs
+text and the library never disagree, and the run is nextchar.training.run's, as `nextchar.train`'s
+is: the flags become its settings, then the output directory is checked (before any corpus is
+read), the corpus read and split, and the model trained. `run` is also what each process that torchrun starts runs
 (nextchar.training.distributed): failures that concern one rank are named by rank, and a lost
 process becomes a one-line hint to resume.
 """
@@ -9,17 +11,19 @@ process becomes a one-line hint to resume.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nextchar.cli.options import map_parameters, positive_float, positive_int
+from nextchar.cli.options import THREADS_HELP, add_threads_option, map_parameters, positive_float, positive_int
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
+    from collections.abc import Callable
+
     from nextchar.models import ModelConfig
     from nextchar.training.config import TrainConfig, TrainResult
+    from nextchar.training.run import TrainingData
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +49,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_optimisation_options(p.add_argument_group("optimisation"))
     _add_duration_options(p.add_argument_group("duration and system"))
     p.set_defaults(run=run)
-    # train() takes the validation text itself; a stale prepared directory needs prepare's flag.
-    map_parameters(p, {"val_text": "--val FILE", "vocab_from": "--vocab-from"})
+    # train() takes the validation text itself; a stale prepared directory needs prepare's flag;
+    # the configs' fields whose flags are spelled shorter.
+    map_parameters(
+        p,
+        {
+            "val_text": "--val FILE",
+            "vocab_from": "--vocab-from",
+            "hidden_size": "--hidden",
+            "num_layers": "--layers",
+            "embedding_size": "--embedding",
+            "warmup_steps": "--warmup",
+            "grad_clip": "--clip",
+        },
+    )
 
 
 def _add_data_options(g: argparse._ArgumentGroup) -> None:
@@ -190,6 +206,9 @@ def _add_duration_options(g: argparse._ArgumentGroup) -> None:
         help="auto: cuda if available, else mps, else cpu (default auto)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    add_threads_option(
+        g, help_text=f"{THREADS_HELP}; without it, train on the CPU first checks that they beat 1 thread"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -228,184 +247,97 @@ def run(args: argparse.Namespace) -> int:
         distributed.teardown()
 
 
-def _load_corpus(path: str | None, encoding_errors: str) -> tuple[str, str]:
-    """The corpus's text and the name the run records for it."""
-    from nextchar.text import embedded_corpus, read_corpus
-
-    if path is None:
-        return embedded_corpus(), "embedded:pydoc_data.topics"
-    return read_corpus(path, encoding_errors), str(Path(path).resolve())
-
-
 def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
-    from nextchar.models import ModelConfig
-    from nextchar.training.config import TrainConfig
+    """The run's settings from the flags (nextchar.training.run.settings checks them)."""
+    from nextchar.training.run import settings
 
-    for flag, value in (
-        ("--dropout", args.dropout),
-        ("--embedding-dropout", args.embedding_dropout),
-        ("--weight-drop", args.weight_drop),
-    ):
-        if not 0 <= value < 1:
-            raise UserError(f"{flag} must be in [0, 1), not {value}")
-    if args.min_lr_ratio is not None and not 0 <= args.min_lr_ratio <= 1:
-        raise UserError(f"--min-lr-ratio must be in [0, 1], not {args.min_lr_ratio}")
-    if args.ema is not None and not 0 <= args.ema < 1:
-        raise UserError(f"--ema must be in [0, 1), not {args.ema}")
-    config = TrainConfig(
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        weight_decay=args.weight_decay,
-        min_lr_ratio=args.min_lr_ratio,
-        ema=args.ema,
-        grad_clip=args.clip,
-        steps=args.steps,
-        # On --resume without a new duration, None keeps the run's own (see train()).
-        time_budget=args.time_budget if (args.time_budget or args.steps or args.resume) else TrainConfig.time_budget,
-        eval_interval=args.eval_interval,
-        seed=args.seed,
-        precision=args.precision,
-        device=args.device,
-        compile=args.compile,
-    )
-    model_config = ModelConfig(
-        kind=args.kind,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        embedding_size=args.embedding,
-        dropout=args.dropout,
-        embedding_dropout=args.embedding_dropout,
-        weight_drop=args.weight_drop,
-        context=args.context,
-        nonlinearity=args.nonlinearity,
-    )
-    return config, model_config
-
-
-def _saved_source(run: str) -> dict[str, Any]:
-    """What the run in directory `run` trained on: the "source" its resume state recorded."""
-    from nextchar.training.resume import RESUME_DIR, STATE_NAME
-
-    state_file = Path(run) / RESUME_DIR / STATE_NAME
-    if not state_file.is_file():
-        raise UserError(f"{run}: nothing to resume (no {RESUME_DIR}/{STATE_NAME}); check the path")
-    try:
-        source: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8")).get("source", {})
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{state_file}: damaged resume state; start a new run") from None
-    return source
+    options = {
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "warmup_steps": args.warmup,
+        "weight_decay": args.weight_decay,
+        "min_lr_ratio": args.min_lr_ratio,
+        "ema": args.ema,
+        "grad_clip": args.clip,
+        "steps": args.steps,
+        "eval_interval": args.eval_interval,
+        "seed": args.seed,
+        "precision": args.precision,
+        "device": args.device,
+        "compile": args.compile,
+        "kind": args.kind,
+        "hidden_size": args.hidden,
+        "num_layers": args.layers,
+        "embedding_size": args.embedding,
+        "dropout": args.dropout,
+        "embedding_dropout": args.embedding_dropout,
+        "weight_drop": args.weight_drop,
+        "context": args.context,
+        "nonlinearity": args.nonlinearity,
+    }
+    if args.time_budget is not None:  # not given: the default, or none with --steps or --resume (settings)
+        options["time_budget"] = args.time_budget
+    return settings(options, resume=bool(args.resume))
 
 
 def _train(args: argparse.Namespace, rank: int) -> int:
-    from nextchar.data.batches import split_validation
-    from nextchar.text import choose_format, read_corpus
+    """Settings, then the output directory, then the corpus: each mistake is found before the
+    slower work after it (nextchar.training.run does each)."""
     from nextchar.training import distributed
-    from nextchar.training.loop import train
     from nextchar.training.resume import RESUME_DIR, STATE_NAME
+    from nextchar.training.run import check_out, load_data, train_on
 
     if not args.resume and distributed.is_restart() and (Path(args.out) / RESUME_DIR / STATE_NAME).is_file():
         args.resume = args.out  # torchrun restarted the processes after a failure: continue the run
-    if args.resume:
-        source = _saved_source(args.resume)
-        corpus = args.corpus or (None if source.get("corpus", "").startswith("embedded:") else source.get("corpus"))
-        if corpus and Path(corpus).is_dir():
-            return _train_prepared(args, Path(corpus), Path(args.resume), source, rank)
-        val = args.val or source.get("val")
-        text, name = _load_corpus(corpus, source.get("encoding_errors", args.encoding_errors))
-        corpus_format, val_fraction = source.get("format", "text"), source.get("val_fraction", 0.1)
-        out = Path(args.resume)
-    else:
-        if args.corpus and Path(args.corpus).is_dir():
-            return _train_prepared(args, Path(args.corpus), Path(args.out), None, rank)
-        text, name = _load_corpus(args.corpus, args.encoding_errors)
-        corpus_format = choose_format(text) if args.format == "auto" else args.format
-        val, val_fraction, out = args.val, args.val_fraction, Path(args.out)
-    if val:
-        train_text, val_text = text, read_corpus(val, args.encoding_errors)
-    else:
-        train_text, val_text = split_validation(text, corpus_format, val_fraction)
     config, model_config = _train_configs(args)
-    source = {
-        "corpus": name,
-        "val": str(Path(val).resolve()) if val else None,
-        "format": corpus_format,
-        "val_fraction": val_fraction,
-        "encoding_errors": args.encoding_errors,
-    }
-    if rank == 0:
-        print(
-            f"corpus {name}: {len(train_text):,} training and {len(val_text):,} validation characters, "
-            f"format {corpus_format}",
-            file=sys.stderr,
-        )
-    result = train(
-        train_text,
-        val_text,
-        out,
-        config,
-        model_config,
-        corpus_format,
-        args.alphabet,
-        resume=bool(args.resume),
-        source=source,
-        progress=not args.quiet,
+    check_out(args.resume or args.out, "resume" if args.resume else "out")
+    data = load_data(
+        args.corpus,
+        args.out,
+        val=args.val,
+        val_fraction=args.val_fraction,
+        format=args.format,
+        alphabet=args.alphabet,
+        encoding_errors=args.encoding_errors,
+        max_val_chars=args.max_val_chars,
+        resume=args.resume,
     )
-    return _report_training(result, out, rank)
-
-
-def _train_prepared(
-    args: argparse.Namespace, directory: Path, out: Path, source: dict[str, Any] | None, rank: int
-) -> int:
-    """Train from a directory made by `nextchar prepare` (memory-mapped; see nextchar.data.prepared)."""
-    from nextchar.data.prepared import PreparedCorpus
-    from nextchar.text import read_corpus
-    from nextchar.training.loop import train
-
-    corpus = PreparedCorpus.open(directory)
-    if source is None and args.format != "auto" and args.format != corpus.format:
-        raise UserError(
-            f"{directory}: was prepared in {corpus.format} format, not {args.format}; "
-            f"run `nextchar prepare --format {args.format}` or drop --format"
-        )
-    saved = source or {}
-    val = args.val or saved.get("val")
-    encoding_errors = saved.get("encoding_errors", args.encoding_errors)
-    val_fraction = saved.get("val_fraction", args.val_fraction)
-    max_val_chars = saved.get("max_val_chars", args.max_val_chars)
-    split = corpus.split(val_fraction, max_val_chars, read_corpus(val, encoding_errors) if val else None)
-    config, model_config = _train_configs(args)
-    source = {
-        "corpus": str(directory.resolve()),
-        "prepared": True,
-        "val": str(Path(val).resolve()) if val else None,
-        "format": corpus.format,
-        "val_fraction": val_fraction,
-        "max_val_chars": max_val_chars,
-        "encoding_errors": encoding_errors,
-    }
     if rank == 0:
-        print(
-            f"prepared corpus {directory}: {split.train_characters:,} training characters (memory-mapped), "
-            f"validation {'from ' + val if val else 'its tail'}, format {corpus.format}",
-            file=sys.stderr,
-        )
-    result = train(
-        "",
-        "",
-        out,
-        config,
-        model_config,
-        corpus.format,
-        corpus.vocab.alphabet,
-        resume=bool(args.resume),
-        source=source,
-        progress=not args.quiet,
-        prepared=split,
+        print(data.summary, file=sys.stderr)
+    watch = _threads_and_speed(args, config, model_config, data)
+    result = train_on(data, config, model_config, progress=not args.quiet, on_evaluation=watch)
+    return _report_training(result, data.out, rank)
+
+
+def _threads_and_speed(
+    args: argparse.Namespace, config: TrainConfig, model_config: ModelConfig, data: TrainingData
+) -> Callable[[dict[str, Any]], None] | None:
+    """On the CPU in one process: check that the threads beat one (unless --threads or
+    OMP_NUM_THREADS chose them), and watch the run's chars/s against the best this machine has
+    recorded for the same settings (nextchar.threads); None elsewhere."""
+    import json
+
+    import torch
+
+    from nextchar import threads
+    from nextchar.training import distributed
+    from nextchar.training.resume import RESUME_DIR, STATE_NAME
+
+    if distributed.world_size() > 1 or distributed.resolve_device(config.device).type != "cpu":
+        return None
+    model, run = model_config.to_json(), config.to_json()
+    if data.resume:  # the run's own shape, not the flags' defaults (load_data has read this file)
+        saved = json.loads((data.out / RESUME_DIR / STATE_NAME).read_text(encoding="utf-8"))
+        model, run = saved["model"], saved["train_config"]
+    count = torch.get_num_threads()  # what nextchar.cli.main set
+    if args.threads is None and threads.threads_from_environment() is None:
+        count = threads.probe_training_threads(count, run["batch_size"], model["hidden_size"])
+    settings = threads.training_settings(
+        model, run["batch_size"], run["seq_len"], data.corpus_format, run["precision"], config.compile, count
     )
-    return _report_training(result, out, rank)
+    return threads.SpeedWatch(settings).on_evaluation
 
 
 def _report_training(result: TrainResult, out: Path, rank: int) -> int:

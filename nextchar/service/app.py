@@ -15,6 +15,9 @@ Routes (docs/service.md has examples):
     /api/personal/…        per-user adapted suggestions, when settings.personal_users > 0
                            (nextchar.service.personal)
 
+Pages of other origins may call /suggest and /api/complete from the browser when
+settings.cors_origins names them (`--cors-origin`; SuggestionCORS, docs/embed.md).
+
 Here the routes are put together; what answers them lives beside: the model thread and the
 caches in `engine` (why a stateless HTTP service costs one model step per keystroke),
 the limits in `guard`, the metrics in `metrics`, the bodies in `schemas`. --precision (default
@@ -36,6 +39,8 @@ from xml.sax.saxutils import escape, quoteattr
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nextchar import __version__
 from nextchar.checkpoint import Checkpoint
@@ -58,7 +63,7 @@ from nextchar.service.schemas import (
     error_responses,
     overloaded_response,
 )
-from nextchar.service.settings import ENV_SETTINGS, ServiceSettings
+from nextchar.service.settings import ENV_SETTINGS, ServiceSettings, check_cors_origins
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Nothing on the page comes from elsewhere; the browser enforces it too.
@@ -68,6 +73,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+CORS_PATHS = frozenset({"/suggest", "/api/complete"})  # what other origins' pages may read, given --cors-origin
 
 log = logging.getLogger("nextchar.service.app")
 
@@ -99,10 +105,40 @@ def create_app(
         app.state.personal = people
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, max_query_bytes=chosen.max_query_bytes)
+    origins = check_cors_origins(chosen.cors_origins)
+    if origins:  # outside the guard: its refusals carry the headers too, so a page can read why
+        app.add_middleware(SuggestionCORS, origins=origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.metrics = metrics
     app.state.engine = engine
     return app
+
+
+class SuggestionCORS:
+    """CORS on the suggestion routes (CORS_PATHS) only: GET, and its preflight, from `origins`.
+
+    Nothing else is shared: the page, /metrics and the personal routes stay same-origin. The
+    answers vary by Origin (the header says so, for caches in between); a browser reads an answer
+    only if it names the page's origin, or `*`. Listed origins may also reach a server on a
+    private network (Chrome's Private Network Access preflight); `*` may not, so that with `*`
+    any page a visitor opens still cannot read a server inside the visitor's network.
+    """
+
+    def __init__(self, app: ASGIApp, origins: list[str]):
+        self.app = app
+        self.cors = CORSMiddleware(
+            app, allow_origins=origins, allow_methods=("GET",), allow_private_network="*" not in origins
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy's prefix, the route's own path
+            path = path[len(root) :]
+        if scope["type"] == "http" and path in CORS_PATHS:
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _lifespan(engine: LazyEngine, metrics: Metrics) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

@@ -2,13 +2,18 @@
 
 `train` does the whole job: it builds the vocabulary from the training split, encodes both
 splits, optimises (AdamW or SGD, warm-up + cosine learning rate, gradient-norm clipping),
-evaluates on the validation text every `eval_interval` steps (the weights, or with `ema` their
-moving average), keeps the best checkpoint by validation BPC in `out`, and keeps the latest full
-training state in `out/resume/` so that `resume=True` continues exactly where the run stopped.
+evaluates on the validation text every `eval_interval` steps, and in a time-budgeted run also by
+the clock (the weights, or with `ema` their moving average; see config.py), keeps the best
+checkpoint by validation BPC in `out`, and keeps the latest full training state in
+`out/resume/` so that `resume=True` continues exactly where the run stopped.
 
 The run is a `TrainState` (model, optimizer, average, position, carried state, clocks) that
 `TrainState.build` sets up and small methods advance: `step` (one optimiser step), `evaluate`,
 `checkpoint` (the resume state), `finished`; `train` only strings them together.
+
+A time budget covers the whole call, setup and final evaluation included: the run stops when one
+more step and that evaluation would not fit, its cost foreseen from a timed slice of the
+validation text until evaluations (with their saves) have been timed.
 
 What one step computes is in optimisation.py.
 
@@ -35,79 +40,35 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from nextchar.checkpoint import save_checkpoint
-from nextchar.data.batches import IGNORE, Batch, Encoded, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.data.batches import IGNORE, Batch, Encoded
 from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.errors import UserError
 from nextchar.evaluation.bpc import EvalResult, evaluate_encoded
 from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
-from nextchar.text import Vocabulary
 from nextchar.training import distributed
-from nextchar.training.config import TrainConfig, TrainResult, learning_rate, resolved, use_bf16
+from nextchar.training.budget import foreseen_seconds
+from nextchar.training.config import (
+    EVALUATION_SHARE,
+    EVALUATIONS_PER_BUDGET,
+    TrainConfig,
+    TrainResult,
+    learning_rate,
+    resolved,
+    use_bf16,
+)
 from nextchar.training.optimisation import Forward, make_optimizer, moving_average, sequence_loss, training_forward
-from nextchar.training.plot import write_bpc_plot
-from nextchar.training.resume import Position, ResumeState, RunSpec, text_digest, write_resume_state
+from nextchar.training.plot import ProgressBar, import_pyplot, write_bpc_plot
+from nextchar.training.resume import (
+    Batches,
+    Position,
+    ResumeState,
+    RunSpec,
+    fresh_spec,
+    training_data,
+    write_resume_state,
+)
 
 METRICS_NAME = "metrics.jsonl"
-
-Batches = StreamBatches | LineBatches | MemmapStreamBatches | MemmapLineBatches
-
-
-def fresh_spec(
-    config: TrainConfig | None,
-    model_config: ModelConfig | None,
-    corpus_format: str,
-    alphabet: str,
-    train_text: str,
-    prepared: PreparedSplit | None,
-) -> RunSpec:
-    """A new run's settings (the kind's optimiser defaults filled in) and its vocabulary: the
-    prepared corpus's, or every character of the training text (after the alphabet's mapping)."""
-    model_config = model_config or ModelConfig()
-    config = (config or TrainConfig()).for_kind(model_config.kind)
-    if prepared is not None:
-        vocab = prepared.corpus.vocab
-        return RunSpec(config, model_config, prepared.corpus.format, vocab, vocab.alphabet, prepared.digest)
-    vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
-    return RunSpec(config, model_config, corpus_format, vocab, alphabet, text_digest(train_text))
-
-
-def _require_validation(val_data: Encoded) -> None:
-    if count_targets(val_data) == 0:
-        raise UserError(
-            "the validation text is empty; give val_text or a larger val_fraction",
-            parameter=("val_text", "val_fraction"),
-        )
-
-
-def training_data(
-    spec: RunSpec, train_text: str, val_text: str, prepared: PreparedSplit | None, rank: int, world: int
-) -> tuple[Encoded, Batches]:
-    """The encoded validation data and the training batches (the memory-mapped ones read only
-    this rank's rows; the others are cut to them at each step)."""
-    config = spec.config
-    batches: Batches
-    if prepared is not None:
-        val_data = prepared.val
-        _require_validation(val_data)
-        batches = prepared.batches(config.batch_size, config.seq_len, config.max_line_len, config.seed, rank, world)
-    else:
-        train_data = encode_corpus(train_text, spec.vocab, spec.corpus_format)
-        val_data = encode_corpus(val_text, spec.vocab, spec.corpus_format)
-        _require_validation(val_data)
-        if isinstance(train_data, torch.Tensor):  # the text format: one stream
-            batches = StreamBatches(train_data, config.batch_size, config.seq_len)
-        else:
-            batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
-    if batches.batch_size < world:
-        row = f"a stream of seq_len={config.seq_len} windows" if spec.corpus_format == "text" else "a line"
-        raise UserError(
-            f"{world} processes, but the training data fills only {batches.batch_size} of the "
-            f"{config.batch_size} rows of a batch (each row is {row}), so some processes would have "
-            f"nothing to read; start at most {batches.batch_size} (torchrun --nproc_per_node) or give "
-            "more data",
-            parameter="seq_len",
-        )
-    return val_data, batches
 
 
 @dataclass
@@ -152,11 +113,17 @@ class TrainState:
     window: Window = field(default_factory=Window)
     best_val: EvalResult | None = None
     last_val: EvalResult | None = None
-    eval_seconds: float = 0.0  # how long the last evaluation took (the time budget keeps room for one)
+    eval_seconds: float = 0.0  # the final evaluation and save, foreseen, then as recent ones took
+    step_seconds: float = 0.0  # how long the last step took (the time budget keeps room for one more)
+    last_eval_at: float = 0.0  # the run's elapsed time when the last evaluation ended
+    due_by_clock: bool = False  # (several processes) rank 0's clock says to evaluate after this step
+    resumed: bool = False
+    foreseen_again: bool = False  # the final evaluation's cost was foreseen again near the end
     evaluations: int = 0
     total_chars: int = 0  # of all steps of this call, for its chars_per_second
     total_time: float = 0.0
     stop: distributed.StopRequest = field(default_factory=distributed.StopRequest)
+    on_evaluation: Callable[[dict[str, Any]], None] = lambda record: None  # told each metrics record
 
     @classmethod
     def build(
@@ -220,7 +187,32 @@ class TrainState:
             forward=forward,
             position=position,
             carry=carry,
+            last_eval_at=position.history[-1]["elapsed"] if position.history else 0.0,
+            resumed=saved is not None,
         )
+
+    def begin(self, started: float) -> None:
+        """With a time budget: refuse to resume a spent one, foresee the final evaluation's cost,
+        import the plotting, and put all the setup since `started` (perf_counter) on the clock."""
+        budget = self.config.time_budget
+        if not budget:
+            return
+        if self.resumed and self.position.elapsed >= budget:
+            self._refuse(f"has used its whole time_budget ({budget:g} s)")
+        self.eval_seconds = foreseen_seconds(self.evaluated, self.val_data)
+        import_pyplot()
+        self.position.elapsed += time.perf_counter() - started
+        if not self.resumed:  # the warm-up's clock starts with the first step
+            self.position.warmup_from = self.position.elapsed
+        # The estimates differ between processes; only one process can refuse on them.
+        if self.resumed and self.world == 1 and self.finished() and not self._steps_done():
+            left = max(budget - self.position.elapsed, 0.0)
+            self._refuse(
+                f"has {left:.1f} s of its time_budget ({budget:g} s) left, too few for a step and an evaluation"
+            )
+
+    def _refuse(self, what: str) -> None:
+        raise UserError(f"the run in {self.out} {what}; give a larger time_budget to go on", parameter="time_budget")
 
     @property
     def config(self) -> TrainConfig:
@@ -233,12 +225,31 @@ class TrainState:
             return self.model
         return cast(CharModel, self.averaged.module)  # AveragedModel averages a copy of the model
 
+    def _steps_done(self) -> bool:
+        return bool(self.config.steps and self.position.step >= self.config.steps)
+
     def finished(self) -> bool:
-        """The run has taken its steps, or the next evaluation would overrun its time budget."""
-        if self.config.steps and self.position.step >= self.config.steps:
-            return True
-        # Stop early enough that the final evaluation also fits in the budget.
-        return bool(self.config.time_budget and self.position.elapsed + self.eval_seconds >= self.config.time_budget)
+        """The run has taken its steps, or another step and the final evaluation would overrun
+        its time budget. Where that evaluation's cost is still foreseen, not timed, it is foreseen
+        again before the run stops on it: the machine's load may have changed since the start."""
+        budget = self.config.time_budget
+        if self._steps_done() or not budget:
+            return self._steps_done()
+        over = self.position.elapsed + self.step_seconds + self.eval_seconds >= budget
+        if over and not self.evaluations and not self.foreseen_again and self.total_time > 0:
+            self.foreseen_again = True
+            self.on_the_clock(lambda: setattr(self, "eval_seconds", foreseen_seconds(self.evaluated, self.val_data)))
+            return self.finished()
+        return over
+
+    def clock_says_evaluate(self) -> bool:
+        """A run that only has a time budget evaluates every budget / EVALUATIONS_PER_BUDGET
+        seconds too, but at least 1 / EVALUATION_SHARE times its evaluation's cost apart."""
+        budget = self.config.time_budget
+        if self.config.steps or not budget:
+            return False
+        gap = max(budget / EVALUATIONS_PER_BUDGET, self.eval_seconds / EVALUATION_SHARE)
+        return self.position.elapsed - self.last_eval_at >= gap
 
     def _local_batch(self) -> Batch:
         """This rank's rows of the batch of the current step."""
@@ -249,7 +260,7 @@ class TrainState:
 
     def _agree(self, chars: int) -> tuple[float, int] | None:
         """One small all-reduce a step: all ranks stop together (None), share rank 0's clock (time
-        budget, learning rate) and count the targets of the global batch.
+        budget, learning rate, evaluations by the clock) and count the targets of the global batch.
 
         Returns this rank's share of the global mean loss and the global batch's targets. DDP
         averages the ranks' gradients; scaling each rank's mean loss by W·(its targets)/(all
@@ -257,19 +268,22 @@ class TrainState:
         process computes it.
         """
         stopping = self.finished() or self.stop.requested or distributed.termination_requested()
-        done, self.position.elapsed, global_chars = distributed.sum_across_ranks(
-            [float(stopping), self.position.elapsed if self.rank == 0 else 0.0, chars], self.device
+        due = self.rank == 0 and self.clock_says_evaluate()
+        done, self.position.elapsed, global_chars, due_anywhere = distributed.sum_across_ranks(
+            [float(stopping), self.position.elapsed if self.rank == 0 else 0.0, chars, float(due)], self.device
         )
         if done:
             return None
+        self.due_by_clock = due_anywhere > 0
         return chars * self.world / global_chars, int(global_chars)
 
     def _optimise(self, x: torch.Tensor, y: torch.Tensor, reset: bool, share: float) -> torch.Tensor:
         """Forward, backward, clip, update the weights and their average; returns the loss."""
         if reset or self.carry is None:
             self.carry = self.model.initial_state(x.shape[0], self.device)
+        at = self.position
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.position.step, self.position.elapsed)
+            group["lr"] = learning_rate(self.config, at.step, at.elapsed, at.warmup_from)
         loss, new_state = sequence_loss(self.forward, x, y, self.carry, self.bf16)
         if self.world > 1:
             loss = loss * share
@@ -297,7 +311,7 @@ class TrainState:
             share, chars = agreed
         loss = self._optimise(x, y, batch.reset, share)
         self.position.step += 1
-        spent = time.perf_counter() - started
+        spent = self.step_seconds = time.perf_counter() - started
         self.position.elapsed += spent
         loss_value = loss.item()
         self.window.loss += loss_value
@@ -319,18 +333,19 @@ class TrainState:
                 return
         started = time.perf_counter()
         val = self.last_val = evaluate_encoded(self.evaluated, self.val_data)
-        self.eval_seconds = time.perf_counter() - started
+        scored = time.perf_counter() - started
         position, window = self.position, self.window
         record = {
             "step": position.step,
-            "elapsed": round(position.elapsed + self.eval_seconds, 3),
+            "elapsed": round(position.elapsed + scored, 3),
             "train_bpc": window.loss / max(window.steps, 1) / math.log(2),
             "val_bpc": val.bpc,
             "val_top1": val.top1,
-            "lr": learning_rate(self.config, max(position.step - 1, 0), position.elapsed),
+            "lr": learning_rate(self.config, max(position.step - 1, 0), position.elapsed, position.warmup_from),
             "chars_per_s": window.chars / window.seconds if window.seconds > 0 else 0.0,
         }
         position.history.append(record)
+        self.on_evaluation(record)
         with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if val.bpc < position.best_bpc:
@@ -373,15 +388,24 @@ class TrainState:
             action()
         self.position.elapsed += time.perf_counter() - before
 
+    def evaluate_on_the_clock(self, *then: Callable[[], None]) -> None:
+        """Evaluate (and do `then`) on the clock; expect the cost again, or half the previous
+        expectation if more: one-offs fade out, a save only some evaluations make stays covered."""
+        before = time.perf_counter()
+        self.on_the_clock(self.evaluate, *then)
+        self.eval_seconds = max(time.perf_counter() - before, self.eval_seconds / 2)
+        self.last_eval_at = self.position.elapsed
+
     def after_step(self) -> None:
-        """Every eval_interval steps: evaluate and save the resume state."""
-        if self.position.step % self.config.eval_interval == 0:
-            self.on_the_clock(self.evaluate, self.checkpoint)
+        """Every eval_interval steps, or when the clock says so: evaluate and save the resume state."""
+        due = self.due_by_clock if self.world > 1 else self.clock_says_evaluate()
+        if self.position.step % self.config.eval_interval == 0 or due:
+            self.evaluate_on_the_clock(self.checkpoint)
 
     def finish(self) -> TrainResult:
         """The end of a run (or an interruption) always leaves an evaluated, resumable state."""
         if self.window.steps or not (self.position.history or self.evaluations):
-            self.on_the_clock(self.evaluate)
+            self.evaluate_on_the_clock()
         self.checkpoint()
         distributed.barrier()  # rank 0 has written everything: all ranks leave together
         return TrainResult(
@@ -393,41 +417,6 @@ class TrainState:
             self.total_chars / self.total_time if self.total_time > 0 else 0.0,
             self.model,
         )
-
-
-class ProgressBar:
-    """Rank 0's tqdm bar: steps (or seconds of the time budget) done, the last step's BPC and
-    speed, the best validation BPC."""
-
-    def __init__(self, config: TrainConfig, position: Position) -> None:
-        from tqdm import tqdm
-
-        self.by_steps = bool(config.steps)
-        self.total = config.steps if config.steps else int(config.time_budget or 0)
-        self.bar = tqdm(
-            total=self.total,
-            initial=min(self._done(position), self.total),
-            unit="step" if self.by_steps else "s",
-            dynamic_ncols=True,
-            leave=True,
-            mininterval=0.5,
-        )
-
-    def _done(self, position: Position) -> int:
-        return position.step if self.by_steps else int(position.elapsed)
-
-    def show(self, position: Position, report: StepReport) -> None:
-        done = min(self._done(position), self.total)
-        self.bar.set_postfix(
-            bpc=f"{report.loss / report.share / math.log(2):.3f}",
-            val=f"{position.best_bpc:.3f}",
-            chars_s=f"{report.chars / report.seconds:,.0f}",
-            refresh=False,
-        )
-        self.bar.update(done - self.bar.n)  # redraws at most every bar.mininterval seconds
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def run_steps(state: TrainState, bar: ProgressBar | None, should_stop: Callable[[int], bool] | None) -> None:
@@ -446,7 +435,7 @@ def run_steps(state: TrainState, bar: ProgressBar | None, should_stop: Callable[
                     break
                 state.after_step()
                 if bar is not None:
-                    bar.show(state.position, report)
+                    bar.show(state.position, report.loss / report.share / math.log(2), report.chars / report.seconds)
                 if should_stop is not None and should_stop(state.position.step):
                     if state.world == 1:
                         raise KeyboardInterrupt
@@ -469,13 +458,14 @@ def train(
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
     prepared: PreparedSplit | None = None,
+    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a model on `train_text`, validating on `val_text`, into directory `out`.
 
     With `resume=True`, `out/resume/` supplies the model, optimizer, RNG, data position and
     carried state; `config` may then change only how long to go on (steps, time_budget) and
     on what hardware (device, compile, number of processes).
-    `should_stop(step)` is polled after every step (a test's stand-in for Ctrl-C).
+    `should_stop(step)` is polled after every step (a test's stand-in for Ctrl-C); `on_evaluation` gets each record.
     `source` (e.g. corpus paths) is recorded in the checkpoint for reproducibility.
     `prepared` (a split of a prepared directory) replaces the two texts, its vocabulary and
     format replace `alphabet` and `corpus_format`.
@@ -484,9 +474,12 @@ def train(
     in DistributedDataParallel: rank r trains on rows r, r+W, … of every global batch of
     `batch_size` rows, so W ranks take the same steps as one process with the same batch.
     """
+    started = time.perf_counter()
     state = TrainState.build(
         train_text, val_text, Path(out), config, model_config, corpus_format, alphabet, resume, source, prepared
     )
+    state.begin(started)
+    state.on_evaluation = on_evaluation or state.on_evaluation
     bar = ProgressBar(state.config, state.position) if progress and state.rank == 0 else None
     run_steps(state, bar, should_stop)
     if bar is not None:

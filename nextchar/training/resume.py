@@ -6,15 +6,18 @@ random-number generator (dropout), the moving average of the weights, the state 
 one truncated-BPTT window to the next, and where the run stands (step, clock, best score, the
 evaluations so far). It is one bundle (nextchar.checkpoint's format):
 
-    state.json                   step, elapsed, best_val_bpc, history, the run's settings, model,
-                                 format, vocabulary, the training text's digest, the optimizer's
-                                 param groups and scalar slots
+    state.json                   step, elapsed, best_val_bpc, history, warmup_from, the run's
+                                 settings, model, format, vocabulary, the training text's digest,
+                                 the optimizer's param groups and scalar slots
     state-<sha256>.safetensors   model.*  the weights          optim.<param>.<slot>  its moments
                                  ema.*    their average        carry.<i>             carried state
                                  rng.torch                     torch's CPU generator
 
 The carried state is saved for the global batch, so a run may resume on another number of
 processes (each rank takes its own rows of it).
+
+What a run is, fresh or restored, is a `RunSpec` (settings, model, format, vocabulary);
+`training_data` gives the data it reads.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from nextchar.checkpoint import FORMAT_VERSION, read_bundle, write_bundle
-from nextchar.data.prepared import PreparedSplit
+from nextchar.data.batches import Encoded, LineBatches, StreamBatches, count_targets, encode_corpus
+from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.errors import UserError
 from nextchar.models import CharModel, ModelConfig, State
 from nextchar.text import Vocabulary
@@ -42,6 +46,8 @@ STATE_STEM = "state"
 # Prefixes of the tensors' names in the bundle.
 MODEL, OPTIMIZER, AVERAGE, CARRY = "model.", "optim.", "ema.", "carry."
 RNG = "rng.torch"
+
+Batches = StreamBatches | LineBatches | MemmapStreamBatches | MemmapLineBatches
 
 
 def text_digest(text: str) -> str:
@@ -61,6 +67,64 @@ class RunSpec:
     train_digest: str  # text_digest of the training text, or the prepared split's digest
 
 
+def fresh_spec(
+    config: TrainConfig | None,
+    model_config: ModelConfig | None,
+    corpus_format: str,
+    alphabet: str,
+    train_text: str,
+    prepared: PreparedSplit | None,
+) -> RunSpec:
+    """A new run's settings (the kind's optimiser defaults filled in) and its vocabulary: the
+    prepared corpus's, or every character of the training text (after the alphabet's mapping)."""
+    model_config = model_config or ModelConfig()
+    config = (config or TrainConfig()).for_kind(model_config.kind)
+    if prepared is not None:
+        vocab = prepared.corpus.vocab
+        return RunSpec(config, model_config, prepared.corpus.format, vocab, vocab.alphabet, prepared.digest)
+    vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
+    return RunSpec(config, model_config, corpus_format, vocab, alphabet, text_digest(train_text))
+
+
+def _require_validation(val_data: Encoded) -> None:
+    if count_targets(val_data) == 0:
+        raise UserError(
+            "the validation text is empty; give val_text or a larger val_fraction",
+            parameter=("val_text", "val_fraction"),
+        )
+
+
+def training_data(
+    spec: RunSpec, train_text: str, val_text: str, prepared: PreparedSplit | None, rank: int, world: int
+) -> tuple[Encoded, Batches]:
+    """The encoded validation data and the training batches (the memory-mapped ones read only
+    this rank's rows; the others are cut to them at each step)."""
+    config = spec.config
+    batches: Batches
+    if prepared is not None:
+        val_data = prepared.val
+        _require_validation(val_data)
+        batches = prepared.batches(config.batch_size, config.seq_len, config.max_line_len, config.seed, rank, world)
+    else:
+        train_data = encode_corpus(train_text, spec.vocab, spec.corpus_format)
+        val_data = encode_corpus(val_text, spec.vocab, spec.corpus_format)
+        _require_validation(val_data)
+        if isinstance(train_data, torch.Tensor):  # the text format: one stream
+            batches = StreamBatches(train_data, config.batch_size, config.seq_len)
+        else:
+            batches = LineBatches(train_data, config.batch_size, config.max_line_len, config.seed)
+    if batches.batch_size < world:
+        row = f"a stream of seq_len={config.seq_len} windows" if spec.corpus_format == "text" else "a line"
+        raise UserError(
+            f"{world} processes, but the training data fills only {batches.batch_size} of the "
+            f"{config.batch_size} rows of a batch (each row is {row}), so some processes would have "
+            f"nothing to read; start at most {batches.batch_size} (torchrun --nproc_per_node) or give "
+            "more data",
+            parameter="seq_len",
+        )
+    return val_data, batches
+
+
 @dataclass
 class Position:
     """Where a run stands, besides its tensors."""
@@ -69,6 +133,7 @@ class Position:
     elapsed: float = 0.0  # seconds of training and evaluation
     best_bpc: float = math.inf  # the best validation BPC so far (the checkpoint's)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
+    warmup_from: float = 0.0  # elapsed when the first step began: the warm-up's clock starts there
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -150,7 +215,10 @@ class ResumeState:
         carry_keys = sorted(k for k in self.tensors if k.startswith(CARRY))
         # The carried state is saved for the global batch: this rank continues its own rows.
         carry = tuple(self.tensors[k][rank::world].to(device) for k in carry_keys) if carry_keys else None
-        position = Position(self.meta["step"], self.meta["elapsed"], self.meta["best_val_bpc"], self.meta["history"])
+        meta = self.meta
+        position = Position(
+            meta["step"], meta["elapsed"], meta["best_val_bpc"], meta["history"], meta.get("warmup_from", 0.0)
+        )
         return position, carry
 
     def restore_average(self, averaged: AveragedModel) -> None:
@@ -182,6 +250,7 @@ def write_resume_state(
         "step": position.step,
         "elapsed": position.elapsed,
         "best_val_bpc": position.best_bpc,
+        "warmup_from": position.warmup_from,
         "train_config": spec.config.to_json(),
         "model": spec.model_config.to_json(),
         "format": spec.corpus_format,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import nextchar
-from nextchar.checkpoint import load_checkpoint, read_bundle
+from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint, read_bundle
 from nextchar.cli.main import main
 from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
 from nextchar.text import END, START, UNK
@@ -54,10 +55,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, message: str) -> None:
+    """Exit 2 and a last line `nextchar: error: COMMAND: …` (the one form of every error) holding `message`."""
     assert code == 2
     assert "Traceback" not in err
     last = err.rstrip("\n").splitlines()[-1]
-    assert last.startswith("nextchar: error: ")
+    assert re.match(r"nextchar: error: [a-z-]+: ", last), last
     assert message in last
 
 
@@ -92,6 +94,70 @@ def test_train_refuses_missing_file_and_directory(capsys, tmp_path):
     assert err.count("\n") == 1
     code, _, err = run(capsys, "eval", str(tmp_path / "notes"), "-m", str(tmp_path / "no-model"))
     assert_one_line_error(code, err, "directory")
+
+
+def bad_outs(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """A real obstacle for each way --out can be wrong: the path, and what the error says of it."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a regular file\n")
+    return {
+        "a file": (
+            str(blocker),
+            f"--out {blocker} is a file, not a directory; name a new or existing directory as --out",
+        ),
+        "under a file": (str(blocker / "run"), f"--out {blocker / 'run'} cannot be created: {blocker} is a file"),
+        # /proc takes no new files, not even from root (the tests may run as root).
+        "unwritable": (
+            "/proc/nextchar-run",
+            "--out /proc/nextchar-run cannot be written: making a file in /proc failed",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable"])
+def test_a_bad_out_is_refused_before_the_corpus_is_read(capsys, tmp_path, write_file, case):
+    out, message = bad_outs(tmp_path)[case]
+    # A corpus that reading would refuse: the error being about --out shows it was never read.
+    corpus = write_file("binary.bin", b"\x00" * 1000)
+    code, stdout, err = run(capsys, "train", str(corpus), "--out", out, *TINY)
+    assert_one_line_error(code, err, message)
+    assert err.count("\n") == 1 and stdout == "" and "binary" not in err
+    assert err.startswith("nextchar: error: train: ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["binary.bin", "notes.txt"]  # nothing written
+
+
+def test_a_bad_resume_directory_says_what_to_give(capsys, tmp_path, write_file):
+    blocker = write_file("run.txt", "not a run\n")
+    code, _, err = run(capsys, "train", "--resume", str(blocker), "--steps", "5", "--quiet")
+    assert_one_line_error(code, err, f"--resume {blocker} is a file, not a directory; name the directory of the run")
+
+
+def test_train_on_a_directory_says_what_the_directory_is(capsys, tmp_path, text_model_dir, write_file):
+    code, _, err = run(capsys, "train", str(text_model_dir), "--out", str(tmp_path / "out"), *TINY)
+    expected = f"{text_model_dir} is a checkpoint, not a corpus; to continue training it use --resume {text_model_dir}"
+    assert_one_line_error(code, err, expected)
+    assert "prepare" not in err
+    code, _, err = run(capsys, "train", str(BUNDLED_DIR), "--out", str(tmp_path / "out"), *TINY)
+    assert_one_line_error(code, err, f"{BUNDLED_DIR} is a checkpoint, not a corpus (and keeps no state")
+    write_file("texts/a.txt", PROSE)
+    write_file("texts/b.txt", NAMES)
+    code, _, err = run(capsys, "train", str(tmp_path / "texts"), "--out", str(tmp_path / "out"), *TINY)
+    texts = tmp_path / "texts"
+    assert_one_line_error(code, err, f"{texts} is a directory of text files, not a corpus: train on one of them, or ")
+    assert f"`nextchar prepare {texts / '*.txt'} --out DIR` and train on DIR" in err
+    (tmp_path / "empty").mkdir()
+    write_file("empty/image.png", b"\x89PNG\r\n\x1a\n\x00\x00")
+    code, _, err = run(capsys, "train", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), *TINY)
+    assert_one_line_error(code, err, "is a directory with no text files in it, not a corpus; give a text file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_is_a_file_says_so(capsys, tmp_path, write_file):
+    corpus = write_file("de.txt", "Guten Tag\n")
+    for argv in (["complete", "Gu", "-m", str(corpus)], ["predict", "Gu", "-m", str(corpus)]):
+        code, out, err = run(capsys, *argv)
+        assert_one_line_error(code, err, f"{corpus}: is a file, not a checkpoint directory; give the directory")
+        assert out == "" and err.startswith(f"nextchar: error: {argv[0]}: ")
 
 
 @pytest.mark.slow
@@ -201,21 +267,24 @@ def test_top_level_help_version_and_no_command(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "start", "end"),
     [
-        ["train", "--steps", "0"],
-        ["predict", "x", "-k", "zero"],
-        ["sample", "--temperature", "-1"],
-        ["frobnicate"],
-        ["eval"],
+        (["train", "--steps", "0"], "nextchar: error: train: argument --steps: ", " (see nextchar train --help)"),
+        (["predict", "x", "-k", "zero"], "nextchar: error: predict: argument -k", " (see nextchar predict --help)"),
+        (["sample", "--temperature", "-1"], "nextchar: error: sample: argument --temperature: ", "sample --help)"),
+        (["frobnicate"], "nextchar: error: argument COMMAND: invalid choice: 'frobnicate'", " (see nextchar --help)"),
+        (["eval"], "nextchar: error: eval: the following arguments are required: CORPUS", "(see nextchar eval --help)"),
+        (["lecture", "table", "ab", "--bogus"], "nextchar: error: lecture table: unrecognized arguments: --bogus", ""),
     ],
 )
-def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
+def test_usage_errors_are_one_line_with_exit_2(capsys, argv, start, end):
+    """argparse's usage errors have the form of every other error, and say where the usage is."""
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err and "see --help" in err
+    assert err.count("\n") == 1 and err.startswith(start) and err.rstrip("\n").endswith(end), err
+    assert err.rstrip("\n").endswith("--help)")
 
 
 @pytest.mark.slow
@@ -251,7 +320,7 @@ def run_without(modules: list[str], argv: list[str]) -> subprocess.CompletedProc
 def test_a_command_whose_extra_is_missing_says_which_to_install(argv, missing, extra):
     result = run_without([missing], argv)
     assert result.returncode == 2
-    assert result.stderr == f"nextchar {argv[0]}: needs the [{extra}] extra: pip install 'nextchar[{extra}]'\n"
+    assert result.stderr == f"nextchar: error: {argv[0]}: needs the [{extra}] extra: pip install 'nextchar[{extra}]'\n"
     assert result.stdout == ""
 
 

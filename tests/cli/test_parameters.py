@@ -23,8 +23,9 @@ from tests.helpers import PROSE
 def error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("nextchar: error: ")
-    return lines[-1].removeprefix("nextchar: error: ")
+    prefix = f"nextchar: error: {argv[0]}: "  # every error names the command that ran
+    assert lines[-1].startswith(prefix), lines[-1]
+    return lines[-1].removeprefix(prefix)
 
 
 def library_error(call, *args, **kwargs) -> UserError:

@@ -140,7 +140,7 @@ def test_resume_refuses_a_prepared_directory_with_another_vocabulary(capsys, tmp
 
 def test_train_refuses_a_format_other_than_the_prepared_one(capsys, tmp_path, prepared_dir):
     line = one_line_error(capsys, [*train_argv(prepared_dir, tmp_path / "run"), "--format", "lines"])
-    assert "was prepared in text format, not lines" in line
+    assert "was prepared as text, not lines; run `nextchar prepare --format lines` again or leave --format auto" in line
 
 
 # ------------------------------------------------------------------------------ batches

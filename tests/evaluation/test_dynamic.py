@@ -399,7 +399,7 @@ def test_eval_adapt_divergence_is_reported_not_a_crash(capsys, text_model_dir, w
 def test_eval_adapt_bad_settings_are_one_line_errors(capsys, text_model_dir, write_file, flags, message):
     corpus = write_file("doc.txt", PROSE)
     code, _, err = run(capsys, "eval", str(corpus), "-m", str(text_model_dir), "--adapt", "--adapt-rule", "sgd", *flags)
-    assert code == 2 and err.strip().splitlines()[-1] == f"nextchar: error: {message}, not {float(flags[1])}"
+    assert code == 2 and err.strip().splitlines()[-1] == f"nextchar: error: eval: {message}, not {float(flags[1])}"
 
 
 def test_eval_adapt_window_usage_error(capsys, text_model_dir, write_file):

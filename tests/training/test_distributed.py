@@ -146,6 +146,20 @@ def test_cli_two_processes_equal_one_and_resume_on_the_other_count(tmp_path, wri
     assert_same_trajectory(metrics(tmp_path / "one-then-two"), reference)
 
 
+def test_two_processes_evaluate_by_rank_0s_clock_together(tmp_path, write_file):
+    # Evaluations by the clock are decided on rank 0 and agreed on at a step: a rank that
+    # evaluated alone would leave the other waiting for it forever (the timeout would fire).
+    prepare([str(write_file("prose.txt", PROSE * 4))], tmp_path / "data", progress=False)
+    out = tmp_path / "run"
+    options = ["--time-budget", "8", "--eval-interval", "1000000", "--batch-size", "4", "--seq-len", "16"]
+    done = torchrun("-m", "nextchar", "train", str(tmp_path / "data"), "--out", str(out), *options, *TINY)
+    assert done.returncode == 0, done.stderr
+    assert "on 2 processes" in done.stdout
+    points = metrics(out)
+    assert len(points) >= 2, points  # at least one by the clock before the final one
+    assert points[-1]["elapsed"] <= 8.0
+
+
 def test_more_processes_than_rows_is_a_one_line_error(tmp_path, write_file):
     prepare([str(write_file("tiny.txt", PROSE))], tmp_path / "data", progress=False)
     done = torchrun(
@@ -227,7 +241,7 @@ def test_a_dead_rank_stops_the_run_with_its_last_checkpoint_intact(tmp_path, wri
             launcher.kill()
             launcher.communicate()
     assert launcher.returncode != 0
-    assert "nextchar: error: rank 0 lost contact with the other processes" in stderr, stderr
+    assert "nextchar: error: train: rank 0 lost contact with the other processes" in stderr, stderr
     assert f"the last checkpoint in {out} is intact: resume with --resume {out}" in stderr
     # The checkpoint and the resume state are whole, and the run goes on from there.
     load_checkpoint(out)

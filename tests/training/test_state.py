@@ -78,7 +78,7 @@ def test_resume_state_restores_weights_rng_position_and_this_ranks_rows(tmp_path
         NAMES, "mia\n", tmp_path, train_config(steps=4), model_config("gru"), "lines", "corpus", False, None, None
     )
     state.step()
-    position = Position(step=3, elapsed=1.5, best_bpc=2.0, history=[{"step": 3}])
+    position = Position(step=3, elapsed=1.5, best_bpc=2.0, history=[{"step": 3}], warmup_from=0.25)
     carry = (torch.arange(12.0).view(4, 3),)
     rng = torch.get_rng_state()
     write_resume_state(tmp_path, state.spec, position, state.model, state.optimizer, None, carry, {"corpus": "x"})

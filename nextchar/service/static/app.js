@@ -14,10 +14,11 @@ function visible(ch) {
 
 // One request stream whose answers may arrive in any order: an answer is used only if no later
 // request has been answered already, and only if it still matches what is on screen (`current`).
+// `failed` (optional) is called when this request fails and no later one has been sent.
 function latestOnly(current, apply) {
   let sent = 0;
   let shown = 0;
-  return function request(q, extra) {
+  return function request(q, extra, failed) {
     const seq = ++sent;
     const params = new URLSearchParams({q: q, ...extra});
     fetch("/api/complete?" + params.toString(), {headers: {Accept: "application/json"}})
@@ -27,7 +28,10 @@ function latestOnly(current, apply) {
         shown = seq;
         apply(data);
       })
-      .catch(() => { /* a failed suggestion is just no suggestion; the next keystroke retries */ });
+      .catch(() => {
+        // A failed suggestion is just no suggestion; the next keystroke retries.
+        if (failed && seq === sent) failed();
+      });
   };
 }
 
@@ -121,17 +125,19 @@ function choose(i) {
   requestSearch(search.value, false);
 }
 
+let searchesAsked = 0;
 const requestSearch = (() => {
   const send = latestOnly(() => search.value.slice(-MAX_QUERY), (data) => {
     render(data.suggestions);
     chart(data.next_chars, data.q);
     if (wantOpen && data.q.length) open();
   });
-  return (text, openList) => {
+  return (text, openList, failed) => {
+    searchesAsked++;
     wantOpen = openList;
     const extra = {k: K};
     if (typos.checked) extra.typos = "1";
-    send(text.slice(-MAX_QUERY), extra);
+    send(text.slice(-MAX_QUERY), extra, failed);
   };
 })();
 
@@ -254,7 +260,7 @@ function showGhost(text) {
   ghostHint.textContent = ghost ? "Suggestion: " + ghost + ". Press Tab to accept." : "";
 }
 
-// The rest of the sentence: cut the completion after a sentence end, drop a leading line end.
+// What the ghost shows of a completion: up to its first line end, and never past a sentence end.
 function sentencePart(completion) {
   const text = completion.replace(/\n[\s\S]*$/, "");
   const m = /[.!?](\s|$)/.exec(text);
@@ -277,7 +283,9 @@ email.addEventListener("input", () => {
     showGhost("");
   }
   lastEmail = text;
-  if (text && caretAtEnd()) requestGhost(emailContext(), {k: 3});
+  // Phrase mode whatever the server's default: the next word or few (--max-words), as inline
+  // completion in a mail editor offers them; a whole line of guesses would mostly be wrong.
+  if (text && caretAtEnd()) requestGhost(emailContext(), {k: 3, mode: "phrase"});
 });
 
 email.addEventListener("keydown", (e) => {
@@ -307,6 +315,16 @@ fetch("/healthz").then((r) => r.json()).then((h) => {
     "Model: " + h.model + " (" + h.kind + ", " + h.format + ").";
 }).catch(() => {});
 
+// The chart (and the drop-down's first list) for the text already there on load, empty or from
+// ?q=: drawn without waiting for a key. A first answer that fails (the server restarting, a
+// 503) is asked for again a few times, until anything else has been asked since.
+function drawInitial(attempt) {
+  requestSearch(search.value, false, () => {
+    const asked = searchesAsked;
+    if (attempt < 5) setTimeout(() => { if (searchesAsked === asked) drawInitial(attempt + 1); }, 250 * 2 ** attempt);
+  });
+}
+
 const initial = new URLSearchParams(location.search).get("q");
 if (initial) search.value = initial;
-requestSearch(search.value, false);
+drawInitial(0);
