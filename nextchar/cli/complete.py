@@ -55,6 +55,13 @@ def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
         default=DEFAULTS.length_alpha,
         help=f"length normalisation: score = logprob / symbols^alpha (default {DEFAULTS.length_alpha:g})",
     )
+    g.add_argument(
+        "--min-chars",
+        type=_int,
+        default=DEFAULTS.min_chars,
+        metavar="N",
+        help=f"shortest completion offered, in characters (default {DEFAULTS.min_chars})",
+    )
     add_threads_option(
         g, default=1, help_text="torch threads (default 1: a keystroke's small batches run fastest on one)"
     )
@@ -82,6 +89,7 @@ def completer_config(args: argparse.Namespace) -> CompleterConfig:
         max_chars=args.max_chars,
         max_words=args.max_words,
         length_alpha=args.alpha,
+        min_chars=args.min_chars,
         lexicon_weight=args.lexicon_weight,
         typo_penalty=args.typo_penalty,
         precision=args.precision,

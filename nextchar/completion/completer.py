@@ -121,6 +121,7 @@ class Completer:
             max_chars=c.max_chars,
             max_words=c.max_words,
             length_alpha=float(c.length_alpha),
+            min_chars=c.min_chars,
             cjk_word_chars=c.cjk_word_chars,
         )
         if lexicon is not None and self.vocab.alphabet == "lecture":

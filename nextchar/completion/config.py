@@ -41,6 +41,7 @@ class CompleterConfig:
     max_chars: int = 48  # longest completion in characters
     max_words: int = 3  # words per suggestion in `phrase` mode
     length_alpha: float = 0.0  # length normalisation: rank by log p / len^alpha (0: plain log p)
+    min_chars: int = 2  # shortest completion offered (trailing whitespace not counted; corrections exempt)
     lexicon_weight: float = 0.0  # with a lexicon: weight of log(entry weight) beside the model's log p
     typo_penalty: float = 4.0  # nats a correction costs against an exact completion
     typo_window: int = 8  # last characters of the text where a typo is looked for
@@ -56,6 +57,7 @@ class CompleterConfig:
             "beam_width": 1,
             "max_chars": 1,
             "max_words": 1,
+            "min_chars": 1,
             "typo_window": 1,
             "cjk_word_chars": 1,
             "max_context": 1,
@@ -97,6 +99,7 @@ class ConfigOverrides(TypedDict, total=False):
     max_chars: int
     max_words: int
     length_alpha: float
+    min_chars: int
     lexicon_weight: float
     typo_penalty: float
     typo_window: int

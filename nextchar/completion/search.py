@@ -14,7 +14,17 @@ hypothesis to the finished list when an end event is likely enough to matter:
             `cjk_word_chars` characters.
     line    up to <end> (`lines` models) or the newline (`text` models), at most max_chars.
     phrase  up to the boundary after `max_words` words (the word being typed counts), or
-            the end of the line, at most max_chars.
+            the end of the line, at most max_chars. In `text` models a single newline is
+            a hard wrap inside a paragraph, not an end: a phrase runs on across it (and shows
+            it as a space); a blank line (a second newline) ends the paragraph and the phrase.
+
+What is offered (not for lexicon entries, which are the lexicon's own): a completion with a
+letter, digit or pictograph in it (never only whitespace; only punctuation solely as the rest
+of a line, and then of two characters or more: `)".`), of at least `min_chars` characters
+(trailing whitespace not counted); a correction's completion may be shorter, even empty (the
+correction is the saving). In `word` mode a word keeps the script of the text it continues
+(the last letter typed): after Latin letters only Latin letters (digits and marks too), after
+Han or kana only Han and kana, and so on (chars.script).
 
 Finished hypotheses are ranked by the length-normalised score  log p(c | x) / n^α  where n
 counts the symbols scored (the end symbol included): α = 0 ranks by probability, α = 1 by
@@ -38,7 +48,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import unicodedata
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -46,73 +55,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nextchar.completion.config import MODES
+from nextchar.completion.chars import (
+    STRICT_SCRIPTS,
+    is_extender,
+    is_spaceless,
+    last_script,
+    needs_continuation,
+    offered,
+    script,
+)
+from nextchar.completion.chars import is_boundary as is_boundary  # re-exported, beside word_start
+from nextchar.completion.config import DEFAULTS, MODES
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.lockstep import Batch, ExtendRequest, MassesRequest, Request, TopKRequest
 from nextchar.completion.states import Node, Tree
 from nextchar.text import END, START, UNK, Vocabulary
 
-APOSTROPHES = frozenset("'’")  # inside words: don't, l’homme, o'clock
 GRAPHEME_SLACK = 8  # characters a length-limited completion may overrun to finish a grapheme
-ZWJ = "\u200d"
-
-# Scripts written without spaces between words (code point ranges).
-_SPACELESS = (
-    (0x0E00, 0x0EFF),  # Thai, Lao
-    (0x1000, 0x109F),  # Myanmar
-    (0x1780, 0x17FF),  # Khmer
-    (0x3040, 0x30FF),  # Hiragana, Katakana
-    (0x3400, 0x4DBF),  # CJK extension A
-    (0x4E00, 0x9FFF),  # CJK unified ideographs
-    (0xF900, 0xFAFF),  # CJK compatibility ideographs
-    (0x20000, 0x3134F),  # CJK extensions B–G
-)
-
-
-def is_boundary(ch: str) -> bool:
-    """True for characters that end a word: whitespace, punctuation (not apostrophes), math/modifier symbols."""
-    if ch.isspace():
-        return True
-    category = unicodedata.category(ch)
-    if category[0] == "P":
-        return ch not in APOSTROPHES
-    return category in ("Sm", "Sk")
-
-
-def is_extender(ch: str) -> bool:
-    """True for code points that attach to the previous one (they continue its grapheme)."""
-    code = ord(ch)
-    return (
-        unicodedata.category(ch) in ("Mn", "Me", "Mc")
-        or ch in (ZWJ, "\u200c")
-        or 0xFE00 <= code <= 0xFE0F  # variation selectors
-        or 0xE0100 <= code <= 0xE01EF
-        or 0x1F3FB <= code <= 0x1F3FF  # emoji skin-tone modifiers
-        or 0xE0020 <= code <= 0xE007F  # tag characters (subdivision flags)
-    )
-
-
-def is_regional_indicator(ch: str) -> bool:
-    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
-
-
-def is_spaceless(ch: str) -> bool:
-    code = ord(ch)
-    return any(lo <= code <= hi for lo, hi in _SPACELESS)
-
-
-def needs_continuation(text: str) -> bool:
-    """True when `text` ends inside a grapheme that cannot be complete yet (ZWJ, half a flag)."""
-    if not text:
-        return False
-    if text[-1] == ZWJ:
-        return True
-    count = 0
-    for ch in reversed(text):
-        if not is_regional_indicator(ch):
-            break
-        count += 1
-    return count % 2 == 1
 
 
 def word_start(text: str, limit: int = 256) -> int:
@@ -136,20 +95,26 @@ class Candidate:
 
 @dataclass
 class SearchSettings:
-    beam_width: int = 8  # hypotheses kept per step (at least k)
-    max_chars: int = 48  # longest completion in line/phrase mode (word mode: max_chars too)
-    max_words: int = 3  # phrase mode: words per phrase, the one being typed included
-    length_alpha: float = 0.0  # α of the length normalisation (0: rank by probability)
-    cjk_word_chars: int = 2  # word mode in scripts without spaces: characters per word
+    """What a search needs of a CompleterConfig (the defaults are its defaults)."""
+
+    beam_width: int = DEFAULTS.beam_width  # hypotheses kept per step (at least k)
+    max_chars: int = DEFAULTS.max_chars  # longest completion in line/phrase mode (word mode: max_chars too)
+    max_words: int = DEFAULTS.max_words  # phrase mode: words per phrase, the one being typed included
+    length_alpha: float = DEFAULTS.length_alpha  # α of the length normalisation (0: rank by probability)
+    min_chars: int = DEFAULTS.min_chars  # shortest completion offered (trailing whitespace not counted)
+    cjk_word_chars: int = DEFAULTS.cjk_word_chars  # word mode in scripts without spaces: characters per word
     lexicon_max_chars: int = 256  # longest completion walked in a lexicon
 
 
 class SymbolTable:
     """What each vocabulary index is, for the search: boundary, extender, end of line…"""
 
-    # Continuation kinds → rows of `masks`; NONE, the last row, allows nothing (lockstep.py
-    # gives it to the rows of a batch that no search asks about).
-    ANY, WORD, EXTEND, NONE = 0, 1, 2, 3
+    # Continuation kinds → rows of `masks`: ANY character, a WORD character, an EXTENDer, ANY or
+    # a WRAP (a newline inside a phrase: `text` models), a word character of no script (LOOSE:
+    # digits, marks…); then a word character of each script in the vocabulary (`script_rows`),
+    # and last `none`, which allows nothing (lockstep.py gives the last row to the rows of a
+    # batch that no search asks about).
+    ANY, WORD, EXTEND, WRAP, LOOSE = 0, 1, 2, 3, 4
 
     def __init__(self, vocab: Vocabulary, corpus_format: str):
         size = len(vocab)
@@ -176,16 +141,36 @@ class SymbolTable:
         for column, idx in enumerate((self.line_end_idx, self.boundary_idx, self.extender_idx)):
             self.ends[idx, column] = 1.0
         blocked = {END, *never, *self.line_end}  # end events finish a hypothesis; they never extend one
-        masks = torch.full((4, size), -math.inf)
+        scripts = [script(ch) if i >= 3 else None for i, ch in enumerate(self.chars)]
+        self.script_rows = {name: 5 + r for r, name in enumerate(sorted({s for s in scripts if s}))}
+        self.none = 5 + len(self.script_rows)
+        masks = torch.full((self.none + 1, size), -math.inf)
         for i in range(3, size):
             if i in blocked:
+                if not self.lines and i == newline:
+                    masks[self.WRAP, i] = 0.0
                 continue
-            masks[self.ANY, i] = 0.0
+            masks[self.ANY, i] = masks[self.WRAP, i] = 0.0
             if not self.boundary[i]:
                 masks[self.WORD, i] = 0.0
+                if scripts[i] is None:
+                    masks[self.LOOSE, i] = 0.0
+                for name, row in self.script_rows.items():
+                    # a word of a script without spaces holds only its own letters (and marks)
+                    loose = scripts[i] is None and (name not in STRICT_SCRIPTS or self.extender[i])
+                    if scripts[i] == name or loose:
+                        masks[row, i] = 0.0
             if self.extender[i]:
                 masks[self.EXTEND, i] = 0.0
         self.masks = masks
+
+    def word_kind(self, context: str) -> int:
+        """The mask row for a word after `context`: of the script of its last letter, if any (of a
+        script the vocabulary lacks: only what no script owns, marks only for a strict one)."""
+        name = last_script(context)
+        if name is None:
+            return self.WORD
+        return self.script_rows.get(name, self.EXTEND if name in STRICT_SCRIPTS else self.LOOSE)
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(ch, UNK) for ch in text]
@@ -229,7 +214,8 @@ def beam_steps(
     hypothesis at once.
 
     An empty completion (the text is already complete) is returned only with `allow_empty`:
-    it says nothing about what was typed, but completes a correction ("jonh" → "john").
+    it says nothing about what was typed, but completes a correction ("jonh" → "john"), so
+    such a search (a correction's) offers completions shorter than `min_chars` too.
 
     `known` maps completions to nodes already computed (the previous keystroke's search):
     those hypotheses skip the model. Returns the candidates and this search's own tree of
@@ -243,9 +229,19 @@ def beam_steps(
     alpha = settings.length_alpha
     in_word0 = bool(context) and not is_boundary(context[-1])
     beam = _Beam([""], [0.0], [1 if in_word0 else 0], [in_word0], Batch(root.logprobs.unsqueeze(0), root.state), 0)
+    wrap = mode == "phrase" and not table.lines and lexicon is None
+    rows = _Rows(
+        go=table.WRAP if wrap else table.ANY,
+        word=table.word_kind(context) if mode == "word" else table.WORD,
+        none=table.none,
+        wrap=wrap,
+        after_newline=context.endswith("\n"),
+    )
+    # Lexicon entries are offered whatever they are; a correction's completion may be short.
+    min_chars = None if lexicon is not None else (1 if allow_empty else settings.min_chars)
     # Without a lexicon the search's score is the final ranking (completer.py): only the k
     # best can ever be shown, so only they are kept.
-    finished = _Finished(alpha, top=k if lexicon is None else None)
+    finished = _Finished(alpha, k if lexicon is None else None, min_chars, wrap, closing=mode == "line")
     finish = finished.add
 
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
@@ -255,7 +251,7 @@ def beam_steps(
         if lexicon is not None:
             chosen = _lexicon_step(beam, masses, table, lexicon, lexicon_key, width, finish)
         else:
-            kinds = _free_finish(beam, masses, mode, settings, finish, allow_empty)
+            kinds = _free_finish(beam, masses, mode, settings, finish, rows, allow_empty)
             allow_empty = False
             values, indices = yield TopKRequest(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table.masks)
             chosen = []
@@ -277,21 +273,41 @@ def beam_steps(
     return finished.ranked(), tree
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The mask rows (SymbolTable) one search grows its hypotheses by, and how phrases end."""
+
+    go: int  # line and phrase modes: ANY, or WRAP (phrases of `text` models go on across a newline)
+    word: int  # a word's characters: WORD, or in word mode the row of the context's script
+    none: int  # nothing (a hypothesis too long to grow)
+    wrap: bool  # a single newline is a wrap inside a phrase; a second one ends the paragraph
+    after_newline: bool  # the context ends with a newline (then a newline next is a blank line)
+
+
 class _Finished:
     """The finished hypotheses, one per suggestion: completions that differ only in trailing
     whitespace are one suggestion, and the better-scoring of them stands for it.
 
     With `top`, only the `top` best suggestions are kept (ties included): a candidate below
     the top-th can never be shown, and the k-th best score is then at hand for early stopping.
+    With `min_chars` (None: all), only completions worth offering are kept (`offered`, where
+    `closing` lets the rest of a line be punctuation; an empty one reaches here only when it is
+    allowed). With `wrap`, the newlines of a completion are wraps: it is shown with spaces for
+    them (and without the one before a blank line).
     """
 
-    def __init__(self, alpha: float, top: int | None):
-        self.alpha, self.top = alpha, top
+    def __init__(
+        self, alpha: float, top: int | None, min_chars: int | None = None, wrap: bool = False, closing: bool = False
+    ):
+        self.alpha, self.top, self.min_chars, self.wrap, self.closing = alpha, top, min_chars, wrap, closing
         self.best: dict[str, Candidate] = {}
         self.floor = -math.inf  # with `top`: the top-th best score, once there are that many
 
-    def add(self, text: str, logprob: float, symbols: int) -> None:
+    def add(self, raw: str, logprob: float, symbols: int) -> None:
         if logprob == -math.inf:
+            return
+        text = raw.rstrip("\n").replace("\n", " ") if self.wrap else raw
+        if self.min_chars is not None and raw and not offered(text, self.min_chars, self.closing):
             return
         score = logprob / max(symbols, 1) ** self.alpha
         if score < self.floor:
@@ -324,9 +340,10 @@ def _free_finish(
     mode: str,
     settings: SearchSettings,
     finish: Callable[[str, float, int], None],
+    rows: _Rows,
     allow_empty: bool = False,
 ) -> list[int]:
-    """Finish what may end here; returns how each hypothesis may go on (SymbolTable.ANY …)."""
+    """Finish what may end here; returns how each hypothesis may go on (a row of SymbolTable.masks)."""
     line_end, boundary, extend = masses
     if mode == "line":
         boundary = line_end
@@ -336,7 +353,11 @@ def _free_finish(
         # No spaces to stop at (Chinese…): a word is a fixed number of characters
         limit = settings.cjk_word_chars if mode == "word" and text and is_spaceless(text[0]) else settings.max_chars
         pending = needs_continuation(text)
-        kind = SymbolTable.WORD if mode == "word" else SymbolTable.ANY
+        kind = rows.word if mode == "word" else rows.go
+        # with wraps, a newline ends the phrase only after another (a blank line), and never grows it
+        paragraph = rows.wrap and (text.endswith("\n") if n else rows.after_newline)
+        if paragraph:
+            kind = SymbolTable.ANY
         if (n or allow_empty) and not pending:
             if mode == "word":
                 finish(text, lp + boundary[h], n + 1)
@@ -345,11 +366,11 @@ def _free_finish(
             elif beam.in_word[h] and beam.words[h] >= settings.max_words:
                 finish(text, lp + boundary[h], n + 1)
                 kind = SymbolTable.WORD
-            else:
+            elif paragraph or not rows.wrap:
                 finish(text, lp + line_end[h], n + 1)
         if n >= limit:
             if n >= limit + GRAPHEME_SLACK:
-                kind = SymbolTable.NONE
+                kind = rows.none
             elif not pending:
                 if extend[h] < math.log(0.5):
                     finish(text, lp, n)  # cut by the length limit: no end event

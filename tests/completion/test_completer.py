@@ -10,15 +10,10 @@ import pytest
 import torch
 
 from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.completion.chars import is_boundary, is_extender, is_regional_indicator, needs_continuation
 from nextchar.completion.completer import Completer, Suggestion
 from nextchar.completion.config import DEFAULTS, K_MAX, CompleterConfig, ConfigOverrides
-from nextchar.completion.search import (
-    GRAPHEME_SLACK,
-    is_boundary,
-    is_extender,
-    is_regional_indicator,
-    needs_continuation,
-)
+from nextchar.completion.search import GRAPHEME_SLACK
 from nextchar.completion.session import safe_start
 from nextchar.errors import UserError
 from nextchar.models import KINDS
@@ -80,7 +75,7 @@ def test_beam_finds_the_most_probable_short_lines(tmp_path: Path) -> None:
         "ab\nabc\nabd\nb\n" * 5, "ab\n", tmp_path, train_config(steps=60), model_config("gru"), "lines", progress=False
     )
     ckpt = load_checkpoint(tmp_path)
-    completer = Completer(ckpt, beam_width=64, max_chars=3)
+    completer = Completer(ckpt, beam_width=64, max_chars=3, min_chars=1)  # one character may be best
     best = completer.suggest("a", k=1)[0]
     chars = ckpt.vocab.chars
     candidates = [a + b + c for a in chars for b in ["", *chars] for c in ["", *chars] if b or not c]
@@ -272,9 +267,11 @@ def test_keyword_settings_override_the_config(lines_ckpt: Checkpoint) -> None:
 
 def test_text_made_only_of_unknown_characters(lines_ckpt: Checkpoint) -> None:
     completer = Completer(lines_ckpt)
-    for mode in ("word", "line", "phrase"):
+    for mode in ("line", "phrase"):
         found = completer.suggest("ЖЖ😀", k=3, mode=mode)
         assert found and all(s.text.startswith("ЖЖ😀") for s in found)
+    # the word being typed is Cyrillic, and the model knows no Cyrillic letter to go on with
+    assert all(not any(c.isalpha() for c in s.completion) for s in completer.suggest("ЖЖ😀", k=3, mode="word"))
     session = completer.session()
     session.type("Ж")
     assert session.suggest(3)
@@ -414,7 +411,7 @@ def test_no_two_suggestions_differ_only_in_trailing_whitespace() -> None:
 
     vocab = Vocabulary(("a", " "))
     logits = torch.tensor([-math.inf, 0.0, -math.inf, 0.0, 0.0])  # <start> <end> <unk> a ␣: equally likely
-    completer = Completer(Checkpoint(Uniform(logits).eval(), vocab, "lines"), beam_width=16, max_chars=3)
+    completer = Completer(Checkpoint(Uniform(logits).eval(), vocab, "lines"), beam_width=16, max_chars=3, min_chars=1)
     found = completer.suggest("x", k=20)
     stripped = [s.text.rstrip() for s in found]
     assert len(stripped) == len(set(stripped))
