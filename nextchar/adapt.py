@@ -49,7 +49,7 @@ from nextchar.models import CharModel, State, detach_state
 RULES = ("rms", "sgd")
 PARAM_SETS = ("all", "output")
 # The output layer p_t = softmax(W_o s_t + W0_o) under each model kind's parameter names.
-OUTPUT_NAMES = ("W_o", "W0_o", "head.weight", "head.bias")
+OUTPUT_NAMES = ("W_o", "W0_o", "head.weight", "head.bias", "output_bias")  # tied: P, b and W0^o, not E
 
 
 @dataclass

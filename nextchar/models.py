@@ -24,6 +24,11 @@ from nextchar.text import START
 
 State = tuple[Tensor, ...]
 KINDS = ("window", "rnn", "lstm", "gru")
+OUTPUTS = ("auto", "full", "tied")
+# Symbols from which `auto` ties the output layer to the embedding: past a thousand the full
+# layer is most of a step (docs/tuning.md#large-alphabets); below, as for every Latin-script
+# corpus, the full layer is cheap and keeps today's models as they are.
+TIED_FROM = 1000
 
 
 @dataclass
@@ -38,6 +43,7 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on the recurrent weights W_hh while training (lstm/gru)
     context: int = 8  # c, characters of context of the window model
     nonlinearity: str = "tanh"  # f1 of the lecture's rnn: tanh | relu
+    output: str = "auto"  # lstm/gru output layer: full | tied | auto (GatedRNN; resolved when trained)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +54,8 @@ class ModelConfig:
         unknown = set(obj) - known
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
-        return cls(**obj)
+        # Checkpoints written before there was a choice of output layer have a full one.
+        return cls(**{"output": "full", **obj})
 
 
 class CharModel(nn.Module):
@@ -160,7 +167,17 @@ class LectureRNN(CharModel):
 
 
 class GatedRNN(CharModel):
-    """Embedding → dropout → stacked LSTM or GRU (dropout between layers) → dropout → linear → logits."""
+    """Embedding → dropout → stacked LSTM or GRU (dropout between layers) → dropout → output → logits.
+
+    The output layer (`config.output`):
+        full   z = W^o h + W0^o                    W^o: V × m, a row of m weights per symbol
+        tied   z = E (P h + b) + W0^o               P: e × m; E: V × e, the input embedding itself
+    A full layer costs m·V multiply-adds a character and m·V parameters, which outgrow the
+    recurrence itself once V is in the thousands (Chinese: 2.4 M of them for 4,691 symbols and
+    m = 512, against the LSTM's 1.3 M). Tied costs e·m + e·V, and every symbol's one vector is
+    trained both where it is read and where it is predicted, which a rare symbol needs (Press &
+    Wolf, 2017). `auto` ties from TIED_FROM symbols on (docs/tuning.md#large-alphabets).
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -176,7 +193,14 @@ class GatedRNN(CharModel):
         )
         self.drop = nn.Dropout(config.dropout)
         self.drop_embedding = nn.Dropout(config.embedding_dropout)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.output not in OUTPUTS:
+            raise ValueError(f"unknown output layer {config.output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.tied = resolved_output(config) == "tied"
+        if self.tied:
+            self.head = nn.Linear(config.hidden_size, config.embedding_size)
+            self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        else:
+            self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         shape = (batch_size, self.config.num_layers, self.config.hidden_size)
@@ -200,8 +224,13 @@ class GatedRNN(CharModel):
         else:
             out, new = self.rnn(x, hx)
         new = new if isinstance(new, tuple) else (new,)
-        logits = self.head(self.drop(out))
+        logits = self.output(self.drop(out))
         return logits, tuple(s.transpose(0, 1).float() for s in new)
+
+    def output(self, h: Tensor) -> Tensor:
+        """Logits from the top layer's state h (…, m): W^o h + W0^o, or tied, E (P h + b) + W0^o."""
+        z = F.linear(h, self.head.weight, self.head.bias)
+        return F.linear(z, self.embedding.weight, self.output_bias) if self.tied else z
 
     def _weight_dropped(self, x: Tensor, hx: Tensor | State) -> tuple[Tensor, Tensor | State]:
         """The same fused kernel with DropConnect on each W_hh (AWD-LSTM's weight drop).
@@ -229,6 +258,8 @@ class GatedRNN(CharModel):
             gates * c.hidden_size * ((c.embedding_size if i == 0 else c.hidden_size) + c.hidden_size)
             for i in range(c.num_layers)
         ]
+        if resolved_output(c) == "tied":
+            return 2 * (sum(per_layer) + c.embedding_size * (c.hidden_size + c.vocab_size))
         return 2 * (sum(per_layer) + c.hidden_size * c.vocab_size)
 
 
@@ -260,3 +291,13 @@ def stack_states(states: list[State]) -> State:
 def detach_state(state: State) -> State:
     """Cut the graph between truncated-BPTT windows, keeping the values (why: memory/time)."""
     return tuple(s.detach() for s in state)
+
+
+def resolved_output(config: ModelConfig) -> str:
+    """The output layer `config` builds: "full" or "tied" (auto: tied from TIED_FROM symbols on;
+    models other than lstm/gru have their own, reported as full)."""
+    if config.kind not in ("lstm", "gru"):
+        return "full"
+    if config.output == "auto":
+        return "tied" if config.vocab_size >= TIED_FROM else "full"
+    return config.output

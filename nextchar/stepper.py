@@ -215,7 +215,7 @@ class Stepper:
                 h = _gru_cell(x, h, w_hh, getattr(rnn, f"bias_hh_l{layer}"))
                 news[0].append(h)
             x = h
-        logits = torch.addmm(model.head.bias, x, model.head.weight.t())
+        logits = model.output(x)
         if config.num_layers == 1:
             return logits.unsqueeze(1), tuple(parts[0].unsqueeze(1) for parts in news)
         return logits.unsqueeze(1), tuple(torch.stack(parts, dim=1) for parts in news)

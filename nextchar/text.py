@@ -275,6 +275,11 @@ class Vocabulary:
             return cls(tuple(LECTURE_ALPHABET), alphabet)
         return cls(tuple(sorted(set(text))), alphabet)
 
+    @classmethod
+    def of_corpus(cls, text: str, alphabet: str = "corpus") -> Vocabulary:
+        """The vocabulary a model of raw `text` has: its characters once normalised (`prepare`)."""
+        return cls.from_text(cls.from_text("", alphabet).prepare(text), alphabet)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {c: i + len(SPECIAL_NAMES) for i, c in enumerate(self.chars)})
 

@@ -66,13 +66,29 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def other_load() -> float:
-    """The 1-minute load average: how many cores other jobs have kept busy lately (0 if unknown).
-    It lags: a job that stopped a minute ago still counts for a while."""
+def other_load(loadavg: str | None = None) -> float:
+    """How many cores other jobs keep busy (0 if unknown): the 1-minute load average, but never
+    more than the tasks running at this moment besides this one. The average lags by a minute: a
+    job that has just stopped (the previous training run, the test suite) would still count, and
+    a run started right after it would take one thread where two are free.
+
+    `loadavg`: the text of /proc/loadavg ("0.97 0.61 0.40 2/311 4242": averages, then running/all
+    tasks), read when not given; elsewhere than Linux, os.getloadavg() alone."""
+    if loadavg is None:
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                loadavg = f.read()
+        except OSError:
+            try:
+                return os.getloadavg()[0]
+            except (AttributeError, OSError):
+                return 0.0
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
+        fields = loadavg.split()
+        average, running = float(fields[0]), int(fields[3].split("/")[0])
+    except (IndexError, ValueError):
         return 0.0
+    return max(0.0, min(average, running - 1))  # the running count includes this process
 
 
 def threads_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
@@ -279,9 +295,10 @@ def training_settings(
     threads: int,
 ) -> dict[str, Any]:
     """What a CPU training run's chars/s depends on, as the cache's key: the processor, the
-    model's shape (`model`: ModelConfig.to_json()), B × T, the framing, the precision, whether
+    model's shape (`model`: ModelConfig.to_json(); the alphabet's size too, which the output
+    layer grows with), B × T, the framing, the precision, whether
     the step is compiled, and the threads."""
-    shape = ("kind", "hidden_size", "num_layers", "embedding_size", "context")
+    shape = ("kind", "vocab_size", "hidden_size", "num_layers", "embedding_size", "context", "output")
     return {
         "cpu": cpu_model(),
         "model": {name: model[name] for name in shape if name in model},

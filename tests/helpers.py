@@ -99,3 +99,29 @@ def train_on_prose(out: Path, kind: str, steps: int) -> Path:
     cut = int(0.9 * len(PROSE))
     train(PROSE[:cut], PROSE[cut:], out, train_config(steps=steps), model_config(kind), "text", progress=False)
     return out
+
+
+# A tiny, exact, quick `train` run: the CLI tests add these flags to every training command.
+TINY_TRAIN_FLAGS = [
+    "--kind",
+    "gru",
+    "--hidden",
+    "16",
+    "--layers",
+    "1",
+    "--embedding",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--quiet",
+]

@@ -200,3 +200,48 @@ def test_flops_per_char_are_positive():
         assert make(kind).flops_per_char() > 0
     m = make("rnn-tanh", hidden_size=7)
     assert m.flops_per_char() == 2 * (7 * V + 7 * 7 + V * 7)
+
+
+# ------------------------------------------------------------------------------ output layers
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_tied_output_predicts_with_the_input_embedding(kind):
+    model = make(kind, output="tied", hidden_size=16, embedding_size=6)
+    assert model.head.weight.shape == (6, 16) and model.output_bias.shape == (V,)
+    h = torch.randn(4, 16)
+    want = (model.head(h)) @ model.embedding.weight.t() + model.output_bias  # E (P h + b) + W0^o
+    torch.testing.assert_close(model.output(h), want)
+    # A symbol never read still learns its one vector from being predicted.
+    model.train()
+    x = torch.full((2, 5), 4)
+    y = torch.full((2, 5), 7)
+    logits, _ = model(x)
+    F.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).backward()
+    assert model.embedding.weight.grad[7].abs().sum() > 0
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in make(kind, output="full", hidden_size=16, embedding_size=6).parameters()
+    )
+
+
+def test_auto_output_ties_large_alphabets_only():
+    from nextchar.models import TIED_FROM, resolved_output
+
+    assert resolved_output(ModelConfig(kind="lstm", vocab_size=TIED_FROM - 1)) == "full"
+    assert resolved_output(ModelConfig(kind="lstm", vocab_size=TIED_FROM)) == "tied"
+    assert resolved_output(ModelConfig(kind="gru", vocab_size=TIED_FROM, output="full")) == "full"
+    assert resolved_output(ModelConfig(kind="rnn", vocab_size=TIED_FROM, output="tied")) == "full"
+    big = make("lstm", vocab_size=TIED_FROM + 5, hidden_size=64, embedding_size=8)
+    assert isinstance(big, GatedRNN) and big.head.out_features == 8
+    full = make("lstm", vocab_size=TIED_FROM + 5, hidden_size=64, embedding_size=8, output="full")
+    assert big.flops_per_char() < full.flops_per_char() / 3
+    with pytest.raises(ValueError, match="unknown output layer 'sampled'"):
+        make("lstm", output="sampled")
+
+
+def test_a_config_from_before_the_choice_of_output_is_full():
+    saved = model_config("lstm", vocab_size=2000).to_json()
+    del saved["output"]
+    config = ModelConfig.from_json(saved)
+    assert config.output == "full"
+    assert build_model(config).head.out_features == 2000  # the layer such a checkpoint holds

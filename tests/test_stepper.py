@@ -7,9 +7,11 @@ from nextchar.models import ModelConfig, build_model
 from nextchar.stepper import PRECISIONS, Stepper
 
 
-def make(kind: str, layers: int) -> torch.nn.Module:
+def make(kind: str, layers: int, output: str = "full") -> torch.nn.Module:
     torch.manual_seed(0)
-    config = ModelConfig(kind=kind, vocab_size=11, hidden_size=16, num_layers=layers, embedding_size=6, dropout=0.5)
+    config = ModelConfig(
+        kind=kind, vocab_size=11, hidden_size=16, num_layers=layers, embedding_size=6, dropout=0.5, output=output
+    )
     return build_model(config).eval()
 
 
@@ -19,8 +21,9 @@ def random_state(model, rows: int):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_step_equals_forward(kind, layers):
-    model = make(kind, layers)
+@pytest.mark.parametrize("output", ["full", "tied"])
+def test_step_equals_forward(kind, layers, output):
+    model = make(kind, layers, output)
     stepper = Stepper(model)
     idx = torch.randint(0, 11, (5, 1))
     state = random_state(model, 5)

@@ -57,6 +57,22 @@ def test_omp_num_threads_counts_only_as_a_whole_number(value, expected):
     assert threads_from_environment({}) is None
 
 
+@pytest.mark.parametrize(
+    ("loadavg", "expected"),
+    [
+        ("1.93 1.40 0.90 1/311 4242", 0.0),  # a job that has just stopped: only this process runs
+        ("1.93 1.40 0.90 2/311 4242", 1.0),  # one other job running now
+        ("0.97 0.61 0.40 3/311 4242", 0.97),  # two running now, for a moment: the average decides
+        ("0.00 0.00 0.00 0/12 7", 0.0),
+        ("garbage", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_other_load_is_the_average_but_no_more_than_what_runs_now(loadavg, expected):
+    assert threads.other_load(loadavg) == pytest.approx(expected)
+    assert threads_for(2, threads.other_load(loadavg)) == (2 if expected < 0.5 else 1)
+
+
 def test_the_default_is_omp_num_threads_when_set_else_the_cores_left():
     assert default_threads({"OMP_NUM_THREADS": "5"}) == 5
     chosen = default_threads({"OMP_NUM_THREADS": "nonsense"})
@@ -231,6 +247,10 @@ def test_training_settings_name_what_the_speed_depends_on():
     assert settings["model"] == {"kind": "gru", "hidden_size": 64, "num_layers": 2, "embedding_size": 16, "context": 8}
     assert settings["batch"] == "32x128" and settings["threads"] == 2 and settings["cpu"]
     assert settings != training_settings(model, 32, 128, "text", "auto", False, 1)
+    # the output layer grows with the alphabet: a Chinese corpus is not measured against English
+    chinese = training_settings({**model, "vocab_size": 4618, "output": "tied"}, 32, 128, "text", "auto", False, 2)
+    assert chinese["model"]["vocab_size"] == 4618 and chinese["model"]["output"] == "tied"
+    assert chinese != training_settings({**model, "vocab_size": 99}, 32, 128, "text", "auto", False, 2)
 
 
 # ------------------------------------------------------------------------------ the slow-run warning

@@ -14,6 +14,7 @@ than memory needs only one batch at a time.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -143,3 +144,17 @@ def evaluate_encoded(model: CharModel, encoded: Tensor | list[Tensor]) -> EvalRe
     if isinstance(encoded, Tensor):
         return evaluate_stream(model, encoded)
     return evaluate_lines(model, encoded)
+
+
+def unigram_bpc(train_text: str, val_text: str) -> float:
+    """BPC of counting characters: each character of `val_text` predicted by how often it occurs
+    in `train_text`, add-one smoothed over the characters of both, with no context at all. A model
+    that has not beaten it has learnt only which characters are common (a large alphabet's first
+    minutes). 0.0 for an empty validation text."""
+    if not val_text:
+        return 0.0
+    counts = Counter(train_text)
+    symbols = len(counts.keys() | set(val_text))
+    total = len(train_text) + symbols
+    bits = sum(n * math.log2(total / (counts[ch] + 1)) for ch, n in Counter(val_text).items())
+    return bits / len(val_text)

@@ -44,7 +44,7 @@ from nextchar.data.batches import IGNORE, Batch, Encoded
 from nextchar.data.prepared import MemmapLineBatches, MemmapStreamBatches, PreparedSplit
 from nextchar.errors import UserError
 from nextchar.evaluation.bpc import EvalResult, evaluate_encoded
-from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state
+from nextchar.models import CharModel, ModelConfig, State, build_model, detach_state, resolved_output
 from nextchar.training import distributed
 from nextchar.training.budget import foreseen_seconds
 from nextchar.training.config import (
@@ -155,6 +155,7 @@ class TrainState:
         val_data, batches = training_data(spec, train_text, val_text, prepared, rank, world)
 
         spec.model_config.vocab_size = len(spec.vocab)
+        spec.model_config.output = resolved_output(spec.model_config)  # the checkpoint says which
         torch.manual_seed(config.seed)
         model = build_model(spec.model_config).to(device)
         optimizer = make_optimizer(model, config)

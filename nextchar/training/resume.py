@@ -82,7 +82,7 @@ def fresh_spec(
     if prepared is not None:
         vocab = prepared.corpus.vocab
         return RunSpec(config, model_config, prepared.corpus.format, vocab, vocab.alphabet, prepared.digest)
-    vocab = Vocabulary.from_text(Vocabulary.from_text("", alphabet).prepare(train_text), alphabet)
+    vocab = Vocabulary.of_corpus(train_text, alphabet)
     return RunSpec(config, model_config, corpus_format, vocab, alphabet, text_digest(train_text))
 
 

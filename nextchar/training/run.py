@@ -34,7 +34,7 @@ from nextchar.checkpoint import CONFIG_NAME, Checkpoint, load_checkpoint
 from nextchar.data.batches import split_validation
 from nextchar.data.prepared import TOKENS_NAME, PreparedCorpus, PreparedSplit, is_prepared
 from nextchar.errors import UserError
-from nextchar.models import ModelConfig
+from nextchar.models import OUTPUTS, ModelConfig
 from nextchar.text import check_encoding_errors, choose_format, embedded_corpus, read_corpus
 from nextchar.training.config import TrainConfig, TrainResult
 from nextchar.training.loop import train as train_loop
@@ -168,6 +168,8 @@ def settings(options: dict[str, Any], resume: bool = False) -> tuple[TrainConfig
 
 def check_settings(config: TrainConfig, model_config: ModelConfig) -> None:
     """The ranges the configs' fields must be in (before anything is read or written)."""
+    if model_config.output not in OUTPUTS:
+        raise UserError(f"output must be one of {', '.join(OUTPUTS)}, not {model_config.output!r}", parameter="output")
     for name in ("dropout", "embedding_dropout", "weight_drop"):
         value = getattr(model_config, name)
         if not 0 <= value < 1:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -18,32 +19,7 @@ from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint, read_bundle
 from nextchar.cli.main import main
 from nextchar.sampling import mask_logits, next_char_distribution, predict, sample
 from nextchar.text import END, START, UNK
-from tests.helpers import NAMES, PROSE
-
-# A tiny, exact, quick run: every `train` call in these tests adds these flags.
-TINY = [
-    "--kind",
-    "gru",
-    "--hidden",
-    "16",
-    "--layers",
-    "1",
-    "--embedding",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--steps",
-    "3",
-    "--warmup",
-    "1",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--quiet",
-]
+from tests.helpers import NAMES, PROSE, TINY_TRAIN_FLAGS
 
 UNSEEN = "日本語のテキスト 😀🎉 ∑"  # never in any training corpus here
 
@@ -78,18 +54,18 @@ def assert_one_line_error(code: int, err: str, message: str) -> None:
 )
 def test_train_refuses_bad_corpus(capsys, tmp_path, write_file, content, message):
     corpus = write_file("corpus.txt", content)
-    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "out"), *TINY)
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "out"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, message)
     if "training window" not in message:  # reading errors name the file
         assert str(corpus) in err
 
 
 def test_train_refuses_missing_file_and_directory(capsys, tmp_path):
-    code, _, err = run(capsys, "train", str(tmp_path / "absent.txt"), *TINY)
+    code, _, err = run(capsys, "train", str(tmp_path / "absent.txt"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, "absent.txt: no such file")
     assert err.count("\n") == 1
     (tmp_path / "notes").mkdir()
-    code, _, err = run(capsys, "train", str(tmp_path / "notes"), *TINY)
+    code, _, err = run(capsys, "train", str(tmp_path / "notes"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, "directory")  # (train also reads directories made by `nextchar prepare`)
     assert err.count("\n") == 1
     code, _, err = run(capsys, "eval", str(tmp_path / "notes"), "-m", str(tmp_path / "no-model"))
@@ -119,7 +95,7 @@ def test_a_bad_out_is_refused_before_the_corpus_is_read(capsys, tmp_path, write_
     out, message = bad_outs(tmp_path)[case]
     # A corpus that reading would refuse: the error being about --out shows it was never read.
     corpus = write_file("binary.bin", b"\x00" * 1000)
-    code, stdout, err = run(capsys, "train", str(corpus), "--out", out, *TINY)
+    code, stdout, err = run(capsys, "train", str(corpus), "--out", out, *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, message)
     assert err.count("\n") == 1 and stdout == "" and "binary" not in err
     assert err.startswith("nextchar: error: train: ")
@@ -133,21 +109,21 @@ def test_a_bad_resume_directory_says_what_to_give(capsys, tmp_path, write_file):
 
 
 def test_train_on_a_directory_says_what_the_directory_is(capsys, tmp_path, text_model_dir, write_file):
-    code, _, err = run(capsys, "train", str(text_model_dir), "--out", str(tmp_path / "out"), *TINY)
+    code, _, err = run(capsys, "train", str(text_model_dir), "--out", str(tmp_path / "out"), *TINY_TRAIN_FLAGS)
     expected = f"{text_model_dir} is a checkpoint, not a corpus; to continue training it use --resume {text_model_dir}"
     assert_one_line_error(code, err, expected)
     assert "prepare" not in err
-    code, _, err = run(capsys, "train", str(BUNDLED_DIR), "--out", str(tmp_path / "out"), *TINY)
+    code, _, err = run(capsys, "train", str(BUNDLED_DIR), "--out", str(tmp_path / "out"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, f"{BUNDLED_DIR} is a checkpoint, not a corpus (and keeps no state")
     write_file("texts/a.txt", PROSE)
     write_file("texts/b.txt", NAMES)
-    code, _, err = run(capsys, "train", str(tmp_path / "texts"), "--out", str(tmp_path / "out"), *TINY)
+    code, _, err = run(capsys, "train", str(tmp_path / "texts"), "--out", str(tmp_path / "out"), *TINY_TRAIN_FLAGS)
     texts = tmp_path / "texts"
     assert_one_line_error(code, err, f"{texts} is a directory of text files, not a corpus: train on one of them, or ")
     assert f"`nextchar prepare {texts / '*.txt'} --out DIR` and train on DIR" in err
     (tmp_path / "empty").mkdir()
     write_file("empty/image.png", b"\x89PNG\r\n\x1a\n\x00\x00")
-    code, _, err = run(capsys, "train", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), *TINY)
+    code, _, err = run(capsys, "train", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, "is a directory with no text files in it, not a corpus; give a text file")
     assert not (tmp_path / "out").exists()
 
@@ -163,9 +139,11 @@ def test_a_model_that_is_a_file_says_so(capsys, tmp_path, write_file):
 @pytest.mark.slow
 def test_encoding_errors_replace_goes_on(capsys, tmp_path, write_file):
     corpus = write_file("latin1.txt", "Café crème.\n".encode("latin-1") + PROSE.encode())
-    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "strict"), *TINY)
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(tmp_path / "strict"), *TINY_TRAIN_FLAGS)
     assert_one_line_error(code, err, "--encoding-errors replace")
-    code, _, _ = run(capsys, "train", str(corpus), "--out", str(tmp_path / "m"), "--encoding-errors", "replace", *TINY)
+    code, _, _ = run(
+        capsys, "train", str(corpus), "--out", str(tmp_path / "m"), "--encoding-errors", "replace", *TINY_TRAIN_FLAGS
+    )
     assert code == 0
     assert "\ufffd" in load_checkpoint(tmp_path / "m").vocab.chars
     # eval applies the same rule to its corpus.
@@ -191,10 +169,12 @@ def test_eval_refuses_bad_corpus(capsys, text_model_dir, write_file, content, me
 def test_train_eval_sample_predict_end_to_end(capsys, tmp_path, write_file):
     corpus = write_file("prose.txt", PROSE * 3)
     out_dir = tmp_path / "model"
-    code, out, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY)
+    code, out, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY_TRAIN_FLAGS)
     assert code == 0
     assert "format text" in err and "trained 3 steps" in out and str(out_dir) in out
     assert (out_dir / "config.json").is_file() and (out_dir / "bpc.png").is_file()
+    assert "large alphabet" not in err and "counting characters" not in out  # a few dozen characters
+    assert load_checkpoint(out_dir).model.config.output == "full"
 
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir), "--json")
     assert code == 0
@@ -223,10 +203,38 @@ def test_train_eval_sample_predict_end_to_end(capsys, tmp_path, write_file):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
 
+def test_a_large_alphabet_is_said_and_gets_a_tied_output_layer(capsys, tmp_path, write_file):
+    import random
+
+    alphabet = [chr(0x4E00 + i) for i in range(1100)]  # 1,100 Han characters
+    rng = random.Random(0)
+    text = "\n".join("".join(rng.choices(alphabet, k=40)) for _ in range(600)) + "\n"
+    corpus = write_file("han.txt", text)
+    out_dir = tmp_path / "han"
+    code, out, err = run(capsys, "train", str(corpus), "--out", str(out_dir), "--format", "text", *TINY_TRAIN_FLAGS)
+    assert code == 0
+    note = re.search(
+        r"a large alphabet, ([\d,]+) characters \(output layer tied to the input embedding\): "
+        r"counting them gives ([\d.]+) BPC",
+        err,
+    )
+    assert note is not None, err
+    characters = int(note.group(1).replace(",", ""))
+    assert characters == len(set(text[: int(0.9 * len(text))]))  # those of the training text
+    assert abs(float(note.group(2)) - math.log2(characters + 1)) < 0.3  # uniform draws: about log2 V
+    assert f"counting characters gives {note.group(2)} BPC here: the model is" in out
+    ckpt = load_checkpoint(out_dir)
+    assert ckpt.model.config.output == "tied" and ckpt.model.head.out_features == 8  # --embedding 8
+    code, out, _ = run(capsys, "predict", alphabet[0], "-m", str(out_dir), "-k", "3")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out, _ = run(capsys, "complete", alphabet[0], "-m", str(out_dir), "-k", "2", "--mode", "word")
+    assert code == 0
+
+
 def test_train_lines_format_auto_and_resume(capsys, tmp_path, write_file):
     corpus = write_file("names.txt", NAMES * 2)
     out_dir = tmp_path / "names"
-    code, _, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY)
+    code, _, err = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY_TRAIN_FLAGS)
     assert code == 0 and "format lines" in err
     assert load_checkpoint(out_dir).format == "lines"
     code, out, _ = run(capsys, "train", "--resume", str(out_dir), "--steps", "5", "--quiet")

@@ -29,9 +29,9 @@ KINDS = ["window", "rnn", "gru", "lstm"]
 TEXT = PROSE * 2  # ~1,300 characters: repetition gives adaptation something to learn
 
 
-def tiny_model(kind: str, vocab: Vocabulary, seed: int = 0) -> CharModel:
+def tiny_model(kind: str, vocab: Vocabulary, seed: int = 0, output: str = "full") -> CharModel:
     torch.manual_seed(seed)
-    model = build_model(model_config(kind, vocab_size=len(vocab), hidden_size=16, embedding_size=8))
+    model = build_model(model_config(kind, vocab_size=len(vocab), hidden_size=16, embedding_size=8, output=output))
     return model.eval()
 
 
@@ -194,12 +194,15 @@ def test_lines_format_and_zero_window_edge_cases(vocab):
     assert one.adapted.chars == 1 and one.windows == 1 and math.isfinite(one.adapted.bpc)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "lstm-tied"])
 def test_output_only_adaptation_changes_only_the_output_layer(kind, vocab):
-    model = tiny_model(kind, vocab)
+    kind, _, output = kind.partition("-")
+    model = tiny_model(kind, vocab, output=output or "full")
     adapter = Adapter(model, sgd(params="output"))
     names = set(adapter.params)
-    assert names and names <= {"W_o", "W0_o", "head.weight", "head.bias"}
+    assert names and names <= {"W_o", "W0_o", "head.weight", "head.bias", "output_bias"}
+    if output == "tied":  # P, b and W0^o; never the embedding, which the state reads
+        assert names == {"head.weight", "head.bias", "output_bias"}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     x = encode_corpus(TEXT[:40], vocab, "text")
     logits, _ = model(x[None, :-1])

@@ -15,9 +15,9 @@ from nextchar.checkpoint import Checkpoint, load_checkpoint
 from nextchar.cli.main import main
 from nextchar.errors import UserError
 from nextchar.training.run import GIVEN_TEXT, settings
-from tests.helpers import NAMES, PROSE
+from tests.helpers import NAMES, PROSE, TINY_TRAIN_FLAGS
 
-# A tiny, exact, quick run, as keyword options and as the same flags.
+# A tiny, exact, quick run as keyword options (tests.helpers.TINY_TRAIN_FLAGS: the same as flags).
 TINY = {
     "kind": "gru",
     "hidden_size": 16,
@@ -30,29 +30,6 @@ TINY = {
     "precision": "fp32",
     "device": "cpu",
 }
-TINY_FLAGS = [
-    "--kind",
-    "gru",
-    "--hidden",
-    "16",
-    "--layers",
-    "1",
-    "--embedding",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--steps",
-    "3",
-    "--warmup",
-    "1",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--quiet",
-]
 
 
 @pytest.mark.slow
@@ -95,7 +72,7 @@ def test_train_on_text_returns_the_best_checkpoint(tmp_path):
 def test_the_api_and_the_command_make_the_same_run(capsys, tmp_path, write_file):
     """One implementation: the same corpus, split and settings give the same weights."""
     corpus = write_file("names.txt", NAMES * 2)
-    assert main(["train", str(corpus), "--out", str(tmp_path / "cli"), *TINY_FLAGS]) == 0
+    assert main(["train", str(corpus), "--out", str(tmp_path / "cli"), *TINY_TRAIN_FLAGS]) == 0
     capsys.readouterr()
     api = nextchar.train(corpus, tmp_path / "api", progress=False, **TINY)
     cli = load_checkpoint(tmp_path / "cli")
