@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write a file so that a kill at any moment leaves either the old or the new file whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,140 @@
+"""The memory index answers what a scan of the tokens answers (nextchar/data/memory.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from nextchar.data.batches import encode_corpus
+from nextchar.data.memory import SUFFIXES_FILE, TOKENS_FILE, Match, MemoryIndex, memory_tokens
+from nextchar.errors import UserError
+from nextchar.text import END, START, Vocabulary
+
+V = 7
+
+
+def occurrences(tokens: list[int], w: list[int]) -> list[int]:
+    """Start positions of w in tokens (overlapping), by scanning: of every suffix for the empty string."""
+    return [i for i in range(min(len(tokens), len(tokens) - len(w) + 1)) if tokens[i : i + len(w)] == w]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[list[int], MemoryIndex]:
+    rng = random.Random(0)
+    tokens = [rng.choice([3, 4, 4, 5, 5, 5, 6]) for _ in range(600)]  # skewed: long repeats occur
+    return tokens, MemoryIndex.build(np.array(tokens, dtype="<u2"))
+
+
+def test_every_string_has_the_count_and_followers_a_scan_finds(corpus):
+    tokens, index = corpus
+    rng = random.Random(1)
+    for _ in range(300):
+        if rng.random() < 0.7:  # strings that occur, of every length, and strings that may not
+            start, length = rng.randrange(len(tokens)), rng.randrange(0, 12)
+            w = tokens[start : start + length]
+        else:
+            w = [rng.randrange(3, V) for _ in range(rng.randrange(1, 8))]
+        found = occurrences(tokens, w)
+        interval = index.find(w)
+        assert interval.count == len(found), w
+        if found:
+            assert interval.depth == len(w)
+            assert sorted(int(index.suffixes[i]) for i in range(interval.lo, interval.hi)) == found
+            expected = np.bincount([tokens[i + len(w)] for i in found if i + len(w) < len(tokens)], minlength=V)
+            assert index.following(interval, V).tolist() == expected.tolist()
+
+
+def test_a_match_follows_the_longest_suffix_found_and_backspace_is_the_previous_match(corpus):
+    tokens, index = corpus
+    rng = random.Random(2)
+    context: list[int] = []
+    history = [Match.start(index)]
+    for _ in range(200):
+        if context and rng.random() < 0.2:  # backspace
+            context.pop()
+            history.pop()
+        else:
+            symbol = rng.choice([3, 4, 5, 6]) if rng.random() < 0.3 else tokens[rng.randrange(len(tokens))]
+            context.append(symbol)
+            history.append(history[-1].push(index, symbol, max_order=10))
+        match = history[-1]
+        longest = max(d for d in range(min(len(context), 10) + 1) if occurrences(tokens, context[len(context) - d :]))
+        assert match.longest.depth == longest
+        for interval in match.intervals:  # each a suffix of the context, with its count
+            suffix = context[len(context) - interval.depth :] if interval.depth else []
+            assert interval.count == len(occurrences(tokens, suffix)) > 0
+        assert match == rebuilt(index, context, 10)  # the same as typing it afresh
+
+
+def rebuilt(index: MemoryIndex, context: list[int], max_order: int) -> Match:
+    match = Match.start(index)
+    for symbol in context:
+        match = match.push(index, symbol, max_order)
+    return match
+
+
+def test_lines_are_framed_with_their_start_and_end():
+    vocab = Vocabulary.from_text("abc")
+    tokens = memory_tokens(encode_corpus("ab\nc\n", vocab, "lines"), len(vocab))
+    a, b, c = vocab.encode("abc")
+    assert tokens.tolist() == [START, a, b, END, START, c, END]
+    stream = memory_tokens(encode_corpus("ab\nc", Vocabulary.from_text("ab\nc"), "text"), 7)
+    assert stream[0] == START and stream.dtype == np.dtype("<u2")
+    assert memory_tokens([], 70_000).dtype == np.dtype("<u4")
+
+
+def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
+    tokens, index = corpus
+    meta = index.save(tmp_path)
+    json.dumps(meta)  # it goes into config.json as it is
+    loaded = MemoryIndex.load(tmp_path, json.loads(json.dumps(meta)), V)
+    assert isinstance(loaded.tokens, np.memmap) and not loaded.tokens.flags.writeable
+    assert loaded.tokens.tolist() == tokens
+    assert np.array_equal(loaded.suffixes, index.suffixes)
+    assert loaded.find(tokens[10:15]) == index.find(tokens[10:15])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([TOKENS_FILE, SUFFIXES_FILE])  # no .tmp left
+
+
+def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
+    _, index = corpus
+    meta = index.save(tmp_path)
+    path = tmp_path / SUFFIXES_FILE
+    data = bytearray(path.read_bytes())
+    data[5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="SHA-256 is not the one recorded"):
+        MemoryIndex.load(tmp_path, meta, V)
+    path.write_bytes(bytes(data[:-4]))
+    with pytest.raises(UserError, match=r"2,396 bytes where 600 × 4 were written"):
+        MemoryIndex.load(tmp_path, meta, V)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(length=10**4000), "length must be a whole number"),
+        (lambda m: m.update(length=-1), "length must be a whole number"),
+        (lambda m: m.update(length=True), "length must be a whole number"),
+        (lambda m: m.update(format=2), "not format 1"),
+        (lambda m: m["tokens"].update(file="../memory-tokens.bin"), "must be a plain file name"),
+        (lambda m: m["tokens"].update(dtype="|O"), "tokens entry is not one `save` writes"),
+        (lambda m: m.update(suffixes=None), "suffixes entry is not one `save` writes"),
+    ],
+)
+def test_a_description_that_save_never_writes_is_refused_before_anything_is_read(tmp_path, corpus, change, message):
+    _, index = corpus
+    meta = index.save(tmp_path)
+    change(meta)
+    with pytest.raises(UserError, match=message):
+        MemoryIndex.load(tmp_path, meta, V)
+
+
+def test_values_out_of_range_are_refused(tmp_path):
+    index = MemoryIndex.build(np.array([3, 4, 5, 9], dtype="<u2"))
+    meta = index.save(tmp_path)
+    with pytest.raises(UserError, match="symbols beyond the vocabulary of 8"):
+        MemoryIndex.load(tmp_path, meta, 8)
+    assert MemoryIndex.load(tmp_path, meta, 10).find([5, 9]).count == 1
