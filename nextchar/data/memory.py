@@ -40,8 +40,7 @@ from nextchar.files import atomic_write_bytes
 from nextchar.text import END, START
 
 FORMAT = 1
-TOKENS_FILE = "memory-tokens.bin"
-SUFFIXES_FILE = "memory-suffixes.bin"
+TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
 _SUFFIX_DTYPES: dict[str, np.dtype[Any]] = {"<i4": np.dtype("<i4"), "<i8": np.dtype("<i8")}
 _TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
@@ -142,13 +141,18 @@ class MemoryIndex:
 
     def save(self, directory: Path) -> dict[str, Any]:
         """Write the two arrays into `directory` (atomically); returns their description for
-        config.json (`load` reads it back)."""
+        config.json (`load` reads it back). The file names hold the content's digest, as the
+        checkpoint's weights do: a new index never overwrites the files that a config.json still
+        names, and removing those once it names the new ones is the caller's."""
         meta: dict[str, Any] = {"format": FORMAT, "length": len(self.tokens)}
-        for key, name, array in (("tokens", TOKENS_FILE, self.tokens), ("suffixes", SUFFIXES_FILE, self.suffixes)):
+        for key, stem, array in (("tokens", TOKENS_STEM, self.tokens), ("suffixes", SUFFIXES_STEM, self.suffixes)):
             data = np.ascontiguousarray(array)
             raw = data.data.cast("B")  # the array's own bytes, not a copy
-            atomic_write_bytes(Path(directory) / name, raw)
-            meta[key] = {"file": name, "dtype": data.dtype.str, "sha256": hashlib.sha256(raw).hexdigest()}
+            digest = hashlib.sha256(raw).hexdigest()
+            name = f"{stem}-{digest[:16]}.bin"
+            if not (Path(directory) / name).is_file():
+                atomic_write_bytes(Path(directory) / name, raw)
+            meta[key] = {"file": name, "dtype": data.dtype.str, "sha256": digest}
         return meta
 
     @classmethod

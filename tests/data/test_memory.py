@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nextchar.data.batches import encode_corpus
-from nextchar.data.memory import SUFFIXES_FILE, TOKENS_FILE, Match, MemoryIndex, memory_tokens
+from nextchar.data.memory import Match, MemoryIndex, memory_tokens
 from nextchar.errors import UserError
 from nextchar.text import END, START, Vocabulary
 
@@ -95,13 +95,17 @@ def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
     assert loaded.tokens.tolist() == tokens
     assert np.array_equal(loaded.suffixes, index.suffixes)
     assert loaded.find(tokens[10:15]) == index.find(tokens[10:15])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([TOKENS_FILE, SUFFIXES_FILE])  # no .tmp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["tokens"]["file"], meta["suffixes"]["file"]])
+    assert meta["tokens"]["file"] == f"memory-tokens-{meta['tokens']['sha256'][:16]}.bin"  # no .tmp left
+    other = MemoryIndex.build(np.array(tokens[:300], dtype="<u2")).save(tmp_path)  # a new index beside it
+    assert MemoryIndex.load(tmp_path, meta, V).tokens.tolist() == tokens  # leaves the old one whole
+    assert len(MemoryIndex.load(tmp_path, other, V)) == 300
 
 
 def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
     _, index = corpus
     meta = index.save(tmp_path)
-    path = tmp_path / SUFFIXES_FILE
+    path = tmp_path / meta["suffixes"]["file"]
     data = bytearray(path.read_bytes())
     data[5] ^= 1
     path.write_bytes(bytes(data))
@@ -119,7 +123,7 @@ def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
         (lambda m: m.update(length=-1), "length must be a whole number"),
         (lambda m: m.update(length=True), "length must be a whole number"),
         (lambda m: m.update(format=2), "not format 1"),
-        (lambda m: m["tokens"].update(file="../memory-tokens.bin"), "must be a plain file name"),
+        (lambda m: m["tokens"].update(file="../" + m["tokens"]["file"]), "must be a plain file name"),
         (lambda m: m["tokens"].update(dtype="|O"), "tokens entry is not one `save` writes"),
         (lambda m: m.update(suffixes=None), "suffixes entry is not one `save` writes"),
     ],
