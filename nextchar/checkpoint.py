@@ -5,6 +5,8 @@ A checkpoint is a directory:
     config.json                       format version, model settings, vocabulary, corpus format,
                                       training settings, metrics, and the name + SHA-256 of …
     model-<sha256[:16]>.safetensors   … the weights (no pickle anywhere)
+    memory-*-<sha256[:16]>.bin        the memory index of the training text, when it has one
+                                      (config.json's "memory": nextchar.data.memory)
 
 Why content-addressed weight files: a checkpoint is two files, and a kill between writing
 them must not pair new weights with an old description. New weights go to a new file name,
@@ -26,6 +28,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nextchar import __version__
+from nextchar.data.batches import encode_corpus
+from nextchar.data.memory import MemoryIndex, memory_tokens
 from nextchar.errors import UserError
 from nextchar.files import atomic_write_bytes, atomic_write_json
 from nextchar.models import CharModel, ModelConfig, build_model
@@ -33,6 +37,7 @@ from nextchar.text import Vocabulary
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+MEMORY_KEY = "memory"  # config.json's description of the memory index (MemoryIndex.save)
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
 
 
@@ -55,6 +60,8 @@ def write_bundle(
     for stale in directory.glob(f"{stem}-*.safetensors"):
         if stale.name != weights_name:
             stale.unlink(missing_ok=True)
+    if json_name == CONFIG_NAME:
+        _remove_stale_memory(directory, meta.get(MEMORY_KEY))
 
 
 def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -147,3 +154,57 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
         raise UserError(f"{where}: incompatible checkpoint ({message}); retrain with this version") from None
     model.to(device).eval()
     return Checkpoint(model, vocab, corpus_format, meta, directory)
+
+
+# ----------------------------------------------------------------------------- the memory index
+
+
+def index_corpus(directory: str | Path, text: str) -> MemoryIndex:
+    """Build the memory index of `text` (the model's training text, read as it was trained: its
+    vocabulary, its format) and add it to the checkpoint in `directory`: the arrays first, then
+    config.json naming them, then the previous index's files removed."""
+    directory = Path(directory)
+    meta = _read_config(directory)
+    try:
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+        corpus_format = meta["format"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{directory / CONFIG_NAME}: incompatible checkpoint ({exc}); retrain with this version"
+        ) from None
+    index = MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, corpus_format), len(vocab)))
+    described = index.save(directory)
+    atomic_write_json(directory / CONFIG_NAME, {**_read_config(directory), MEMORY_KEY: described})
+    _remove_stale_memory(directory, described)
+    return index
+
+
+def read_memory(ckpt: Checkpoint) -> MemoryIndex | None:
+    """The checkpoint's memory index, memory-mapped and checked (None when it has none)."""
+    described = ckpt.meta.get(MEMORY_KEY)
+    if described is None or ckpt.path is None:
+        return None
+    return MemoryIndex.load(ckpt.path, described, len(ckpt.vocab))
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    where = directory / CONFIG_NAME
+    if not where.is_file():
+        raise UserError(f"{directory}: not a nextchar checkpoint (no {CONFIG_NAME}); check the path")
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: damaged checkpoint description ({exc}); retrain or restore it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: damaged checkpoint description (not a JSON object); retrain or restore it")
+    return meta
+
+
+def _remove_stale_memory(directory: Path, described: Any) -> None:
+    """Remove the memory files that config.json (described: its "memory") no longer names."""
+    keep = set()
+    if isinstance(described, dict):
+        keep = {entry.get("file") for entry in described.values() if isinstance(entry, dict)}
+    for stale in directory.glob("memory-*.bin"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)

@@ -221,3 +221,27 @@ def test_loaded_model_reads_text_like_the_original(tmp_path):
     with torch.no_grad():
         expected, _ = model(torch.tensor([[0, *vocab.encode("It was the")]]))
     assert torch.equal(logits, expected[0, -1])
+
+
+# ------------------------------------------------------------------------------ the memory index
+
+
+def test_an_index_is_added_to_a_checkpoint_and_replaced_whole(tmp_path):
+    from nextchar.checkpoint import index_corpus, read_memory
+
+    vocab, model = fresh("gru")
+    save_checkpoint(tmp_path, model, vocab, "text")
+    assert read_memory(load_checkpoint(tmp_path)) is None
+    text = PROSE[:400]
+    index_corpus(tmp_path, text)
+    memory = read_memory(load_checkpoint(tmp_path))
+    assert memory is not None and len(memory) == len(text) + 1  # <start>, then the text
+    word = vocab.encode("the ")
+    assert memory.find(word).count == text.count("the ")
+    first = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
+    index_corpus(tmp_path, text[:200])  # a new index: the old files go once config.json names the new
+    assert len(read_memory(load_checkpoint(tmp_path))) == 201
+    now = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
+    assert len(now) == 2 and not set(now) & set(first)
+    save_checkpoint(tmp_path, model, vocab, "text")  # new weights say nothing of a memory: it goes
+    assert read_memory(load_checkpoint(tmp_path)) is None and not list(tmp_path.glob("memory-*.bin"))

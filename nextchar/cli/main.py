@@ -5,7 +5,7 @@ Each family lives in its own module and adds its sub-commands with `add_parser(s
     train.py      train
     evaluate.py   eval
     sample.py     sample, predict
-    prepare.py    prepare
+    prepare.py    prepare, index
     complete.py   complete, type, eval-complete
     serve.py      serve
     lecture.py    lecture table|weights|gradcheck|train|load

@@ -1,4 +1,5 @@
-"""`nextchar prepare`: the command that streams corpora into a prepared directory.
+"""`nextchar prepare`: the command that streams corpora into a prepared directory; `nextchar
+index`: the memory index of a model's training text, added to its checkpoint.
 
 The streaming itself is `nextchar.data.prepare`; this module adds what a command needs and the
 data layer must not know: the options, the report, and --vocab-from, which may name a model
@@ -52,6 +53,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=_run_prepare)
     map_parameters(p, {"corpus_format": "--format"})
 
+    q = sub.add_parser(
+        "index",
+        help="add the memory index of a model's training text to its checkpoint",
+        description="Index CORPUS, the text MODEL was trained on, for exact recall (a suffix array over its "
+        "symbols, nextchar.data.memory) and add the index to MODEL's directory. Only the training "
+        "split is indexed, cut as `train` cut it, so that the validation text stays unseen. "
+        "`train` does this itself at the end unless --no-memory.",
+    )
+    q.add_argument("corpus", metavar="CORPUS", help="the model's training corpus (UTF-8)")
+    q.add_argument("-m", "--model", metavar="DIR", required=True, help="the checkpoint directory to add the index to")
+    q.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="the tail left out as validation (default: the fraction the model recorded, or 0.1)",
+    )
+    q.add_argument("--whole", action="store_true", help="index all of CORPUS (the model was validated on another file)")
+    q.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict", help="as for `train`")
+    q.set_defaults(run=_run_index)
+
 
 def given_vocabulary(directory: Path) -> tuple[Vocabulary, str]:
     """The vocabulary and format of a prepared directory or a checkpoint (for --vocab-from)."""
@@ -103,4 +124,34 @@ def _run_prepare(args: argparse.Namespace) -> int:
             "not in the vocabulary were stored as <unk>",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    import time
+
+    from nextchar.checkpoint import BUNDLED_DIR, index_corpus, load_checkpoint
+    from nextchar.data.batches import split_validation
+    from nextchar.data.prepared import is_prepared
+    from nextchar.errors import UserError
+    from nextchar.text import read_corpus
+
+    directory = Path(args.model)
+    if directory.resolve() == BUNDLED_DIR.resolve():
+        raise UserError(f"{directory} is the bundled model, part of the installed package; copy it and index the copy")
+    if is_prepared(directory):
+        raise UserError(f"{directory} is a prepared corpus, not a model; give -m the directory `train` wrote")
+    ckpt = load_checkpoint(directory)  # a whole checkpoint, or one line saying what is wrong with it
+    text = read_corpus(args.corpus, args.encoding_errors)
+    source = ckpt.meta.get("training", {}).get("source", {})
+    fraction = args.val_fraction if args.val_fraction is not None else source.get("val_fraction") or 0.1
+    if not args.whole:
+        text, _ = split_validation(text, ckpt.format, fraction)
+    started = time.perf_counter()
+    index = index_corpus(directory, text)
+    megabytes = (index.tokens.nbytes + index.suffixes.nbytes) / 1e6
+    print(
+        f"indexed {len(index):,} symbols of {args.corpus} into {directory} "
+        f"({megabytes:,.1f} MB, {time.perf_counter() - started:.1f} s)"
+    )
     return 0

@@ -220,6 +220,12 @@ def _add_duration_options(g: argparse._ArgumentGroup) -> None:
         help="auto: cuda if available, else mps, else cpu (default auto)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    g.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the memory index of the training text built at the end (`nextchar index` adds it later)",
+    )
     add_threads_option(
         g, help_text=f"{THREADS_HELP}; without it, train on the CPU first checks that they beat 1 thread"
     )
@@ -281,6 +287,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, ModelConfig]:
         "precision": args.precision,
         "device": args.device,
         "compile": args.compile,
+        "memory": args.memory,
         "kind": args.kind,
         "hidden_size": args.hidden,
         "num_layers": args.layers,

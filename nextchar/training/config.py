@@ -113,6 +113,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32 (bf16 autocast where the CPU has bf16 units)
     device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda if available, else mps, else cpu)
     compile: bool = False  # torch.compile the training forward pass
+    memory: bool = True  # at the end, index the training text for exact recall (nextchar.data.memory)
 
     def for_kind(self, kind: str) -> TrainConfig:
         """This config with the defaults of models of `kind` where an optimiser setting

@@ -30,12 +30,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nextchar.checkpoint import CONFIG_NAME, Checkpoint, load_checkpoint
+from nextchar.checkpoint import CONFIG_NAME, Checkpoint, index_corpus, load_checkpoint
 from nextchar.data.batches import split_validation
 from nextchar.data.prepared import TOKENS_NAME, PreparedCorpus, PreparedSplit, is_prepared
 from nextchar.errors import UserError
 from nextchar.models import OUTPUTS, ModelConfig
 from nextchar.text import check_encoding_errors, choose_format, embedded_corpus, read_corpus
+from nextchar.training import distributed
 from nextchar.training.config import TrainConfig, TrainResult
 from nextchar.training.loop import train as train_loop
 from nextchar.training.resume import RESUME_DIR, STATE_NAME
@@ -120,8 +121,9 @@ def train_on(
     progress: bool = True,
     on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """nextchar.training.loop.train on `data` (its texts, or its prepared split)."""
-    return train_loop(
+    """nextchar.training.loop.train on `data` (its texts, or its prepared split), then, unless
+    config.memory is off, the memory index of its training text (a prepared split has none yet)."""
+    result = train_loop(
         data.train_text,
         data.val_text,
         data.out,
@@ -135,6 +137,9 @@ def train_on(
         prepared=data.prepared,
         on_evaluation=on_evaluation,
     )
+    if config.memory and data.train_text and distributed.rank() == 0:
+        index_corpus(data.out, data.train_text)
+    return result
 
 
 def _renamed(exc: UserError, old: str, new: str) -> UserError:

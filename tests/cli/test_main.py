@@ -418,3 +418,28 @@ def test_train_refuses_bad_schedule_settings(capsys, tmp_path, flags, message):
     code, _, err = run(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "1", *flags)
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_train_builds_the_memory_index_of_its_training_split_and_index_adds_one(capsys, tmp_path, write_file):
+    from nextchar.checkpoint import read_memory
+
+    corpus = write_file("prose.txt", PROSE * 3)
+    out_dir = tmp_path / "model"
+    code, _, _ = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY_TRAIN_FLAGS)
+    assert code == 0
+    memory = read_memory(load_checkpoint(out_dir))
+    training_split = int(0.9 * len(PROSE * 3))
+    assert memory is not None and len(memory) == training_split + 1  # <start>, then the training 90%
+    bare = tmp_path / "bare"
+    code, _, _ = run(capsys, "train", str(corpus), "--out", str(bare), "--no-memory", *TINY_TRAIN_FLAGS)
+    assert code == 0 and read_memory(load_checkpoint(bare)) is None
+    code, out, _ = run(capsys, "index", str(corpus), "-m", str(bare))
+    assert code == 0 and f"indexed {training_split + 1:,} symbols" in out
+    again = read_memory(load_checkpoint(bare))
+    assert again is not None and again.tokens.tolist() == memory.tokens.tolist()
+    code, _, _ = run(capsys, "index", str(corpus), "-m", str(bare), "--whole")
+    assert code == 0 and len(read_memory(load_checkpoint(bare))) == len(PROSE * 3) + 1
+    code, _, err = run(capsys, "index", str(corpus), "-m", str(BUNDLED_DIR))
+    assert_one_line_error(code, err, "is the bundled model, part of the installed package")
+    code, _, err = run(capsys, "index", str(corpus), "-m", str(tmp_path / "absent"))
+    assert_one_line_error(code, err, "no such checkpoint directory")
