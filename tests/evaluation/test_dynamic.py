@@ -23,7 +23,7 @@ from nextchar.evaluation.bpc import evaluate_stream
 from nextchar.evaluation.dynamic import DynamicEvalResult, dynamic_evaluate, iter_windows
 from nextchar.models import CharModel, build_model
 from nextchar.text import Vocabulary
-from tests.helpers import NAMES, PROSE, model_config
+from tests.helpers import NAMES, PROSE, TINY_TRAIN_FLAGS, model_config
 
 KINDS = ["window", "rnn", "gru", "lstm"]
 TEXT = PROSE * 2  # ~1,300 characters: repetition gives adaptation something to learn
@@ -339,28 +339,7 @@ def test_eval_adapt_rms_json_with_a_training_text(capsys, text_model_dir, write_
 @pytest.mark.slow
 def test_eval_adapt_rms_finds_the_recorded_training_corpus(capsys, tmp_path, write_file):
     corpus = write_file("corpus.txt", PROSE * 3)
-    tiny = [
-        "--kind",
-        "gru",
-        "--hidden",
-        "16",
-        "--embedding",
-        "8",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--precision",
-        "fp32",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
-    assert main(["train", str(corpus), "--out", str(tmp_path / "m"), *tiny]) == 0
+    assert main(["train", str(corpus), "--out", str(tmp_path / "m"), *TINY_TRAIN_FLAGS]) == 0
     capsys.readouterr()
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(tmp_path / "m"), "--adapt", "--adapt-window", "64")
     assert code == 0 and f"from {corpus.resolve()}" in out
