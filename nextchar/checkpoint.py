@@ -60,8 +60,7 @@ def write_bundle(
     for stale in directory.glob(f"{stem}-*.safetensors"):
         if stale.name != weights_name:
             stale.unlink(missing_ok=True)
-    if json_name == CONFIG_NAME:
-        _remove_stale_memory(directory, meta.get(MEMORY_KEY))
+    _remove_stale_memory(directory, meta.get(MEMORY_KEY))
 
 
 def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -174,7 +173,7 @@ def index_corpus(directory: str | Path, text: str) -> MemoryIndex:
         ) from None
     index = MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, corpus_format), len(vocab)))
     described = index.save(directory)
-    atomic_write_json(directory / CONFIG_NAME, {**_read_config(directory), MEMORY_KEY: described})
+    atomic_write_json(directory / CONFIG_NAME, {**meta, MEMORY_KEY: described})
     _remove_stale_memory(directory, described)
     return index
 

@@ -326,20 +326,23 @@ def _train(args: argparse.Namespace, rank: int) -> int:
         max_val_chars=args.max_val_chars,
         resume=args.resume,
     )
-    model_shape = _model_shape(model_config, data)
-    counting = _counting_bpc(model_shape, data)
+    model_shape, run_settings = _run_shape(model_config, config, data)
+    counting = _counting_bpc(model_shape, data) if rank == 0 else None
     if rank == 0:
         print(data.summary, file=sys.stderr)
         if counting is not None:
             print(f"nextchar train: {_large_alphabet_note(model_shape, counting)}", file=sys.stderr)
-    watch = _threads_and_speed(args, config, model_shape, data)
+    watch = _threads_and_speed(args, config, model_shape, run_settings, data)
     result = train_on(data, config, model_config, progress=not args.quiet, on_evaluation=watch)
     return _report_training(result, data.out, rank, counting)
 
 
-def _model_shape(model_config: ModelConfig, data: TrainingData) -> dict[str, Any]:
-    """The model this run trains, as its checkpoint will record it: the vocabulary's size and
-    the output layer resolved (the run's own settings on resume)."""
+def _run_shape(
+    model_config: ModelConfig, config: TrainConfig, data: TrainingData
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model this run trains, as its checkpoint will record it (the vocabulary's size and
+    the output layer resolved), and its TrainConfig as JSON: on resume, the run's own, not the
+    flags' defaults."""
     import json
     from dataclasses import replace
 
@@ -349,14 +352,14 @@ def _model_shape(model_config: ModelConfig, data: TrainingData) -> dict[str, Any
 
     if data.resume:  # load_data has read this file
         saved = json.loads((data.out / RESUME_DIR / STATE_NAME).read_text(encoding="utf-8"))
-        return dict(saved["model"])
+        return dict(saved["model"]), dict(saved["train_config"])
     if data.prepared is not None:
         symbols = len(data.prepared.corpus.vocab)
     else:
         symbols = len(Vocabulary.of_corpus(data.train_text, data.alphabet))
     shape = replace(model_config, vocab_size=symbols)
     shape.output = resolved_output(shape)
-    return shape.to_json()
+    return shape.to_json(), config.to_json()
 
 
 def _counting_bpc(model_shape: dict[str, Any], data: TrainingData) -> float | None:
@@ -379,25 +382,18 @@ def _large_alphabet_note(model_shape: dict[str, Any], counting: float) -> str:
 
 
 def _threads_and_speed(
-    args: argparse.Namespace, config: TrainConfig, model: dict[str, Any], data: TrainingData
+    args: argparse.Namespace, config: TrainConfig, model: dict[str, Any], run: dict[str, Any], data: TrainingData
 ) -> Callable[[dict[str, Any]], None] | None:
     """On the CPU in one process: check that the threads beat one (unless --threads or
     OMP_NUM_THREADS chose them), and watch the run's chars/s against the best this machine has
     recorded for the same settings (nextchar.threads); None elsewhere."""
-    import json
-
     import torch
 
     from nextchar import threads
     from nextchar.training import distributed
-    from nextchar.training.resume import RESUME_DIR, STATE_NAME
 
     if distributed.world_size() > 1 or distributed.resolve_device(config.device).type != "cpu":
         return None
-    run = config.to_json()
-    if data.resume:  # the run's own settings, not the flags' defaults (load_data has read this file)
-        saved = json.loads((data.out / RESUME_DIR / STATE_NAME).read_text(encoding="utf-8"))
-        run = saved["train_config"]
     count = torch.get_num_threads()  # what nextchar.cli.main set
     if args.threads is None and threads.threads_from_environment() is None:
         count = threads.probe_training_threads(count, run["batch_size"], model["hidden_size"])
