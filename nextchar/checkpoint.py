@@ -6,7 +6,8 @@ A checkpoint is a directory:
                                       training settings, metrics, and the name + SHA-256 of …
     model-<sha256[:16]>.safetensors   … the weights (no pickle anywhere)
     memory-*-<sha256[:16]>.bin        the memory index of the training text, when it has one
-                                      (config.json's "memory": nextchar.data.memory)
+                                      (config.json's "memory": nextchar.data.memory, with the
+                                      weights of its mixer: nextchar.recall.mixer)
 
 Why content-addressed weight files: a checkpoint is two files, and a kill between writing
 them must not pair new weights with an old description. New weights go to a new file name,
@@ -28,16 +29,17 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nextchar import __version__
-from nextchar.data.batches import encode_corpus
-from nextchar.data.memory import MemoryIndex, memory_tokens
+from nextchar.data.memory import MemoryIndex
 from nextchar.errors import UserError
 from nextchar.files import atomic_write_bytes, atomic_write_json
 from nextchar.models import CharModel, ModelConfig, build_model
+from nextchar.recall.mixer import Mixer
 from nextchar.text import Vocabulary
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
-MEMORY_KEY = "memory"  # config.json's description of the memory index (MemoryIndex.save)
+MEMORY_KEY = "memory"  # config.json's description of the memory index (MemoryIndex.save) …
+MIXER_KEY = "mixer"  # … and, inside it, its mixer's (nextchar.recall.mixer)
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
 
 
@@ -158,32 +160,25 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
 # ----------------------------------------------------------------------------- the memory index
 
 
-def index_corpus(directory: str | Path, text: str) -> MemoryIndex:
-    """Build the memory index of `text` (the model's training text, read as it was trained: its
-    vocabulary, its format) and add it to the checkpoint in `directory`: the arrays first, then
-    config.json naming them, then the previous index's files removed."""
+def write_memory(directory: str | Path, index: MemoryIndex, mixer: Mixer) -> None:
+    """Add a memory index and its mixer to the checkpoint in `directory`: the arrays first, then
+    config.json naming them (with the mixer's weights), then the previous index's files removed."""
     directory = Path(directory)
     meta = _read_config(directory)
-    try:
-        vocab = Vocabulary.from_json(meta["vocabulary"])
-        corpus_format = meta["format"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(
-            f"{directory / CONFIG_NAME}: incompatible checkpoint ({exc}); retrain with this version"
-        ) from None
-    index = MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, corpus_format), len(vocab)))
-    described = index.save(directory)
+    described = {**index.save(directory), MIXER_KEY: mixer.to_json()}
     atomic_write_json(directory / CONFIG_NAME, {**meta, MEMORY_KEY: described})
     _remove_stale_memory(directory, described)
-    return index
 
 
-def read_memory(ckpt: Checkpoint) -> MemoryIndex | None:
-    """The checkpoint's memory index, memory-mapped and checked (None when it has none)."""
+def read_memory(ckpt: Checkpoint) -> tuple[MemoryIndex, Mixer] | None:
+    """The checkpoint's memory index (memory-mapped and checked) and its mixer; None when it has none."""
     described = ckpt.meta.get(MEMORY_KEY)
     if described is None or ckpt.path is None:
         return None
-    return MemoryIndex.load(ckpt.path, described, len(ckpt.vocab))
+    index = MemoryIndex.load(ckpt.path, described, len(ckpt.vocab))
+    if MIXER_KEY not in described:
+        raise UserError(f"{ckpt.path}: its memory index has no mixer; run `nextchar index` again to fit one")
+    return index, Mixer.from_json(described[MIXER_KEY], str(ckpt.path / CONFIG_NAME))
 
 
 def _read_config(directory: Path) -> dict[str, Any]:

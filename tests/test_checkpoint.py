@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -226,22 +227,49 @@ def test_loaded_model_reads_text_like_the_original(tmp_path):
 # ------------------------------------------------------------------------------ the memory index
 
 
-def test_an_index_is_added_to_a_checkpoint_and_replaced_whole(tmp_path):
-    from nextchar.checkpoint import index_corpus, read_memory
+def test_a_memory_is_added_to_a_checkpoint_and_replaced_whole(tmp_path):
+    from nextchar.checkpoint import read_memory
+    from nextchar.training.memory import remember
 
     vocab, model = fresh("gru")
     save_checkpoint(tmp_path, model, vocab, "text")
     assert read_memory(load_checkpoint(tmp_path)) is None
-    text = PROSE[:400]
-    index_corpus(tmp_path, text)
-    memory = read_memory(load_checkpoint(tmp_path))
-    assert memory is not None and len(memory) == len(text) + 1  # <start>, then the text
-    word = vocab.encode("the ")
-    assert memory.find(word).count == text.count("the ")
+    text, held_out = PROSE[:400], PROSE[:200]
+    done = remember(tmp_path, text, held_out)
+    assert done.held_out and done.mixer.positions == 200  # fitted on the held-out text's targets
+    index, mixer = read_memory(load_checkpoint(tmp_path))
+    assert len(index) == len(text) + 1  # <start>, then the text
+    assert index.find(vocab.encode("the ")).count == text.count("the ")
+    assert mixer.to_json() == done.mixer.to_json()  # the fitted gate, read back from config.json
     first = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
-    index_corpus(tmp_path, text[:200])  # a new index: the old files go once config.json names the new
-    assert len(read_memory(load_checkpoint(tmp_path))) == 201
+    remember(tmp_path, text[:200])  # a new index: the old files go once config.json names the new
+    index, mixer = read_memory(load_checkpoint(tmp_path))
+    assert len(index) == 201 and mixer.positions > 0  # no held-out text: leave-one-out on the training text
     now = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
     assert len(now) == 2 and not set(now) & set(first)
     save_checkpoint(tmp_path, model, vocab, "text")  # new weights say nothing of a memory: it goes
     assert read_memory(load_checkpoint(tmp_path)) is None and not list(tmp_path.glob("memory-*.bin"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: m.pop("mixer"), "its memory index has no mixer; run `nextchar index` again"),
+        (lambda m: m["mixer"].update(estimator="magic"), "the mixer's estimator 'magic' is not one of"),
+        (lambda m: m["mixer"]["gate"]["0.weight"][0].__setitem__(0, float("nan")), "must be finite numbers"),
+        (lambda m: m["mixer"]["gate"].pop("2.bias"), "the mixer's gate must hold"),
+        (lambda m: m["mixer"].update(positions=-1), "the mixer's positions must be a whole number"),
+    ],
+)
+def test_a_damaged_mixer_is_one_line(tmp_path, damage, message):
+    from nextchar.checkpoint import read_memory
+    from nextchar.training.memory import remember
+
+    vocab, model = fresh("gru")
+    save_checkpoint(tmp_path, model, vocab, "text")
+    remember(tmp_path, PROSE[:300], PROSE[300:])
+    meta = json.loads((tmp_path / "config.json").read_text())
+    damage(meta["memory"])
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_memory(load_checkpoint(tmp_path))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from nextchar.adapt import PARAM_SETS, RULES, AdaptConfig, GradStats, gradient_statistics
 from nextchar.checkpoint import Checkpoint
 from nextchar.cli.options import finite_number as _float
-from nextchar.cli.options import map_parameters
+from nextchar.cli.options import loaded_memory, map_parameters
 from nextchar.cli.options import positive_int as _count
 from nextchar.data.batches import Encoded, count_targets, encode_corpus, split_validation
 from nextchar.errors import UserError
@@ -125,7 +125,14 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
     if config.rule == "rms":
         train, stats_source = training_data(ckpt, args.adapt_train, corpus_format, args.encoding_errors)
         stats = gradient_statistics(ckpt.model, train, config)
-    result = dynamic_evaluate(ckpt.model, encoded, config, stats, progress=sys.stderr.isatty() and not args.json)
+    recall = loaded_memory(ckpt, args)
+    progress = sys.stderr.isatty() and not args.json
+    result = dynamic_evaluate(ckpt.model, encoded, config, stats, progress=progress, recall=recall)
+    static_mixture = None
+    if recall is not None:
+        from nextchar.evaluation.mixture import evaluate_mixture
+
+        static_mixture = evaluate_mixture(ckpt.model, encoded, *recall)
     if result.rollbacks:
         print(
             f"nextchar: warning: adaptation diverged {result.rollbacks} time(s) and was rolled back to the last "
@@ -139,6 +146,7 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
             if stats is None
             else {"source": stats_source, "windows": stats.windows, "batch": stats.batch, "seconds": stats.seconds}
         )
+        out["static_mixture"] = static_mixture.to_json() if static_mixture is not None else None
         print(json.dumps(out))
         return 0
     static, adapted = result.static, result.adapted
@@ -154,6 +162,12 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
         f"window ({result.adapt_seconds_per_char * 1e6:.0f} µs per character); {result.cost_ratio:.1f}× the "
         f"time of static evaluation; {result.rollbacks} rollbacks"
     )
+    if static_mixture is not None and result.mixture is not None and result.memory is not None:
+        print(
+            f"with the memory: the mixture {static_mixture.mixture.bpc:.4f} static, {result.mixture.bpc:.4f} adapted "
+            f"(the model adapted, the memory learning each window once scored); the memory alone "
+            f"{static_mixture.memory.bpc:.4f} static, {result.memory.bpc:.4f} online (--no-memory: the model alone)"
+        )
     if stats is not None:
         print(
             f"gradient statistics: {stats.windows} windows of {stats.batch}×{stats.window} from {stats_source} "

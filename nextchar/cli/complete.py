@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, add_search_options, add_threads_option, require_extra
+from nextchar.cli.options import (
+    add_memory_option,
+    add_model_option,
+    add_search_options,
+    add_threads_option,
+    require_extra,
+)
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
 from nextchar.completion.config import DEFAULTS, K_MAX, MODES, CompleterConfig, check_k
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 
 def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
     add_model_option(p)
+    add_memory_option(p)
     p.add_argument(
         "-k",
         type=_int,
@@ -105,7 +112,7 @@ def build_completer(args: argparse.Namespace) -> Completer:
 
     ckpt = load_checkpoint(args.model)
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
-    return Completer(ckpt, lexicon=lexicon, config=completer_config(args))
+    return Completer(ckpt, lexicon=lexicon, config=completer_config(args), memory=args.memory)
 
 
 # ---------------------------------------------------------------------------------- complete
@@ -212,7 +219,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
             notes.append("trie baseline skipped: the model's training corpus is unknown (give --baseline-trie FILE)")
         if args.baseline_window:
             window_ckpt = load_checkpoint(args.baseline_window)
-            window = Completer(window_ckpt, lexicon=completer.lexicon, config=completer.config)
+            window = Completer(window_ckpt, lexicon=completer.lexicon, config=completer.config, memory=args.memory)
             predictors.append(
                 CompleterPredictor(window, args.mode, k, name=f"baseline ({window_ckpt.model.config.kind})")
             )

@@ -3,6 +3,9 @@
 A text file is encoded in the model's own framing (or --format); a directory made by
 `nextchar prepare` is read from its memory map a batch at a time, its vocabulary mapped onto
 the model's. --adapt adds dynamic evaluation beside the static figures (nextchar.cli.adapt).
+A checkpoint with a memory is scored by the mixture of the model and its memory
+(nextchar.evaluation.mixture), the model's and the memory's own figures beside it; --no-memory
+scores the model alone, as before the memory existed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, add_threads_option, map_parameters
+from nextchar.cli.options import add_memory_option, add_model_option, add_threads_option, loaded_memory, map_parameters
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:  # the command imports what it needs when it runs (a fast --help)
@@ -37,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_memory_option(p)
     add_threads_option(p)
     from nextchar.cli.adapt import add_eval_options  # --adapt and its settings
 
@@ -63,7 +67,21 @@ def run(args: argparse.Namespace) -> int:
         from nextchar.cli.adapt import run_adapted_eval
 
         return run_adapted_eval(args, ckpt, encoded, args.format or ckpt.format)
-    _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
+    memory = loaded_memory(ckpt, args)
+    if memory is None:
+        _print_eval(evaluate_encoded(ckpt.model, encoded), args.json)
+        return 0
+    from nextchar.evaluation.mixture import evaluate_mixture
+
+    mixed = evaluate_mixture(ckpt.model, encoded, *memory)
+    if args.json:
+        print(json.dumps({**mixed.mixture.to_json(), "rnn": mixed.rnn.to_json(), "memory": mixed.memory.to_json()}))
+    else:
+        _print_eval(mixed.mixture, False)
+        print(
+            f"the model alone {mixed.rnn.bpc:.4f} bpc, the memory alone {mixed.memory.bpc:.4f} "
+            "(--no-memory: the model alone)"
+        )
     return 0
 
 

@@ -1,7 +1,8 @@
 """What the commands' parsers share: number types checked with a one-line message, -m/--model,
---threads (and command_threads, which applies it), the search options of the commands that
-complete (their defaults nextchar.completion.config's), and the mapping from library parameters
-to a command's flags (map_parameters)."""
+--no-memory (and loaded_memory, which applies it), --threads (and command_threads, which
+applies it), the search options of the commands that complete (their defaults
+nextchar.completion.config's), and the mapping from library parameters to a command's flags
+(map_parameters)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import importlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from nextchar.completion.config import DEFAULTS, PRECISION_HELP, PRECISIONS, SERVING_PRECISION
 from nextchar.errors import MissingExtra
+
+if TYPE_CHECKING:  # the commands import torch when they run, not for --help
+    from nextchar.checkpoint import Checkpoint
+    from nextchar.recall.estimator import Memory
+    from nextchar.recall.mixer import Mixer
 
 # The parsed arguments' attribute that holds a command's map_parameters (read by nextchar.cli.main).
 PARAMETER_FLAGS = "parameter_flags"
@@ -62,6 +69,32 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m", "--model", metavar="DIR", default=None, help="checkpoint directory (default: the bundled model)"
     )
+
+
+MEMORY_HELP = (
+    "use the model alone: leave out its memory of the training text (the checkpoint's memory index "
+    "and the mixer that combines it with the model; `nextchar index` adds one). Without this, a "
+    "checkpoint that has a memory predicts with the mixture"
+)
+
+
+def add_memory_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--no-memory, of every command that predicts with a checkpoint (see `loaded_memory`)."""
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help=MEMORY_HELP)
+
+
+def loaded_memory(ckpt: Checkpoint, args: argparse.Namespace) -> tuple[Memory, Mixer] | None:
+    """The checkpoint's memory and mixer, unless --no-memory or it has none."""
+    if not getattr(args, "memory", True):
+        return None
+    from nextchar.checkpoint import read_memory
+    from nextchar.recall.estimator import Memory
+
+    found = read_memory(ckpt)
+    if found is None:
+        return None
+    index, mixer = found
+    return Memory([index], len(ckpt.vocab)), mixer
 
 
 THREADS_HELP = (

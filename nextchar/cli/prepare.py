@@ -55,13 +55,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     q = sub.add_parser(
         "index",
-        help="add the memory index of a model's training text to its checkpoint",
+        help="add the memory of a model's training text (index and mixer) to its checkpoint",
         description="Index CORPUS, the text MODEL was trained on, for exact recall (a suffix array over its "
-        "symbols, nextchar.data.memory) and add the index to MODEL's directory. Only the training "
-        "split is indexed, cut as `train` cut it, so that the validation text stays unseen. "
-        "`train` does this itself at the end unless --no-memory.",
+        "symbols, nextchar.data.memory), fit the mixer that combines it with the model on the validation "
+        "split (nextchar.recall.mixer), and add both to MODEL's directory. Only the training split is "
+        "indexed, cut as `train` cut it, so that the validation text stays unseen. With --whole the "
+        "mixer learns from the training text with leave-one-out counts. `train` does this itself at "
+        "the end unless --no-memory.",
     )
-    q.add_argument("corpus", metavar="CORPUS", help="the model's training corpus (UTF-8)")
+    q.add_argument(
+        "corpus", nargs="?", metavar="CORPUS", help="the model's training corpus (UTF-8; default: the embedded corpus)"
+    )
     q.add_argument("-m", "--model", metavar="DIR", required=True, help="the checkpoint directory to add the index to")
     q.add_argument(
         "--val-fraction",
@@ -130,11 +134,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _run_index(args: argparse.Namespace) -> int:
     import time
 
-    from nextchar.checkpoint import BUNDLED_DIR, index_corpus, load_checkpoint
+    from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint
     from nextchar.data.batches import split_validation
     from nextchar.data.prepared import is_prepared
     from nextchar.errors import UserError
-    from nextchar.text import read_corpus
+    from nextchar.text import embedded_corpus, read_corpus
+    from nextchar.training.memory import remember
 
     directory = Path(args.model)
     if directory.resolve() == BUNDLED_DIR.resolve():
@@ -142,16 +147,19 @@ def _run_index(args: argparse.Namespace) -> int:
     if is_prepared(directory):
         raise UserError(f"{directory} is a prepared corpus, not a model; give -m the directory `train` wrote")
     ckpt = load_checkpoint(directory)  # a whole checkpoint, or one line saying what is wrong with it
-    text = read_corpus(args.corpus, args.encoding_errors)
+    text = read_corpus(args.corpus, args.encoding_errors) if args.corpus is not None else embedded_corpus()
     source = ckpt.meta.get("training", {}).get("source", {})
     fraction = args.val_fraction if args.val_fraction is not None else source.get("val_fraction") or 0.1
+    held_out = ""
     if not args.whole:
-        text, _ = split_validation(text, ckpt.format, fraction)
+        text, held_out = split_validation(text, ckpt.format, fraction)
     started = time.perf_counter()
-    index = index_corpus(directory, text)
-    megabytes = (index.tokens.nbytes + index.suffixes.nbytes) / 1e6
+    done = remember(directory, text, held_out)
+    megabytes = (done.index.tokens.nbytes + done.index.suffixes.nbytes) / 1e6
+    fitted = "the validation split" if done.held_out else "the training text, leave-one-out"
     print(
-        f"indexed {len(index):,} symbols of {args.corpus} into {directory} "
-        f"({megabytes:,.1f} MB, {time.perf_counter() - started:.1f} s)"
+        f"indexed {len(done.index):,} symbols of {args.corpus or 'the embedded corpus'} into {directory} "
+        f"({megabytes:,.1f} MB); mixer fitted on {done.mixer.positions:,} positions of {fitted} "
+        f"({time.perf_counter() - started:.1f} s)"
     )
     return 0

@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from nextchar.cli.options import add_model_option, add_threads_option, positive_float, positive_int
+from nextchar.cli.options import (
+    add_memory_option,
+    add_model_option,
+    add_threads_option,
+    loaded_memory,
+    positive_float,
+    positive_int,
+)
 
 # How predict shows characters that print as nothing (space, newline, tab).
 VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥"}
@@ -26,6 +33,7 @@ def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "sample", help="generate text from a model", description="Generate text by sampling one character at a time."
     )
     add_model_option(p)
+    add_memory_option(p)
     p.add_argument("--prefix", default="", help="text to continue (default: none)")
     p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
     p.add_argument("--temperature", type=positive_float, default=0.8, help="softmax temperature (default 0.8)")
@@ -41,9 +49,10 @@ def run_sample(args: argparse.Namespace) -> int:
     from nextchar.sampling import sample
 
     ckpt = load_checkpoint(args.model)
+    recall = loaded_memory(ckpt, args)
     for i in range(args.num):
         seed = None if args.seed is None else args.seed + i
-        print(args.prefix + sample(ckpt, args.prefix, args.length, args.temperature, args.top_k, seed))
+        print(args.prefix + sample(ckpt, args.prefix, args.length, args.temperature, args.top_k, seed, recall))
     return 0
 
 
@@ -56,6 +65,7 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("text", metavar="TEXT", help="what has been typed so far (may be empty)")
     add_model_option(p)
+    add_memory_option(p)
     p.add_argument("-k", type=positive_int, default=10, help="how many characters (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON: [{char, prob}, ...]")
     add_threads_option(p)
@@ -67,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from nextchar.sampling import predict
 
     ckpt = load_checkpoint(args.model)
-    top = predict(ckpt, args.text, args.k)
+    top = predict(ckpt, args.text, args.k, loaded_memory(ckpt, args))
     if args.json:
         print(json.dumps([{"char": c, "prob": p} for c, p in top], ensure_ascii=False))
     else:

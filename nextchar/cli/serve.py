@@ -7,7 +7,13 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from nextchar.cli.options import add_model_option, add_search_options, add_threads_option, require_extra
+from nextchar.cli.options import (
+    add_memory_option,
+    add_model_option,
+    add_search_options,
+    add_threads_option,
+    require_extra,
+)
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
 from nextchar.completion.config import K_MAX, MODES
@@ -29,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "/opensearch.xml, /healthz, /metrics, /docs. Binds to 127.0.0.1 unless told otherwise.",
     )
     add_model_option(p)
+    add_memory_option(p)
     p.add_argument(
         "--lexicon",
         metavar="FILE",
@@ -233,6 +240,7 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         personal_users=args.personal_users,
         max_batch=args.max_batch,
         precision=args.precision,
+        memory=args.memory,
     )
 
 

@@ -56,16 +56,18 @@ from typing import Any, Unpack
 import torch
 from torch import Tensor
 
-from nextchar.checkpoint import Checkpoint, load_checkpoint
+from nextchar.checkpoint import Checkpoint, load_checkpoint, read_memory
 from nextchar.completion.config import BEAM_MAX, DEFAULTS, CompleterConfig, ConfigOverrides, check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
-from nextchar.completion.lockstep import Request, drive, drive_together
+from nextchar.completion.lockstep import Forward, Request, drive, drive_together
+from nextchar.completion.recall import MixedForward
 from nextchar.completion.search import Candidate, SearchSettings, SymbolTable, beam_steps, word_start
 from nextchar.completion.session import TypingSession
 from nextchar.completion.states import Node, StateCache, Tree, subtree, symbol_logprobs
 from nextchar.completion.typos import Edit, ranked_edits
 from nextchar.errors import UserError
 from nextchar.models import CharModel, State, stack_states
+from nextchar.recall.estimator import Memory
 from nextchar.stepper import Stepper
 from nextchar.text import END, START
 
@@ -100,18 +102,23 @@ class Completer:
         *,
         lexicon: Lexicon | None = None,
         config: CompleterConfig | None = None,
+        memory: bool = True,
         **overrides: Unpack[ConfigOverrides],
     ) -> None:
+        """`memory`: predict with the mixture of the model and the checkpoint's memory when it has
+        one (nextchar.completion.recall); False: the model alone."""
         base = config if config is not None else DEFAULTS
         self.config = replace(base, **overrides) if overrides else base  # replace validates (UserError)
         self.ckpt = ckpt if ckpt is not None else load_checkpoint(None)
         self.model = self.ckpt.model.eval()
         # model(idx, state), one character fast (stepper.py); precision: of its matrix products
         try:
-            self.forward = Stepper(self.model, self.config.precision)
+            self.stepper = Stepper(self.model, self.config.precision)
         except ValueError as exc:  # int8 asked for where PyTorch lacks its kernels
             raise UserError(str(exc)) from None
-        self.precision = self.forward.precision  # what "auto" became
+        self.precision = self.stepper.precision  # what "auto" became
+        self.recall = read_memory(self.ckpt) if memory else None  # (index, mixer), or None
+        self.forward = self._forward(self.stepper)
         self.vocab = self.ckpt.vocab
         self.format = self.ckpt.format
         self.table = SymbolTable(self.vocab, self.format)
@@ -131,6 +138,21 @@ class Completer:
             self.settings.lexicon_max_chars = lexicon.max_len
         self.lock = threading.RLock()
         self.states: StateCache[list[Suggestion]] = StateCache(c.cache_size, c.max_context)
+
+    def _forward(self, stepper: Stepper) -> Forward:
+        """The searches' model call: the stepper, mixed with the memory when there is one."""
+        if self.recall is None:
+            return stepper
+        index, mixer = self.recall
+        memory = Memory([index], len(self.ckpt.vocab))
+        return MixedForward(stepper, memory, mixer, len(self.model.initial_state(1)))
+
+    @property
+    def memory(self) -> str:
+        """What the completer recalls: "none", or the memory's size (for /healthz and --help)."""
+        if self.recall is None:
+            return "none"
+        return f"{len(self.recall[0]):,} symbols of training text, mixed with the model"
 
     @property
     def cache_size(self) -> int:
@@ -272,10 +294,12 @@ class Completer:
         config = replace(
             self.config, cache_size=self.cache_size if cache_size is None else cache_size, precision=self.precision
         )
-        clone = Completer(ckpt, config=config)
+        clone = Completer(ckpt, config=config, memory=False)
         clone.lexicon = self.lexicon  # already mapped to the vocabulary
         clone.settings = replace(self.settings)
-        clone.forward = Stepper(clone.model, self.precision, share=self.forward)  # the weights it shares: made once
+        clone.stepper = Stepper(clone.model, self.precision, share=self.stepper)  # the weights it shares: made once
+        clone.recall = self.recall
+        clone.forward = clone._forward(clone.stepper)
         return clone
 
     # ------------------------------------------------------------------ the search

@@ -42,6 +42,9 @@ from nextchar.text import END, START
 FORMAT = 1
 TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
+MEMO_WIDTH = 32  # intervals wider than this are narrowed and counted once, then remembered
+SMALL = 16  # intervals this narrow are read element by element
+MEMO_ENTRIES = 1 << 16  # at most this many remembered of each (then they start again)
 _SUFFIX_DTYPES: dict[str, np.dtype[Any]] = {"<i4": np.dtype("<i4"), "<i8": np.dtype("<i8")}
 _TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
 _MAX_LENGTH = 1 << 40  # symbols: far above any corpus, far below what would overflow a size
@@ -78,8 +81,14 @@ class MemoryIndex:
     def __init__(self, tokens: np.ndarray, suffixes: np.ndarray):
         if tokens.ndim != 1 or suffixes.shape != tokens.shape:
             raise ValueError("tokens and suffixes must be 1-D arrays of one length")
-        self.tokens = tokens
-        self.suffixes = suffixes
+        # Plain ndarray views of the (memory-mapped) arrays: a memmap's own indexing costs
+        # several times more per element, and a search reads elements one at a time.
+        self.tokens = tokens.view(np.ndarray)
+        self.suffixes = suffixes.view(np.ndarray)
+        # What a wide interval narrows to and what follows it, kept once computed: the intervals
+        # of short strings (wider than MEMO_WIDTH) are few and asked for at nearly every symbol.
+        self._narrowed: dict[tuple[int, int, int, int], Interval] = {}
+        self._followers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> MemoryIndex:
@@ -105,8 +114,22 @@ class MemoryIndex:
 
     def narrow(self, interval: Interval, symbol: int) -> Interval:
         """The interval of the interval's string followed by `symbol` (empty: count 0)."""
+        if interval.count <= MEMO_WIDTH:
+            return self._narrow(interval, symbol)
+        key = (interval.lo, interval.hi, interval.depth, symbol)
+        found = self._narrowed.get(key)
+        if found is None:
+            if len(self._narrowed) >= MEMO_ENTRIES:
+                self._narrowed.clear()
+            found = self._narrowed[key] = self._narrow(interval, symbol)
+        return found
+
+    def _narrow(self, interval: Interval, symbol: int) -> Interval:
         d = interval.depth
         lo, hi = interval.lo, interval.hi
+        if hi - lo <= SMALL:  # a few suffixes: one pass over them (sorted by the symbol at d)
+            found = [i for i in range(lo, hi) if self._symbol(i, d) == symbol]
+            return Interval(found[0], found[-1] + 1, d + 1) if found else Interval(lo, lo, d + 1)
         while lo < hi:  # first suffix whose symbol at d is ≥ symbol
             mid = (lo + hi) // 2
             if self._symbol(mid, d) < symbol:
@@ -133,9 +156,43 @@ class MemoryIndex:
 
     def following(self, interval: Interval, vocab_size: int) -> np.ndarray:
         """How often each symbol follows the interval's string (the end of the text counts as none)."""
+        symbols, counts = self.followers(interval)
+        out = np.zeros(vocab_size, dtype=np.int64)
+        out[symbols] = counts
+        return out
+
+    def followers(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
+        """(symbols, counts): the distinct symbols that follow the interval's string, ascending,
+        and how often each does. They are read in one pass over the interval: sorted already
+        (see the module docstring), so runs of one symbol are its count."""
+        if interval.count <= MEMO_WIDTH:
+            return self._followers_of(interval)
+        key = (interval.lo, interval.hi, interval.depth)
+        found = self._followers.get(key)
+        if found is None:
+            if len(self._followers) >= MEMO_ENTRIES:
+                self._followers.clear()
+            found = self._followers[key] = self._followers_of(interval)
+        return found
+
+    def _followers_of(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
+        if interval.count <= SMALL:  # element by element: cheaper than numpy's set-up for a few
+            runs: dict[int, int] = {}
+            for i in range(interval.lo, interval.hi):
+                symbol = self._symbol(i, interval.depth)
+                if symbol >= 0:
+                    runs[symbol] = runs.get(symbol, 0) + 1
+            return np.fromiter(runs, dtype=np.int64, count=len(runs)), np.fromiter(
+                runs.values(), dtype=np.int64, count=len(runs)
+            )
         starts = np.asarray(self.suffixes[interval.lo : interval.hi], dtype=np.int64) + interval.depth
         starts = starts[starts < len(self.tokens)]
-        return np.bincount(np.asarray(self.tokens[starts], dtype=np.int64), minlength=vocab_size)
+        if len(starts) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        following = np.asarray(self.tokens[starts], dtype=np.int64)
+        cuts = np.flatnonzero(following[1:] != following[:-1]) + 1
+        firsts = np.concatenate(([0], cuts))
+        return following[firsts], np.diff(np.concatenate((firsts, [len(following)])))
 
     # ---------------------------------------------------------------------------- files
 
@@ -216,7 +273,23 @@ class Match:
         """The interval of the longest suffix of the context found in the corpus."""
         return self.intervals[0]
 
-    def push(self, index: MemoryIndex, symbol: int, max_order: int = MAX_ORDER) -> Match:
-        narrowed = [index.narrow(interval, symbol) for interval in self.intervals if interval.depth < max_order]
-        found = tuple(interval for interval in narrowed if interval.count > 0)
+    def push(self, index: MemoryIndex, symbol: int, max_order: int = MAX_ORDER, min_count: int = 1) -> Match:
+        """`min_count` 2 keeps only the suffixes found twice: what leave-one-out asks for when the
+        context is the indexed text itself (its own occurrence is one of the count)."""
+        intervals = self.intervals
+        found: list[Interval] = []
+        once = 0
+        if min_count <= 1:
+            # The longest suffixes found once each all end where one occurrence does (an
+            # occurrence of a longer suffix ends in one of the shorter): what follows it decides
+            # them all, and each stays the one row of SA it was.
+            while once < len(intervals) and intervals[once].count == 1:
+                once += 1
+            if once and index._symbol(intervals[0].lo, intervals[0].depth) == symbol:
+                found = [Interval(iv.lo, iv.hi, iv.depth + 1) for iv in intervals[:once] if iv.depth < max_order]
+        for interval in intervals[once:]:
+            if interval.depth < max_order:
+                narrowed = index.narrow(interval, symbol)
+                if narrowed.count >= min_count:
+                    found.append(narrowed)
         return Match((*found, index.root()))

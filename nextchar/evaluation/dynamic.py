@@ -35,7 +35,10 @@ from torch import Tensor
 from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
 from nextchar.data.batches import IGNORE, frame_lines, stream_eval_layout
 from nextchar.evaluation.bpc import EvalResult, Tally, evaluate_lines, evaluate_stream
+from nextchar.evaluation.mixture import OnlineScorer
 from nextchar.models import CharModel, State, detach_state
+from nextchar.recall.estimator import Memory
+from nextchar.recall.mixer import Mixer
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -55,6 +58,9 @@ class DynamicEvalResult:
     rollbacks: int = 0  # divergences detected and rolled back
     stopped: bool = False  # adaptation stopped after too many divergences
     logprobs: Tensor | None = None  # ln p of each target, in reading order (record=True)
+    memory: EvalResult | None = None  # the memory alone, learning online (given a memory)
+    mixture: EvalResult | None = None  # the mixture of the adapted model and the online memory
+    mixture_logprobs: Tensor | None = None  # its ln q of each target, reading order (record=True)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +94,8 @@ class DynamicEvalResult:
             "cost_ratio": self.cost_ratio,
             "rollbacks": self.rollbacks,
             "stopped": self.stopped,
+            "memory": self.memory.to_json() if self.memory else None,
+            "mixture": self.mixture.to_json() if self.mixture else None,
         }
 
 
@@ -179,6 +187,7 @@ def dynamic_evaluate(
     static: bool = True,
     record: bool = False,
     progress: bool = False,
+    recall: tuple[Memory, Mixer] | None = None,
 ) -> DynamicEvalResult:
     """Evaluate `encoded` (a `text` stream or a list of lines) with dynamic evaluation.
 
@@ -187,6 +196,9 @@ def dynamic_evaluate(
     is scored by weights that depend only on windows < w. `static=True` also evaluates the
     unadapted model in the same layout (and times it) for comparison. `record=True` keeps the
     ln p of every target in reading order (text: streams × positions, row-major by window).
+    `recall` (a memory and its mixer): each window is also scored by the mixture of the adapted
+    model and the memory, and then added to the memory (nextchar.evaluation.mixture.OnlineScorer):
+    score first, learn after, for both.
     """
     config = config or AdaptConfig()
     static_result, static_seconds = _static(model, encoded, config.streams) if static else (None, 0.0)
@@ -203,6 +215,7 @@ def dynamic_evaluate(
     state: State | None = None
     windows, score_seconds, adapt_seconds = 0, 0.0, 0.0
     bar = _progress_bar(encoded) if progress else None
+    scorer = OnlineScorer(*recall, record=record) if recall is not None else None
     for x, y, carry in iter_windows(encoded, config):
         started = time.perf_counter()
         x, y = x.to(device), y.to(device)
@@ -210,6 +223,8 @@ def dynamic_evaluate(
         flat_y = y.reshape(-1)
         flat_logits, loss, new_state = _score_window(work, adapter, x, flat_y, start_state, limit)
         tally.add(flat_logits.detach(), flat_y)
+        if scorer is not None:
+            scorer.score(x, y, carry, flat_logits)
         if record:
             recorded.append(_target_logprobs(flat_logits, flat_y))
         state = detach_state(new_state) if carry else None
@@ -239,4 +254,7 @@ def dynamic_evaluate(
         rollbacks=adapter.rollbacks,
         stopped=adapter.stopped,
         logprobs=torch.cat(recorded) if record and recorded else None,
+        memory=scorer.results()[0] if scorer is not None else None,
+        mixture=scorer.results()[1] if scorer is not None else None,
+        mixture_logprobs=torch.cat(scorer.recorded) if scorer is not None and scorer.recorded else None,
     )

@@ -266,6 +266,7 @@ def info_router(engine: LazyEngine, settings: ServiceSettings, metrics: Metrics)
             vocab_size=len(c.vocab),
             default_mode=eng.default_mode,
             precision=c.precision,
+            memory=c.memory,
             pid=os.getpid(),
             uptime_s=round(time.time() - eng.started, 3),
             state_cache_entries=eng.state_entries(),

@@ -264,6 +264,7 @@ def build_engine(
             max_words=settings.max_words,
             typo_penalty=settings.typo_penalty,
             precision=settings.precision,
+            memory=settings.memory,
         )
     path = completer.ckpt.path
     if path is None:

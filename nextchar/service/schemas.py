@@ -62,6 +62,7 @@ class HealthBody(BaseModel):
     vocab_size: int
     default_mode: str
     precision: str  # of the search's steps (nextchar.stepper): fp32, bf16 or int8
+    memory: str  # "none", or what the model is mixed with (the checkpoint's memory; --no-memory: none)
     pid: int
     uptime_s: float
     state_cache_entries: int

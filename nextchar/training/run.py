@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nextchar.checkpoint import CONFIG_NAME, Checkpoint, index_corpus, load_checkpoint
+from nextchar.checkpoint import CONFIG_NAME, Checkpoint, load_checkpoint
 from nextchar.data.batches import split_validation
 from nextchar.data.prepared import TOKENS_NAME, PreparedCorpus, PreparedSplit, is_prepared
 from nextchar.errors import UserError
@@ -39,6 +39,7 @@ from nextchar.text import check_encoding_errors, choose_format, embedded_corpus,
 from nextchar.training import distributed
 from nextchar.training.config import TrainConfig, TrainResult
 from nextchar.training.loop import train as train_loop
+from nextchar.training.memory import remember
 from nextchar.training.resume import RESUME_DIR, STATE_NAME
 
 EMBEDDED = "embedded:pydoc_data.topics"  # the source a run on the embedded corpus records
@@ -122,7 +123,8 @@ def train_on(
     on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """nextchar.training.loop.train on `data` (its texts, or its prepared split), then, unless
-    config.memory is off, the memory index of its training text (a prepared split has none yet)."""
+    config.memory is off, the memory index of its training text and its mixer, fitted on the
+    validation text (nextchar.training.memory; a prepared split has none yet)."""
     result = train_loop(
         data.train_text,
         data.val_text,
@@ -138,7 +140,7 @@ def train_on(
         on_evaluation=on_evaluation,
     )
     if config.memory and data.train_text and distributed.rank() == 0:
-        index_corpus(data.out, data.train_text)
+        remember(data.out, data.train_text, data.val_text)
     return result
 
 

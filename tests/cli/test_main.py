@@ -178,11 +178,14 @@ def test_train_eval_sample_predict_end_to_end(capsys, tmp_path, write_file):
 
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir), "--json")
     assert code == 0
-    report = json.loads(out)
-    assert set(report) == {"bpc", "top1", "top5", "chars"}
+    report = json.loads(out)  # the mixture of the model and its memory, each alone beside it
+    assert set(report) == {"bpc", "top1", "top5", "chars", "rnn", "memory"}
     assert report["chars"] == len(PROSE * 3) and 0 < report["bpc"] < 10 and 0 <= report["top1"] <= report["top5"] <= 1
+    code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir), "--json", "--no-memory")
+    alone = json.loads(out)
+    assert set(alone) == {"bpc", "top1", "top5", "chars"} and alone == report["rnn"]
     code, out, _ = run(capsys, "eval", str(corpus), "-m", str(out_dir))
-    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["bpc", "top1", "top5", "chars"]
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["bpc", "top1", "top5", "chars", "the"]
 
     code, out, _ = run(
         capsys, "sample", "-m", str(out_dir), "--prefix", "It was", "--length", "40", "--seed", "3", "-n", "2"
@@ -427,18 +430,20 @@ def test_train_builds_the_memory_index_of_its_training_split_and_index_adds_one(
     out_dir = tmp_path / "model"
     code, _, _ = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY_TRAIN_FLAGS)
     assert code == 0
-    memory = read_memory(load_checkpoint(out_dir))
+    memory, mixer = read_memory(load_checkpoint(out_dir))
     training_split = int(0.9 * len(PROSE * 3))
-    assert memory is not None and len(memory) == training_split + 1  # <start>, then the training 90%
+    assert len(memory) == training_split + 1  # <start>, then the training 90%
+    assert mixer.positions == len(PROSE * 3) - training_split  # fitted on the validation 10%
     bare = tmp_path / "bare"
     code, _, _ = run(capsys, "train", str(corpus), "--out", str(bare), "--no-memory", *TINY_TRAIN_FLAGS)
     assert code == 0 and read_memory(load_checkpoint(bare)) is None
     code, out, _ = run(capsys, "index", str(corpus), "-m", str(bare))
-    assert code == 0 and f"indexed {training_split + 1:,} symbols" in out
-    again = read_memory(load_checkpoint(bare))
-    assert again is not None and again.tokens.tolist() == memory.tokens.tolist()
-    code, _, _ = run(capsys, "index", str(corpus), "-m", str(bare), "--whole")
-    assert code == 0 and len(read_memory(load_checkpoint(bare))) == len(PROSE * 3) + 1
+    assert code == 0 and f"indexed {training_split + 1:,} symbols" in out and "of the validation split" in out
+    again, _ = read_memory(load_checkpoint(bare))
+    assert again.tokens.tolist() == memory.tokens.tolist()
+    code, out, _ = run(capsys, "index", str(corpus), "-m", str(bare), "--whole")
+    assert code == 0 and len(read_memory(load_checkpoint(bare))[0]) == len(PROSE * 3) + 1
+    assert "of the training text, leave-one-out" in out
     code, _, err = run(capsys, "index", str(corpus), "-m", str(BUNDLED_DIR))
     assert_one_line_error(code, err, "is the bundled model, part of the installed package")
     code, _, err = run(capsys, "index", str(corpus), "-m", str(tmp_path / "absent"))

@@ -91,7 +91,7 @@ def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
     meta = index.save(tmp_path)
     json.dumps(meta)  # it goes into config.json as it is
     loaded = MemoryIndex.load(tmp_path, json.loads(json.dumps(meta)), V)
-    assert isinstance(loaded.tokens, np.memmap) and not loaded.tokens.flags.writeable
+    assert isinstance(loaded.tokens.base, np.memmap) and not loaded.tokens.flags.writeable  # a view of the map
     assert loaded.tokens.tolist() == tokens
     assert np.array_equal(loaded.suffixes, index.suffixes)
     assert loaded.find(tokens[10:15]) == index.find(tokens[10:15])

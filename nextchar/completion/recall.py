@@ -1,0 +1,72 @@
+"""The completer's model calls with the memory: `MixedForward(forward, memory, mixer)(idx, state)`.
+
+A search asks its forward for the next-symbol scores of every hypothesis (lockstep.py). With a
+memory (nextchar.recall), each row's scores are the mixture's log q after its last symbol: the
+RNN's log-softmax mixed with p_mem of the row's context (nextchar.recall.mixer). Scores of the
+earlier positions of a longer read stay the model's (every reader uses the last one only).
+
+Where the memory's context lives. A hypothesis is a row of states that the search selects,
+stacks and caches without looking inside (select_state, stack_states, Node). So the memory's
+context is one more tensor of the state tuple, (B, I, K, 3): for each of the memory's I
+indexes, the intervals (lo, hi, depth) of the context's suffixes found there, longest first,
+padded with depth −1 to K = max_order + 1 rows. The model never sees it: this forward takes it
+off before the model's call and puts the pushed contexts back after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from nextchar.data.memory import Interval, Match
+from nextchar.models import State
+from nextchar.recall.estimator import Context, Memory
+from nextchar.recall.mixer import Mixer
+
+Forward = Callable[[Tensor, State], tuple[Tensor, State]]
+
+
+class MixedForward:
+    """forward(idx, state), its last position's scores the mixture with the memory (module docstring)."""
+
+    def __init__(self, forward: Forward, memory: Memory, mixer: Mixer, model_state_size: int):
+        self.forward = forward
+        self.memory = memory
+        self.mixer = mixer
+        self.model_state_size = model_state_size  # tensors of the model's own state (LSTM 2, GRU 1)
+        self.rows = memory.max_order + 1
+
+    def __call__(self, idx: Tensor, state: State) -> tuple[Tensor, State]:
+        """`state`: the model's own (a fresh read: the memory's context starts empty), or one this
+        call returned (the context is its last tensor)."""
+        model_state = state
+        if len(state) > self.model_state_size:
+            model_state, encoded = state[: self.model_state_size], state[-1]
+            contexts = [self.decode(encoded[b]) for b in range(idx.shape[0])]
+        else:
+            contexts = [self.memory.start() for _ in range(idx.shape[0])]
+        logits, new_state = self.forward(idx, model_state)
+        for b, symbols in enumerate(idx.tolist()):
+            for symbol in symbols:
+                contexts[b] = self.memory.push(contexts[b], symbol)
+        last = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        mixed = self.mixer.next_logprobs(self.memory, contexts, last)
+        logits = logits.clone()
+        logits[:, -1] = mixed.to(logits.dtype)
+        return logits, (*new_state, torch.stack([self.encode(c) for c in contexts]))
+
+    def encode(self, context: Context) -> Tensor:
+        out = torch.full((len(context.matches), self.rows, 3), -1, dtype=torch.long)
+        for i, match in enumerate(context.matches):
+            rows = [(iv.lo, iv.hi, iv.depth) for iv in match.intervals[: self.rows]]
+            out[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        return out
+
+    def decode(self, encoded: Tensor) -> Context:
+        matches = []
+        for rows in encoded.tolist():
+            intervals = tuple(Interval(lo, hi, depth) for lo, hi, depth in rows if depth >= 0)
+            matches.append(Match(intervals))
+        return Context(tuple(matches))
