@@ -131,10 +131,11 @@ def main() -> None:
     print(f"{'':24}{'BPC':>8}")
     for name, value in results["bpc"].items():
         print(f"{name:24}{value:8.3f}")
+    c = costs
     print(
-        f"index: {costs['symbols']:,} symbols built in {costs['build_s']:.3f} s ({costs['build_mb_per_s']:.1f} MB/s), "
-        f"{costs['bytes_per_symbol']:.1f} bytes per symbol; per keystroke: push {costs['push_us_median']:.0f} µs "
-        f"(p99 {costs['push_us_p99']:.0f}), p_mem {costs['predict_us_median']:.0f} µs (p99 {costs['predict_us_p99']:.0f})"
+        f"index: {c['symbols']:,} symbols built in {c['build_s']:.3f} s ({c['build_mb_per_s']:.1f} MB/s), "
+        f"{c['bytes_per_symbol']:.1f} bytes per symbol; per keystroke: push {c['push_us_median']:.0f} µs "
+        f"(p99 {c['push_us_p99']:.0f}), p_mem {c['predict_us_median']:.0f} µs (p99 {c['predict_us_p99']:.0f})"
     )
     print(f"results: {write_result('memory', results, args.json)}", file=sys.stderr)
 

@@ -18,7 +18,7 @@ from nextchar.cli.options import (
 )
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
-from nextchar.completion.config import DEFAULTS, K_MAX, MODES, CompleterConfig, check_k
+from nextchar.completion.config import DEFAULTS, K_MAX, MODES, SERVING_DEADLINE_MS, CompleterConfig, check_k
 from nextchar.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nextchar.evaluation.keystrokes import Predictor
 
 
-def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
+def _completer_options(p: argparse.ArgumentParser, k_default: int = 5, deadline_ms: float = 0.0) -> None:
     add_model_option(p)
     add_memory_option(p)
     p.add_argument(
@@ -55,7 +55,7 @@ def _completer_options(p: argparse.ArgumentParser, k_default: int = 5) -> None:
         help=f"add B·ln(weight) of a lexicon entry to its score (default {DEFAULTS.lexicon_weight:g}: "
         "the model alone ranks)",
     )
-    g = add_search_options(p)  # --beam, --max-chars, --max-words, --precision
+    g = add_search_options(p, deadline_ms)  # --beam, --max-chars, --max-words, --precision, --deadline-ms
     g.add_argument(
         "--alpha",
         type=_number,
@@ -100,6 +100,7 @@ def completer_config(args: argparse.Namespace) -> CompleterConfig:
         lexicon_weight=args.lexicon_weight,
         typo_penalty=args.typo_penalty,
         precision=args.precision,
+        deadline_ms=args.deadline_ms,
     )
 
 
@@ -185,14 +186,7 @@ def training_lines(ckpt: Checkpoint) -> list[str] | None:
 
 
 def _run_eval_complete(args: argparse.Namespace) -> int:
-    from nextchar.checkpoint import load_checkpoint
-    from nextchar.completion.completer import Completer
-    from nextchar.evaluation.keystrokes import (
-        CompleterPredictor,
-        TriePredictor,
-        evaluate_completion,
-        format_table,
-    )
+    from nextchar.evaluation.keystrokes import evaluate_completion, format_table
     from nextchar.text import read_corpus, split_lines
 
     k = check_k(args.k)
@@ -202,11 +196,65 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     lines = split_lines(completer.vocab.prepare(read_corpus(args.file)))[: args.limit]
     if not lines:
         raise UserError(f"{args.file}: no lines to evaluate")
+    predictors, notes = _predictors(args, completer, k)
+    personal = None
+    if args.adapt:  # the same model learning each line once it is typed (personalisation)
+        from nextchar.cli.adapt import personal_predictor
+
+        personal = personal_predictor(args, completer, k)
+        predictors.insert(1, personal)
+    progress = not args.json and sys.stderr.isatty()
+    results = [evaluate_completion(lines, p, args.mode, k, args.max_words, progress=progress) for p in predictors]
+    expired = _expired_searches(predictors)
+    if args.deadline_ms:
+        notes += [
+            f"{name}: {e:,} of {n:,} searches stopped at the {args.deadline_ms:g} ms deadline"
+            for name, (e, n) in expired.items()
+        ]
+    main = results[0]
+    baselines = [r for p, r in zip(predictors[1:], results[1:], strict=True) if p is not personal]
+    if args.json:
+        out = main.to_json()
+        out["baselines"] = {
+            ("trie" if r.name == "trie" else "window" if "window" in r.name else r.name): r.to_json() for r in baselines
+        }
+        if personal is not None:
+            out["adapted"] = {**results[1].to_json(), "learning": personal.cost()}
+        out["deadline"] = {
+            "ms": args.deadline_ms,
+            "expired": {name: {"expired": e, "searches": n} for name, (e, n) in expired.items()},
+        }
+        print(json.dumps(out))
+        return 0
+    print(
+        f"eval-complete {args.file}: mode {args.mode}, k {k}, {main.lines:,} lines, {main.targets:,} targets, "
+        f"{main.chars:,} characters"
+    )
+    print(format_table(results))
+    if personal is not None:
+        from nextchar.cli.adapt import describe_learning
+
+        print(describe_learning(personal))
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _predictors(args: argparse.Namespace, completer: Completer, k: int) -> tuple[list[Predictor], list[str]]:
+    """The model (mixed with its memory if it has one), then the baselines eval-complete compares
+    it with: the model alone, the trie of its training lines, a window model; and notes."""
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.completion.completer import Completer
+    from nextchar.evaluation.keystrokes import CompleterPredictor, TriePredictor
+    from nextchar.text import read_corpus, split_lines
+
     kind = completer.ckpt.model.config.kind
-    predictors: list[Predictor] = [
-        CompleterPredictor(completer, args.mode, k, name=f"model ({kind})", typos=args.typos)
-    ]
+    name = f"model ({kind}) + memory" if completer.recall is not None else f"model ({kind})"
+    predictors: list[Predictor] = [CompleterPredictor(completer, args.mode, k, name=name, typos=args.typos)]
     notes = []
+    if not args.no_baselines and completer.recall is not None:  # what the memory adds, side by side
+        alone = Completer(completer.ckpt, lexicon=completer.lexicon, config=completer.config, memory=False)
+        predictors.append(CompleterPredictor(alone, args.mode, k, name=f"model ({kind}) alone", typos=args.typos))
     if not args.no_baselines:
         train_lines: list[str] | None
         if args.baseline_trie:
@@ -223,37 +271,18 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
             predictors.append(
                 CompleterPredictor(window, args.mode, k, name=f"baseline ({window_ckpt.model.config.kind})")
             )
-    personal = None
-    if args.adapt:  # the same model learning each line once it is typed (personalisation)
-        from nextchar.cli.adapt import personal_predictor
+    return predictors, notes
 
-        personal = personal_predictor(args, completer, k)
-        predictors.insert(1, personal)
-    progress = not args.json and sys.stderr.isatty()
-    results = [evaluate_completion(lines, p, args.mode, k, args.max_words, progress=progress) for p in predictors]
-    main = results[0]
-    baselines = [r for p, r in zip(predictors[1:], results[1:], strict=True) if p is not personal]
-    if args.json:
-        out = main.to_json()
-        out["baselines"] = {
-            ("trie" if r.name == "trie" else "window" if "window" in r.name else r.name): r.to_json() for r in baselines
-        }
-        if personal is not None:
-            out["adapted"] = {**results[1].to_json(), "learning": personal.cost()}
-        print(json.dumps(out))
-        return 0
-    print(
-        f"eval-complete {args.file}: mode {args.mode}, k {k}, {main.lines:,} lines, {main.targets:,} targets, "
-        f"{main.chars:,} characters"
-    )
-    print(format_table(results))
-    if personal is not None:
-        from nextchar.cli.adapt import describe_learning
 
-        print(describe_learning(personal))
-    for note in notes:
-        print(f"note: {note}")
-    return 0
+def _expired_searches(predictors: list[Predictor]) -> dict[str, tuple[int, int]]:
+    """For each model predictor: how many of its searches stopped at the deadline, of how many."""
+    out = {}
+    for predictor in predictors:
+        completer = getattr(predictor, "completer", None)
+        if completer is not None:
+            stats = completer.search_stats
+            out[predictor.name] = (stats["expired"], stats["searches"])
+    return out
 
 
 # ---------------------------------------------------------------------------------- parsers
@@ -280,7 +309,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "Tab accepts, Up/Down choose, Esc dismisses, Enter ends the line, "
         "Ctrl-D quits.",
     )
-    _completer_options(p)
+    _completer_options(p, deadline_ms=SERVING_DEADLINE_MS)
     _typo_options(p)
     p.set_defaults(run=_run_type)
 

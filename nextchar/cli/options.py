@@ -126,11 +126,18 @@ def command_threads(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
-def add_search_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+def add_search_options(parser: argparse.ArgumentParser, deadline_ms: float = 0.0) -> argparse._ArgumentGroup:
     """The "search" group of `complete`, `type`, `eval-complete` and `serve`: --beam, --max-chars,
-    --max-words and --precision, with the completer's defaults (torch-free: read for --help).
-    Returns the group, for a command's own search options."""
+    --max-words, --precision and --deadline-ms, with the completer's defaults (torch-free: read
+    for --help; `deadline_ms`: this command's). Returns the group, for a command's own options."""
     group = parser.add_argument_group("search")
+    group.add_argument(
+        "--deadline-ms",
+        type=finite_number,
+        default=deadline_ms,
+        metavar="MS",
+        help=f"a search returns its best so far after MS milliseconds (default {deadline_ms:g}; 0: none, exact)",
+    )
     group.add_argument(
         "--beam",
         type=whole_number,

@@ -16,7 +16,7 @@ from nextchar.cli.options import (
 )
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
-from nextchar.completion.config import K_MAX, MODES
+from nextchar.completion.config import K_MAX, MODES, SERVING_DEADLINE_MS
 from nextchar.errors import UserError
 from nextchar.service.settings import ServiceSettings, check_cors_origins
 
@@ -95,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="let pages of ORIGIN (scheme://host[:port]) call /suggest and /api/complete from the browser; "
         "repeat for more; * for any page (default: none, only pages of this server; docs/embed.md)",
     )
-    g = add_search_options(p)  # --beam, --max-chars, --max-words, --precision
+    g = add_search_options(p, SERVING_DEADLINE_MS)  # --beam, --max-chars, --max-words, --precision, --deadline-ms
     g.add_argument(
         "--max-batch",
         type=_int,
@@ -216,6 +216,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--personal-users must be ≥ 0, not {args.personal_users}")
     if args.cache_mb <= 0:
         raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
+    if args.deadline_ms < 0:
+        raise UserError(f"--deadline-ms must be ≥ 0, not {args.deadline_ms}")
     if args.default_k > K_MAX:
         raise UserError(f"--k must be at most {K_MAX}, not {args.default_k}")
 
@@ -241,6 +243,7 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         max_batch=args.max_batch,
         precision=args.precision,
         memory=args.memory,
+        deadline_ms=args.deadline_ms,
     )
 
 

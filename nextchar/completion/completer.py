@@ -130,7 +130,10 @@ class Completer:
             length_alpha=float(c.length_alpha),
             min_chars=c.min_chars,
             cjk_word_chars=c.cjk_word_chars,
+            deadline_s=float(c.deadline_ms) / 1000,
+            on_expired=self._expired,
         )
+        self.search_stats = {"searches": 0, "expired": 0}  # searches run, and stopped at the deadline
         if lexicon is not None and self.vocab.alphabet == "lecture":
             lexicon = lexicon.mapped(self.vocab.prepare)  # entries NFC already; the lecture alphabet maps more
         self.lexicon = lexicon
@@ -138,6 +141,9 @@ class Completer:
             self.settings.lexicon_max_chars = lexicon.max_len
         self.lock = threading.RLock()
         self.states: StateCache[list[Suggestion]] = StateCache(c.cache_size, c.max_context)
+
+    def _expired(self) -> None:
+        self.search_stats["expired"] += 1
 
     def _forward(self, stepper: Stepper) -> Forward:
         """The searches' model call: the stepper, mixed with the memory when there is one."""
@@ -296,7 +302,7 @@ class Completer:
         )
         clone = Completer(ckpt, config=config, memory=False)
         clone.lexicon = self.lexicon  # already mapped to the vocabulary
-        clone.settings = replace(self.settings)
+        clone.settings = replace(self.settings, on_expired=clone._expired)
         clone.stepper = Stepper(clone.model, self.precision, share=self.stepper)  # the weights it shares: made once
         clone.recall = self.recall
         clone.forward = clone._forward(clone.stepper)
@@ -348,6 +354,7 @@ class Completer:
                 return [], {}
         # A correction's beam is k wide (not beam_width): there are TYPO_VARIANTS of them.
         settings = replace(self.settings, beam_width=k) if corrected else self.settings
+        self.search_stats["searches"] += 1
         candidates, tree = yield from beam_steps(
             self.table, root, prepared, mode, k, settings, self.lexicon, key, known, allow_empty=corrected
         )

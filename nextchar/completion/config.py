@@ -31,6 +31,9 @@ SERVING_PRECISION = "auto"
 K_MAX = 50  # larger k is clamped: a drop-down longer than this is not a drop-down
 BEAM_MAX = 256  # wider beams are clamped: past this a search costs more than it finds
 DEFAULT_K = 8  # suggestions shown when k is not given (a search box's drop-down)
+# What `serve` and `type` give a search before it returns its best so far; the Python API and
+# `complete` stay exact (deadline 0). Measured in docs/results.md#the-memory.
+SERVING_DEADLINE_MS = 8.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class CompleterConfig:
     cache_size: int = 4096  # model states cached across texts (LRU); 0: none
     reuse: bool = True  # continue from cached states instead of reading every text from the start
     precision: str = "fp32"  # of the search's matrix products: one of PRECISIONS
+    deadline_ms: float = 0.0  # a search returns its best so far after this long (0: none, exact)
 
     def __post_init__(self) -> None:
         lows = {
@@ -68,7 +72,7 @@ class CompleterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name} must be a whole number ≥ {low}, not {value!r}")
-        for name in ("length_alpha", "lexicon_weight", "typo_penalty"):
+        for name in ("length_alpha", "lexicon_weight", "typo_penalty", "deadline_ms"):
             number = getattr(self, name)
             if isinstance(number, bool) or not (
                 isinstance(number, int | float) and math.isfinite(number) and number >= 0
@@ -109,6 +113,7 @@ class ConfigOverrides(TypedDict, total=False):
     cache_size: int
     reuse: bool
     precision: str
+    deadline_ms: float
 
 
 def check_k(k: int) -> int:

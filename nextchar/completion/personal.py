@@ -19,6 +19,11 @@ nor the shared model's. Memory is bounded: at most `max_users` people are kept (
 recently used first out), each with their output layer, its last good copy (for rollback)
 and a small state cache of `cache_size` entries.
 
+With a memory (the checkpoint's index of its training text, nextchar.completion.recall), each
+person's memory also holds what they taught, after they taught it: the last MEMORY_CHARS
+symbols, a line per piece, in an online index rebuilt at each `learn`
+(nextchar.recall.online). `reset` forgets it with the weights.
+
 Learning never runs inside a suggestion: the caller calls `learn` when a line is finished or
 a suggestion accepted, so it can run after the suggestions have been returned. Its cost is
 one forward pass over the text (no gradient through the recurrence) and one output-layer step.
@@ -30,7 +35,7 @@ import copy
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -39,14 +44,18 @@ from torch import nn
 
 from nextchar.adapt import AdaptConfig, Adapter, GradStats, adapted_names
 from nextchar.completion.completer import Completer
+from nextchar.completion.recall import MixedForward
 from nextchar.errors import UserError
 from nextchar.models import CharModel, detach_state
+from nextchar.recall.online import OnlineMemory
 from nextchar.text import END, START
 
 # Measured on held-out Shakespeare speaker names (docs/adaptation.md): plain steps on the
 # output layer, one per learned line; a slow pull back so that old names fade after a while.
 PERSONAL_DEFAULTS = AdaptConfig(rule="sgd", lr=0.3, window=256, decay=1e-3, params="output")
 MAX_LEARN_CHARS = 4096  # a paste longer than this teaches only its last this many characters
+MEMORY_CHARS = 65_536  # a person's memory keeps the last this many symbols they taught
+MEMORY_CACHE_BYTES = 1 << 20  # … and its searches keep at most this many bytes of p_mem
 
 
 def personal_view(model: CharModel, names: Iterable[str]) -> CharModel:
@@ -105,6 +114,12 @@ class PersonalCompleter:
         self.adapter = Adapter(self.model, config, stats)
         self.learned_chars = 0
         self.learn_seconds = 0.0
+        # With a memory, what the person typed joins it too (the last MEMORY_CHARS symbols)
+        forward = self.completer.forward
+        self.memory: OnlineMemory | None = None
+        if isinstance(forward, MixedForward):
+            self.memory = OnlineMemory(forward.memory, limit=MEMORY_CHARS, cache_bytes=MEMORY_CACHE_BYTES)
+            forward.memory = self.memory.memory
 
     def _windows(self, text: str) -> list[tuple[list[int], list[int]]]:
         """(inputs, targets) index lists, framed as the Completer reads text.
@@ -143,7 +158,8 @@ class PersonalCompleter:
         model, adapter, window = self.model, self.adapter, self.config.window
         limit = self.config.diverge_factor * float(torch.log(torch.tensor(float(model.config.vocab_size))))
         steps, chars, rolled_back = 0, 0, False
-        for inputs, targets in self._windows(text):
+        pieces = self._windows(text)
+        for inputs, targets in pieces:
             state = model.initial_state(1)
             for lo in range(0, len(targets), window):
                 x = torch.tensor([inputs[lo : lo + window]], dtype=torch.long)
@@ -161,22 +177,43 @@ class PersonalCompleter:
                 outcome = adapter.learn(loss)
                 steps += outcome.applied
                 rolled_back |= outcome.rolled_back
-        if steps or rolled_back:
+        remembered = self._remember(pieces)
+        if steps or rolled_back or remembered:
             self.completer.clear_cache()
         seconds = time.perf_counter() - started
         self.learned_chars += chars
         self.learn_seconds += seconds
         return LearnReport(chars=chars, steps=steps, seconds=seconds, rolled_back=rolled_back)
 
+    def _remember(self, pieces: list[tuple[list[int], list[int]]]) -> bool:
+        """Add the learned text to the person's memory, a piece per line (framed as read)."""
+        if self.memory is None or not pieces:
+            return False
+        for inputs, targets in pieces:
+            self.memory.extend(self.memory.piece(), [inputs[0], *targets])
+        self._use(self.memory.rebuild)
+        return True
+
+    def _use(self, change: Callable[[], None]) -> None:
+        """Change the person's memory, and point the searches' model call at what it is now."""
+        assert self.memory is not None
+        change()
+        forward = self.completer.forward
+        assert isinstance(forward, MixedForward)
+        forward.memory = self.memory.memory
+
     def reset(self) -> None:
-        """Forget everything learned: back to the shared model's weights, caches emptied."""
+        """Forget everything learned: back to the shared model's weights and memory, caches emptied."""
         self.adapter.reset()
+        if self.memory is not None:
+            self._use(self.memory.forget)
         self.completer.clear_cache()
         self.learned_chars = 0
 
     def owned_bytes(self) -> int:
-        """Bytes of weights this person owns (their output layer and its rollback copy)."""
-        return 2 * sum(p.numel() * p.element_size() for p in self.adapter.params.values())
+        """Bytes this person owns: their output layer and its rollback copy, and their memory."""
+        weights = 2 * sum(p.numel() * p.element_size() for p in self.adapter.params.values())
+        return weights + (self.memory.owned_bytes() if self.memory is not None else 0)
 
 
 class PersonalCompleters:

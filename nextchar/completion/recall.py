@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,7 +45,7 @@ class MixedForward:
         model_state = state
         if len(state) > self.model_state_size:
             model_state, encoded = state[: self.model_state_size], state[-1]
-            contexts = [self.decode(encoded[b]) for b in range(idx.shape[0])]
+            contexts = [self.decode(rows) for rows in encoded.tolist()]
         else:
             contexts = [self.memory.start() for _ in range(idx.shape[0])]
         logits, new_state = self.forward(idx, model_state)
@@ -55,18 +56,19 @@ class MixedForward:
         mixed = self.mixer.next_logprobs(self.memory, contexts, last)
         logits = logits.clone()
         logits[:, -1] = mixed.to(logits.dtype)
-        return logits, (*new_state, torch.stack([self.encode(c) for c in contexts]))
+        return logits, (*new_state, self.encode(contexts))
 
-    def encode(self, context: Context) -> Tensor:
-        out = torch.full((len(context.matches), self.rows, 3), -1, dtype=torch.long)
-        for i, match in enumerate(context.matches):
-            rows = [(iv.lo, iv.hi, iv.depth) for iv in match.intervals[: self.rows]]
-            out[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
-        return out
+    def encode(self, contexts: list[Context]) -> Tensor:
+        """The contexts as one (B, I, K, 3) tensor (see the module docstring)."""
+        out = np.full((len(contexts), len(self.memory.indexes), self.rows, 3), -1, dtype=np.int64)
+        for b, context in enumerate(contexts):
+            for i, match in enumerate(context.matches):
+                rows = [(iv.lo, iv.hi, iv.depth) for iv in match.intervals[: self.rows]]
+                out[b, i, : len(rows)] = rows
+        return torch.from_numpy(out)
 
-    def decode(self, encoded: Tensor) -> Context:
-        matches = []
-        for rows in encoded.tolist():
-            intervals = tuple(Interval(lo, hi, depth) for lo, hi, depth in rows if depth >= 0)
-            matches.append(Match(intervals))
-        return Context(tuple(matches))
+    def decode(self, rows: list[list[list[int]]]) -> Context:
+        """One row of `encode`'s tensor (as nested lists) back into its context."""
+        return Context(
+            tuple(Match(tuple(Interval(lo, hi, depth) for lo, hi, depth in match if depth >= 0)) for match in rows)
+        )

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,8 @@ class SearchSettings:
     min_chars: int = DEFAULTS.min_chars  # shortest completion offered (trailing whitespace not counted)
     cjk_word_chars: int = DEFAULTS.cjk_word_chars  # word mode in scripts without spaces: characters per word
     lexicon_max_chars: int = 256  # longest completion walked in a lexicon
+    deadline_s: float = 0.0  # a free search returns its best so far after this long (0: none)
+    on_expired: Callable[[], None] | None = None  # told each time a search stops at the deadline
 
 
 class SymbolTable:
@@ -212,6 +215,7 @@ def beam_steps(
 
     A generator of requests (lockstep.py's `drive`): one model step per round, for every live
     hypothesis at once.
+    Past `settings.deadline_s`, a free search returns its best so far (`_past_deadline`).
 
     An empty completion (the text is already complete) is returned only with `allow_empty`:
     it says nothing about what was typed, but completes a correction ("jonh" → "john"), so
@@ -244,6 +248,7 @@ def beam_steps(
     finished = _Finished(alpha, k if lexicon is None else None, min_chars, wrap, closing=mode == "line")
     finish = finished.add
 
+    started = time.perf_counter()
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
     size = len(table.chars)  # V: a top-k index is row·V + symbol
     for _ in range(max_steps + 1):
@@ -253,6 +258,8 @@ def beam_steps(
         else:
             kinds = _free_finish(beam, masses, mode, settings, finish, rows, allow_empty)
             allow_empty = False
+            if _past_deadline(settings, started, beam, finish):
+                break
             values, indices = yield TopKRequest(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table.masks)
             chosen = []
             for value, index in zip(values, indices, strict=True):
@@ -377,6 +384,23 @@ def _free_finish(
                 kind = SymbolTable.EXTEND
         kinds.append(kind)
     return kinds
+
+
+def _past_deadline(
+    settings: SearchSettings, started: float, beam: _Beam, finish: Callable[[str, float, int], None]
+) -> bool:
+    """Whether a round of a free search ended past its deadline. If so, every live hypothesis
+    that may stop here is offered as it stands (scored by what it has, with no end event, as one
+    cut by the length limit is), and `settings.on_expired` is told. A lexicon's walk has no
+    deadline: its entries are what it offers."""
+    if not settings.deadline_s or time.perf_counter() - started <= settings.deadline_s:
+        return False
+    for text, lp in zip(beam.texts, beam.lps, strict=True):
+        if text and not needs_continuation(text):
+            finish(text, lp, len(text))
+    if settings.on_expired is not None:
+        settings.on_expired()
+    return True
 
 
 def _lexicon_step(

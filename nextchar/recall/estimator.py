@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nextchar.data.memory import MAX_ORDER, Match, MemoryIndex
+from nextchar.data.memory import MAX_ORDER, Interval, Match, MemoryIndex
 
 ESTIMATORS = ("wb", "ppm", "interpolated")
 ESTIMATOR = "wb"
@@ -81,14 +81,24 @@ class Context:
 class Memory:
     """The indexes a context is matched in, and p_mem from their summed counts."""
 
-    def __init__(self, indexes: Sequence[MemoryIndex], vocab_size: int, max_order: int = MAX_ORDER):
+    def __init__(
+        self,
+        indexes: Sequence[MemoryIndex],
+        vocab_size: int,
+        max_order: int = MAX_ORDER,
+        cache_bytes: int | None = None,
+    ):
+        """`cache_bytes`: what `predict` may keep (default PREDICTED_BYTES)."""
         self.indexes = tuple(indexes)
         self.vocab_size = vocab_size
         self.max_order = max_order
         # predict's answers by the longest suffix found in each index: that one string decides
         # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
-        self._predicted_limit = max(64, PREDICTED_BYTES // (4 * max(vocab_size, 1)))
+        self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
+        self._predicted_limit = max(64, self.cache_bytes // (8 * max(vocab_size, 1)))
+        # p_k (and the stats of its top level) by context k's interval (Memory._witten_bell_chain)
+        self._chain: OrderedDict[tuple[int, int, int], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
 
     def __len__(self) -> int:
         """Symbols remembered, over every index."""
@@ -149,12 +159,42 @@ class Memory:
         if found is not None:
             self._predicted.move_to_end(key)
             return found
-        levels = self.levels(context)
-        found = np.log(self.distribution(levels, estimator)).astype(np.float32), match_stats(levels)
+        if estimator == "wb" and len(self.indexes) == 1:
+            p, stats = self._witten_bell_chain(context.matches[0])
+        else:
+            levels = self.levels(context)
+            p, stats = self.distribution(levels, estimator), match_stats(levels)
+        found = np.log(p).astype(np.float32), stats
         self._predicted[key] = found
         if len(self._predicted) > self._predicted_limit:
             self._predicted.popitem(last=False)
         return found
+
+    def _witten_bell_chain(self, match: Match) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """witten_bell(levels) and match_stats(levels) of a one-index memory, from the longest
+        shorter context whose p_k is remembered. p_k is decided by context k's own string (its
+        interval), so contexts that share a suffix share the interpolation below it, and a new
+        one costs the followers of a context or two, not of all of them."""
+        index = self.indexes[0]
+        intervals: list[Interval] = []
+        for interval in match.intervals:  # the distinct contexts, as _levels_of keeps them
+            if not intervals or interval.count != intervals[-1].count:
+                intervals.append(interval)
+        start, p, stats = len(intervals), np.full(self.vocab_size, 1.0 / self.vocab_size), (0, 0, 0)
+        for i, interval in enumerate(intervals):
+            found = self._chain.get((interval.lo, interval.hi, interval.depth))
+            if found is not None:
+                start, (p, stats) = i, found
+                break
+        for interval in reversed(intervals[:start]):
+            symbols, counts = index.followers(interval)
+            if len(symbols):
+                level = Level(interval.depth, symbols, counts)
+                p, stats = _witten_bell_step(p, level), match_stats([level])
+            self._chain[(interval.lo, interval.hi, interval.depth)] = (p, stats)
+            if len(self._chain) > self._predicted_limit:
+                self._chain.popitem(last=False)
+        return p, stats
 
     def distribution(self, levels: Sequence[Level], estimator: str = ESTIMATOR) -> np.ndarray:
         """p_mem over the vocabulary (float64, sums to 1, every entry > 0)."""
@@ -181,7 +221,7 @@ def _levels_of(index: MemoryIndex, match: Match, own: int | None) -> list[Level]
             counts = counts - (symbols == own)
             keep = counts > 0
             symbols, counts = symbols[keep], counts[keep]
-        if len(symbols) and (not levels or int(counts.sum()) != levels[-1].total):
+        if len(symbols):
             levels.append(Level(interval.depth, symbols, counts))
     return levels
 
@@ -199,9 +239,15 @@ def witten_bell(levels: Sequence[Level], vocab_size: int) -> np.ndarray:
     """Interpolated Witten–Bell over the distinct contexts (the module docstring's formula)."""
     p = np.full(vocab_size, 1.0 / vocab_size)
     for level in reversed(levels):
-        total = float(level.counts.sum()) + len(level.symbols)
-        p *= len(level.symbols) / total
-        p[level.symbols] += level.counts / total
+        p = _witten_bell_step(p, level)
+    return p
+
+
+def _witten_bell_step(lower: np.ndarray, level: Level) -> np.ndarray:
+    """p_k from p_{k′} (a new array: the one given may be remembered elsewhere)."""
+    total = float(level.counts.sum()) + len(level.symbols)
+    p = lower * (len(level.symbols) / total)
+    p[level.symbols] += level.counts / total
     return p
 
 

@@ -31,13 +31,17 @@ from nextchar.text import START
 class OnlineMemory:
     """The static indexes of `memory`, and one more index of the pieces added since."""
 
-    def __init__(self, memory: Memory, limit: int | None = None):
+    def __init__(self, memory: Memory, limit: int | None = None, cache_bytes: int | None = None):
+        """`cache_bytes`: what each rebuilt memory's `predict` may keep (Memory)."""
         self.static = memory
         self.limit = limit
+        self.cache_bytes = cache_bytes
         self.pieces: list[list[int]] = []
-        self.memory = Memory(
-            (*memory.indexes, MemoryIndex.build(np.zeros(0, dtype="<u2"))), memory.vocab_size, memory.max_order
-        )
+        self.memory = self._memory(MemoryIndex.build(np.zeros(0, dtype="<u2")))
+
+    def _memory(self, online: MemoryIndex) -> Memory:
+        static = self.static
+        return Memory((*static.indexes, online), static.vocab_size, static.max_order, self.cache_bytes)
 
     @property
     def online_symbols(self) -> int:
@@ -65,13 +69,17 @@ class OnlineMemory:
             if piece:
                 tokens += [START, *piece] if piece[0] != START else piece
         dtype = "<u2" if self.memory.vocab_size <= 1 << 16 else "<u4"
-        index = MemoryIndex.build(np.asarray(tokens, dtype=dtype))
-        self.memory = Memory((*self.static.indexes, index), self.memory.vocab_size, self.memory.max_order)
+        self.memory = self._memory(MemoryIndex.build(np.asarray(tokens, dtype=dtype)))
 
     def forget(self) -> None:
         """Empty the online part: the memory is the static one again."""
         self.pieces.clear()
         self.rebuild()
+
+    def owned_bytes(self) -> int:
+        """Bytes of the online part: its pieces (one list slot per symbol) and its index."""
+        index = self.memory.indexes[-1]
+        return 8 * self.online_symbols + index.tokens.nbytes + index.suffixes.nbytes
 
     def rematch(self, context: Context, history: Sequence[int]) -> Context:
         """`context` with its online match recomputed from `history` (the symbols it read, last

@@ -265,6 +265,7 @@ def build_engine(
             typo_penalty=settings.typo_penalty,
             precision=settings.precision,
             memory=settings.memory,
+            deadline_ms=settings.deadline_ms,
         )
     path = completer.ckpt.path
     if path is None:

@@ -77,12 +77,20 @@ class EngineGauges:
         self.capacity = gauge("nextchar_state_cache_capacity_entries", "Most recurrent states the cache keeps.")
         self.response_bytes = gauge("nextchar_response_cache_bytes", "Bytes held by the response cache.")
         self.queue = gauge("nextchar_model_queue", "Model jobs queued or running.")
+        self.searches = gauge("nextchar_searches", "Searches run since the process started.")
+        self.expired = gauge(
+            "nextchar_searches_at_deadline", "Searches since the process started that returned at the deadline."
+        )
 
     def set(self, engine: Engine) -> None:
         self.states.set(engine.state_entries())
         self.capacity.set(engine.completer.cache_size)
         self.response_bytes.set(engine.responses.bytes)
         self.queue.set(engine.pending)
+        stats = getattr(engine.completer, "search_stats", None)
+        if stats is not None:
+            self.searches.set(stats["searches"])
+            self.expired.set(stats["expired"])
 
 
 class Metrics:

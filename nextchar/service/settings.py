@@ -43,6 +43,7 @@ class ServiceSettings:
     max_batch: int = 16  # searches run together on the model thread at most (1: one at a time)
     precision: str = SERVING_PRECISION  # of the search's matrix products: one of PRECISIONS (nextchar.stepper)
     memory: bool = True  # mix the model with the checkpoint's memory when it has one (nextchar.completion.recall)
+    deadline_ms: float = 0.0  # a search returns its best so far after this long (0: none; `serve`: 8)
     # Web pages of these origins may read /suggest and /api/complete (CORS); "*": any page. [] (the
     # default): no CORS headers, so only pages of this server's own origin may (docs/embed.md).
     cors_origins: list[str] = field(default_factory=list)

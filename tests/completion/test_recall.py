@@ -1,0 +1,110 @@
+"""Completers with a memory (nextchar/completion/recall.py): the searches score with the mixture."""
+
+from __future__ import annotations
+
+import torch
+
+from nextchar.checkpoint import load_checkpoint, read_memory, save_checkpoint
+from nextchar.completion.completer import Completer
+from nextchar.completion.recall import MixedForward
+from nextchar.models import build_model
+from nextchar.recall.estimator import Memory
+from nextchar.stepper import Stepper
+from nextchar.text import START, Vocabulary
+from nextchar.training.memory import remember
+from tests.helpers import PROSE, model_config
+
+
+def remembering_checkpoint(tmp_path):
+    vocab = Vocabulary.from_text(PROSE)
+    torch.manual_seed(0)
+    model = build_model(model_config("lstm", vocab_size=len(vocab)))
+    save_checkpoint(tmp_path, model, vocab, "text")
+    remember(tmp_path, PROSE * 2, PROSE[50:])
+    return load_checkpoint(tmp_path)
+
+
+def test_a_completer_mixes_the_memory_in_and_no_memory_is_the_model_alone(tmp_path):
+    ckpt = remembering_checkpoint(tmp_path)
+    mixed, alone = Completer(ckpt), Completer(ckpt, memory=False)
+    assert isinstance(mixed.forward, MixedForward) and isinstance(alone.forward, Stepper)
+    assert alone.memory == "none" and "symbols of training text" in mixed.memory
+    # The untrained model knows nothing; the memory knows the text: only the mixture completes it.
+    typed = "It was the best of ti"
+    assert mixed.suggest(typed, 1, "word")[0].completion == "mes"
+    assert alone.suggest(typed, 1, "word")[0].completion != "mes"
+
+
+def test_the_state_carries_the_memory_context_exactly(tmp_path):
+    ckpt = remembering_checkpoint(tmp_path)
+    completer = Completer(ckpt)
+    forward = completer.forward
+    assert isinstance(forward, MixedForward)
+    index, mixer = read_memory(ckpt)
+    memory = Memory([index], len(ckpt.vocab))
+    symbols = [START, *ckpt.vocab.encode("It was the age")]
+    # One read of the whole text, and one character at a time through the returned states …
+    whole, _ = forward(torch.tensor([symbols]), ckpt.model.initial_state(1))
+    logits, state = forward(torch.tensor([symbols[:1]]), ckpt.model.initial_state(1))
+    for symbol in symbols[1:]:
+        logits, state = forward(torch.tensor([[symbol]]), state)
+    assert torch.allclose(whole[0, -1], logits[0, -1], atol=1e-5)
+    # … and both are the mixer's answer for the memory's context after those symbols.
+    context = memory.start()
+    for symbol in symbols:
+        context = memory.push(context, symbol)
+    assert forward.decode(state[-1][0].tolist()) == context
+    rnn, _ = ckpt.model(torch.tensor([symbols]))
+    expected = mixer.next_logprobs(memory, [context], torch.log_softmax(rnn[0, -1:], dim=-1))
+    assert torch.allclose(logits[0, -1], expected[0], atol=1e-5)
+
+
+def test_the_deadline_returns_the_best_so_far_within_its_bound(tmp_path):
+    """A slowed model (10 ms a call): a search of a 25 ms deadline stops after the round that
+    passes it, offers what it has, and says so; without a deadline it runs to its end."""
+    import time
+
+    ckpt = remembering_checkpoint(tmp_path)
+    long = {"memory": False, "length_alpha": 1.0}  # no early stop: about 50 steps to the longest line
+    exact, bounded = Completer(ckpt, **long), Completer(ckpt, **long, deadline_ms=25)
+    for completer in (exact, bounded):
+        fast = completer.forward
+
+        def slowed(idx, state, fast=fast):
+            time.sleep(0.010)
+            return fast(idx, state)
+
+        completer.forward = slowed
+    started = time.perf_counter()
+    found = bounded.suggest("It was the", 3, "line")
+    took = time.perf_counter() - started
+    assert took < 0.025 + 2 * 0.010 + 0.05  # the deadline, the round that crossed it, the read of the text
+    assert found and bounded.search_stats == {"searches": 1, "expired": 1}
+    started = time.perf_counter()
+    exact.suggest("It was the", 3, "line")
+    assert time.perf_counter() - started > 0.3 and exact.search_stats == {"searches": 1, "expired": 0}
+
+
+def test_a_persons_memory_holds_what_they_taught_and_no_one_elses(tmp_path):
+    from nextchar.completion.personal import PersonalCompleters
+
+    people = PersonalCompleters(Completer(remembering_checkpoint(tmp_path)))
+    alice, bob = people.get("alice"), people.get("bob")
+    typed = "a fresh sandw"
+
+    def completes(person):
+        return [s.completion for s in person.completer.suggest(typed, 3, "word")]
+
+    assert "ich" not in completes(alice)  # the training text has no sandwich
+    before = alice.owned_bytes()
+    alice.learn("a fresh sandwich, a fresh ostrich.\n")
+    assert completes(alice)[0] == "ich"  # recalled from what alice taught, after she taught it
+    assert "ich" not in completes(bob) and alice.owned_bytes() > before
+    people.reset("alice")  # forgets the memory with the weights
+    assert "ich" not in completes(people.get("alice")) and people.get("alice").owned_bytes() == before
+    carol = people.get("carol")
+    assert carol.memory is not None
+    carol.memory.limit = 60  # bounded: the oldest lines go first
+    for i in range(10):
+        carol.learn(f"line {i} of what carol typed.\n")
+    assert 0 < carol.memory.online_symbols <= 60
