@@ -418,5 +418,10 @@ def _report_training(result: TrainResult, out: Path, rank: int, counting: float 
     )
     if best and counting is not None:
         print(f"counting characters gives {counting:.2f} BPC here: the model is {counting - best.bpc:.2f} bits better")
+    if result.memory_symbols:
+        print(
+            f"memory: {result.memory_symbols:,} symbols of training text indexed, the mixer fitted on "
+            f"{result.mixer_positions:,} positions ({result.memory_seconds:.1f} s; --no-memory skips this)"
+        )
     print(f"checkpoint: {out}  (metrics: {out / 'metrics.jsonl'}, plot: {out / 'bpc.png'})")
     return 0

@@ -60,7 +60,7 @@ from nextchar.checkpoint import Checkpoint, load_checkpoint, read_memory
 from nextchar.completion.config import BEAM_MAX, DEFAULTS, CompleterConfig, ConfigOverrides, check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.lockstep import Forward, Request, drive, drive_together
-from nextchar.completion.recall import MixedForward
+from nextchar.completion.recall import MixedForward, continuations
 from nextchar.completion.search import Candidate, SearchSettings, SymbolTable, beam_steps, word_start
 from nextchar.completion.session import TypingSession
 from nextchar.completion.states import Node, StateCache, Tree, subtree, symbol_logprobs
@@ -355,14 +355,36 @@ class Completer:
         # A correction's beam is k wide (not beam_width): there are TYPO_VARIANTS of them.
         settings = replace(self.settings, beam_width=k) if corrected else self.settings
         self.search_stats["searches"] += 1
+        extras = [] if corrected or self.lexicon is not None else self._memory_extras(root, mode, k)
         candidates, tree = yield from beam_steps(
-            self.table, root, prepared, mode, k, settings, self.lexicon, key, known, allow_empty=corrected
+            self.table, root, prepared, mode, k, settings, self.lexicon, key, known, corrected, extras
         )
         penalty = delta - float(self.config.typo_penalty) if corrected else 0.0
         return [
             Suggestion(base + c.completion, c.completion, c.logprob, self._score(c, key) + penalty, corrected)
             for c in candidates
         ], tree
+
+    def _memory_extras(self, root: Node, mode: str, k: int) -> list[str]:
+        """The k commonest ways the memory's text goes on after the longest suffix of the root's
+        context it holds: to the next word boundary (word mode) or to the end of the line (line
+        mode); none in phrase mode. (Continuations of the word begun, counted over the whole
+        text as a frequency trie counts them, were measured too: no more keystrokes saved, and
+        their reading cost a third more time per keystroke.)"""
+        forward = self.forward
+        if not isinstance(forward, MixedForward) or mode == "phrase":
+            return []
+        state = root.state
+        if len(state) <= forward.model_state_size:
+            return []
+        table = self.table
+        if mode == "word":
+            stops = [i < 3 or table.boundary[i] for i in range(len(table.chars))]
+        else:
+            stops = [i < 3 or i in table.line_end for i in range(len(table.chars))]
+        context = forward.decode(state[-1][0].tolist())
+        found = continuations(forward.memory, context, stops.__getitem__, self.settings.max_chars, k)
+        return ["".join(table.chars[s] for s in symbols) for symbols in found]
 
     def _score(self, cand: Candidate, key: str) -> float:
         weight = float(self.config.lexicon_weight)

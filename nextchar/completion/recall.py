@@ -11,6 +11,12 @@ context is one more tensor of the state tuple, (B, I, K, 3): for each of the mem
 indexes, the intervals (lo, hi, depth) of the context's suffixes found there, longest first,
 padded with depth −1 to K = max_order + 1 rows. The model never sees it: this forward takes it
 off before the model's call and puts the pushed contexts back after.
+
+What the memory adds to a search's candidates (`continuations`): the commonest ways the
+training text goes on after the typed text (to the next word boundary in `word` mode, to the
+end of the line in `line` mode). The search keeps them among its hypotheses (search.py's
+`extras`), so they are scored by the same mixture as every other one and ranked with them: no
+prefix seen in training loses a completion that a frequency trie would offer.
 """
 
 from __future__ import annotations
@@ -72,3 +78,34 @@ class MixedForward:
         return Context(
             tuple(Match(tuple(Interval(lo, hi, depth) for lo, hi, depth in match if depth >= 0)) for match in rows)
         )
+
+
+SCANNED = 1024  # occurrences read per continuation search (evenly spaced over a wider interval)
+
+
+def continuations(
+    memory: Memory, context: Context, stops: Callable[[int], bool], max_len: int, k: int, depth: int | None = None
+) -> list[list[int]]:
+    """The k commonest ways the memory's text goes on after the longest suffix of `context` it
+    holds (or the suffix of length `depth`), each read up to (not including) a symbol `stops`
+    accepts, or up to `max_len`; the text's end stops one too. Empty continuations are left out."""
+    counts: dict[tuple[int, ...], int] = {}
+    for index, match in zip(memory.indexes, context.matches, strict=True):
+        chosen = [iv for iv in match.intervals if iv.depth == depth] if depth is not None else [match.longest]
+        if not chosen or chosen[0].depth == 0 or chosen[0].count == 0:
+            continue
+        longest = chosen[0]
+        step = max(1, longest.count // SCANNED)
+        for row in range(longest.lo, longest.hi, step):
+            at = int(index.suffixes[row]) + longest.depth
+            found: list[int] = []
+            while at < len(index.tokens) and len(found) < max_len:
+                symbol = int(index.tokens[at])
+                if stops(symbol):
+                    break
+                found.append(symbol)
+                at += 1
+            if found:
+                counts[tuple(found)] = counts.get(tuple(found), 0) + step
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:k]
+    return [list(symbols) for symbols, _ in ranked]

@@ -49,7 +49,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,13 +210,13 @@ def beam_steps(
     lexicon_key: str = "",
     known: Tree | None = None,
     allow_empty: bool = False,
+    extras: Sequence[str] = (),
 ) -> Generator[Request, Any, tuple[list[Candidate], Tree]]:
     """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
 
     A generator of requests (lockstep.py's `drive`): one model step per round, for every live
-    hypothesis at once.
-    Past `settings.deadline_s`, a free search returns its best so far (`_past_deadline`).
-
+    hypothesis at once. Past `settings.deadline_s` a free search returns its best so far
+    (`_past_deadline`); `extras`, completions the memory knows, stay among its hypotheses.
     An empty completion (the text is already complete) is returned only with `allow_empty`:
     it says nothing about what was typed, but completes a correction ("jonh" → "john"), so
     such a search (a correction's) offers completions shorter than `min_chars` too.
@@ -267,6 +267,7 @@ def beam_steps(
                     break
                 parent, symbol = divmod(index, size)
                 chosen.append((parent, symbol, table.chars[symbol], value))
+            chosen += _extra_rows(beam, table, extras, chosen)
         if not chosen:
             break
         # Early stop: k finished and no live hypothesis would score as well even if it ended now
@@ -384,6 +385,28 @@ def _free_finish(
                 kind = SymbolTable.EXTEND
         kinds.append(kind)
     return kinds
+
+
+def _extra_rows(
+    beam: _Beam, table: SymbolTable, extras: Sequence[str], chosen: list[tuple[int, int, str, float]]
+) -> list[tuple[int, int, str, float]]:
+    """The extensions the beam would have dropped that lead to one of `extras`: each hypothesis
+    that begins one grows by its next character too, scored by the same model call as the rest."""
+    taken = {(parent, symbol) for parent, symbol, _, _ in chosen}
+    out: list[tuple[int, int, str, float]] = []
+    for h, text in enumerate(beam.texts):
+        for extra in extras:
+            if len(extra) <= len(text) or not extra.startswith(text):
+                continue
+            ch = extra[len(text)]
+            symbol = table.index.get(ch)
+            if symbol is None or (h, symbol) in taken:
+                continue
+            lp = beam.lps[h] + float(beam.logprobs[h, symbol])
+            if lp > -math.inf:
+                out.append((h, symbol, ch, lp))
+                taken.add((h, symbol))
+    return out
 
 
 def _past_deadline(

@@ -143,6 +143,9 @@ class TrainResult:
     chars_per_second: float  # of the whole job: all ranks together
     model: CharModel | None = None  # the final trained weights (not necessarily the best checkpoint's,
     # nor the moving average that the evaluations use when config.ema > 0)
+    memory_symbols: int = 0  # symbols of training text in the checkpoint's memory (0: none built)
+    mixer_positions: int = 0  # positions its mixer was fitted on
+    memory_seconds: float = 0.0  # the time both took, after training
 
 
 def cpu_has_bf16() -> bool:

@@ -25,8 +25,9 @@ import itertools
 import json
 import re
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,12 @@ def train_on(
         on_evaluation=on_evaluation,
     )
     if config.memory and data.train_text and distributed.rank() == 0:
-        remember(data.out, data.train_text, data.val_text)
+        started = time.perf_counter()
+        done = remember(data.out, data.train_text, data.val_text)
+        seconds = time.perf_counter() - started
+        result = replace(
+            result, memory_symbols=len(done.index), mixer_positions=done.mixer.positions, memory_seconds=seconds
+        )
     return result
 
 

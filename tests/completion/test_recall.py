@@ -108,3 +108,23 @@ def test_a_persons_memory_holds_what_they_taught_and_no_one_elses(tmp_path):
     for i in range(10):
         carol.learn(f"line {i} of what carol typed.\n")
     assert 0 < carol.memory.online_symbols <= 60
+
+
+def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
+    from nextchar.completion.recall import continuations
+    from nextchar.data.batches import encode_corpus
+    from nextchar.data.memory import MemoryIndex, memory_tokens
+
+    text = "the cat sat. the cat ran. the cow sat. "
+    vocab = Vocabulary.from_text(text)
+    memory = Memory([MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, "text"), len(vocab)))], len(vocab))
+    context = memory.start()
+    for symbol in [START, *vocab.encode("so the c")]:
+        context = memory.push(context, symbol)
+    space = vocab.encode(" ")[0]
+    found = continuations(memory, context, lambda s: s == space, 10, 5)
+    assert [vocab.decode(f) for f in found] == ["at", "ow"]  # commonest first; "the c" matched, not "so "
+    # A search too narrow to find them alone keeps the memory's continuations among its hypotheses.
+    ckpt = remembering_checkpoint(tmp_path)
+    narrow = Completer(ckpt, beam_width=2)
+    assert "mes" in [s.completion for s in narrow.suggest("It was the best of ti", 2, "word")]
