@@ -24,10 +24,12 @@ from nextchar.errors import UserError
 if TYPE_CHECKING:
     from nextchar.checkpoint import Checkpoint
     from nextchar.completion.completer import Completer
-    from nextchar.evaluation.keystrokes import Predictor
+    from nextchar.evaluation.keystrokes import CompleteEvalResult, Predictor
 
 
-def _completer_options(p: argparse.ArgumentParser, k_default: int = 5, deadline_ms: float = 0.0) -> None:
+def _completer_options(
+    p: argparse.ArgumentParser, k_default: int = 5, deadline_ms: float = 0.0, modes: tuple[str, ...] = MODES
+) -> None:
     add_model_option(p)
     add_memory_option(p)
     p.add_argument(
@@ -38,9 +40,11 @@ def _completer_options(p: argparse.ArgumentParser, k_default: int = 5, deadline_
     )
     p.add_argument(
         "--mode",
-        choices=MODES,
+        choices=modes,
         default="line",
-        help="word: the rest of the word; line: to the end of the line; phrase: up to --max-words words (default line)",
+        help="word: the rest of the word; line: to the end of the line; phrase: up to --max-words words"
+        + ("; next-word: word, and the next word before it is begun" if "next-word" in modes else "")
+        + " (default line)",
     )
     p.add_argument(
         "--lexicon",
@@ -196,7 +200,8 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     lines = split_lines(completer.vocab.prepare(read_corpus(args.file)))[: args.limit]
     if not lines:
         raise UserError(f"{args.file}: no lines to evaluate")
-    predictors, notes = _predictors(args, completer, k)
+    predictors, notes, train_lines = _predictors(args, completer, k)
+    seen = set(train_lines) if train_lines else None
     personal = None
     if args.adapt:  # the same model learning each line once it is typed (personalisation)
         from nextchar.cli.adapt import personal_predictor
@@ -204,7 +209,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
         personal = personal_predictor(args, completer, k)
         predictors.insert(1, personal)
     progress = not args.json and sys.stderr.isatty()
-    results = [evaluate_completion(lines, p, args.mode, k, args.max_words, progress=progress) for p in predictors]
+    results = [evaluate_completion(lines, p, args.mode, k, args.max_words, progress, seen) for p in predictors]
     expired = _expired_searches(predictors)
     if args.deadline_ms:
         notes += [
@@ -231,6 +236,8 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
         f"{main.chars:,} characters"
     )
     print(format_table(results))
+    if seen is not None:
+        print(_groups_table(results))
     if personal is not None:
         from nextchar.cli.adapt import describe_learning
 
@@ -240,9 +247,21 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictors(args: argparse.Namespace, completer: Completer, k: int) -> tuple[list[Predictor], list[str]]:
+def _groups_table(results: list[CompleteEvalResult]) -> str:
+    """KSR of the lines seen in training and of the others, per system."""
+    seen, unseen = results[0].groups["seen"], results[0].groups["unseen"]
+    out = [f"{'KSR of the lines':24}{'seen in training':>18}{'unseen':>10}"]
+    out += [f"{r.name:24}{r.groups['seen']['ksr']:18.3f}{r.groups['unseen']['ksr']:10.3f}" for r in results]
+    out.append(f"{'lines':24}{int(seen['lines']):18,}{int(unseen['lines']):10,}")
+    return "\n".join(out)
+
+
+def _predictors(
+    args: argparse.Namespace, completer: Completer, k: int
+) -> tuple[list[Predictor], list[str], list[str] | None]:
     """The model (mixed with its memory if it has one), then the baselines eval-complete compares
-    it with: the model alone, the trie of its training lines, a window model; and notes."""
+    it with: the model alone, the trie of its training lines, a window model; notes; and the
+    training lines, where they are known."""
     from nextchar.checkpoint import load_checkpoint
     from nextchar.completion.completer import Completer
     from nextchar.evaluation.keystrokes import CompleterPredictor, TriePredictor
@@ -252,11 +271,11 @@ def _predictors(args: argparse.Namespace, completer: Completer, k: int) -> tuple
     name = f"model ({kind}) + memory" if completer.recall is not None else f"model ({kind})"
     predictors: list[Predictor] = [CompleterPredictor(completer, args.mode, k, name=name, typos=args.typos)]
     notes = []
+    train_lines: list[str] | None = None
     if not args.no_baselines and completer.recall is not None:  # what the memory adds, side by side
         alone = Completer(completer.ckpt, lexicon=completer.lexicon, config=completer.config, memory=False)
         predictors.append(CompleterPredictor(alone, args.mode, k, name=f"model ({kind}) alone", typos=args.typos))
     if not args.no_baselines:
-        train_lines: list[str] | None
         if args.baseline_trie:
             train_lines = split_lines(completer.vocab.prepare(read_corpus(args.baseline_trie)))
         else:
@@ -271,7 +290,7 @@ def _predictors(args: argparse.Namespace, completer: Completer, k: int) -> tuple
             predictors.append(
                 CompleterPredictor(window, args.mode, k, name=f"baseline ({window_ckpt.model.config.kind})")
             )
-    return predictors, notes
+    return predictors, notes, train_lines
 
 
 def _expired_searches(predictors: list[Predictor]) -> dict[str, tuple[int, int]]:
@@ -323,7 +342,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "See docs/autocomplete.md for the exact definitions.",
     )
     p.add_argument("file", metavar="FILE", help="UTF-8 file, one target per line")
-    _completer_options(p)
+    _completer_options(p, modes=(*MODES, "next-word"))  # nextchar.evaluation.keystrokes.NEXT_WORD (torch-free here)
     _typo_options(p)
     p.add_argument(
         "--baseline-trie",

@@ -13,6 +13,9 @@ Targets and prediction points (n = len(line), cursor p = characters typed, 1 ≤
             characters of that word typed.
     phrase  as word, but the target runs to the end of the `max_words`-th word counting the
             word being typed (or to the end of the line).
+    next-word  as word, and also where a word is about to start (the cursor after the boundary
+            before it, prefix length 0): what an email editor offers after a space, as
+            word-prediction systems are measured. The systems search in word mode.
 
 Metrics (a target "appears" when a suggestion equals it, ignoring trailing whitespace):
 
@@ -28,6 +31,8 @@ Metrics (a target "appears" when a suggestion equals it, ignoring trailing white
     latency_ms   p50/p95/p99 over every keystroke 1 ≤ p < n of every line of the time from the
                  keystroke to its suggestions (typing the character + suggesting).
     targets      distinct (line, target end) pairs that have at least one prediction point.
+    groups       given the training lines: keystrokes and KSR of the lines found among them
+                 ("seen": what recall alone can complete) and of the others ("unseen").
 
 Baselines, measured the same way:
     trie     the classic autocomplete: a frequency-ranked prefix trie of the training lines
@@ -43,8 +48,8 @@ suggestions for a line come from what was learned on the lines before it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,9 +79,15 @@ class CompleteEvalResult:
     chars: int
     keystrokes: int
     prediction_points: int
+    # with `seen` lines: {"seen": …, "unseen": …}, each {"lines", "chars", "keystrokes", "ksr"}
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+GROUPS = ("seen", "unseen")  # eval lines found among the training lines, and the others
+NEXT_WORD = "next-word"  # an evaluation mode: word mode's targets, and each word before it is begun
 
 
 def word_spans(line: str) -> list[tuple[int, int]]:
@@ -95,17 +106,23 @@ def word_spans(line: str) -> list[tuple[int, int]]:
     return spans
 
 
+def search_mode(mode: str) -> str:
+    """The completer's mode an evaluation mode asks for: next-word is word mode's search."""
+    return "word" if mode == NEXT_WORD else mode
+
+
 def prediction_points(line: str, mode: str, max_words: int = 3) -> dict[int, tuple[int, int]]:
     """{cursor p: (target end q, prefix length)} for one line (see the module docstring)."""
     n = len(line)
     if mode == "line":
         return {p: (n, p) for p in range(1, n)}
     spans = word_spans(line)
-    words = 1 if mode == "word" else max_words
+    words = 1 if mode in ("word", NEXT_WORD) else max_words
+    first = 0 if mode == NEXT_WORD else 1  # next-word: also where a word is about to start
     points = {}
     for j, (start, end) in enumerate(spans):
         q = spans[min(j + words - 1, len(spans) - 1)][1]
-        for p in range(start + 1, end + 1):
+        for p in range(max(start + first, 1), end + 1):
             if p < q and p < n:
                 points[p] = (q, p - start)
     return points
@@ -129,7 +146,7 @@ class CompleterPredictor(Predictor):
     """A neural model through a typing session (one model step per keystroke)."""
 
     def __init__(self, completer: Completer, mode: str, k: int, name: str = "model", typos: bool = False):
-        self.completer, self.mode, self.k, self.name, self.typos = completer, mode, k, name, typos
+        self.completer, self.mode, self.k, self.name, self.typos = completer, search_mode(mode), k, name, typos
         self.session = completer.session()
 
     def start(self) -> None:
@@ -178,10 +195,11 @@ class TriePredictor(Predictor):
     """The frequency-ranked prefix trie of what was seen in training."""
 
     def __init__(self, lexicon: Lexicon, mode: str, k: int, name: str = "trie"):
-        self.lexicon, self.mode, self.k, self.name = lexicon, mode, k, name
+        self.lexicon, self.mode, self.k, self.name = lexicon, search_mode(mode), k, name
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], mode: str, k: int, max_words: int = 3) -> TriePredictor:
+        mode = search_mode(mode)
         items: list[str] = []
         for line in lines:
             if mode == "line":
@@ -203,10 +221,19 @@ class TriePredictor(Predictor):
 
 
 def evaluate_completion(
-    lines: list[str], predictor: Predictor, mode: str, k: int, max_words: int = 3, progress: bool = False
+    lines: list[str],
+    predictor: Predictor,
+    mode: str,
+    k: int,
+    max_words: int = 3,
+    progress: bool = False,
+    seen: Collection[str] | None = None,
 ) -> CompleteEvalResult:
-    """Simulate typing `lines` with `predictor`'s suggestions (see the module docstring)."""
-    k, mode = check_k(k), check_mode(mode)
+    """Simulate typing `lines` with `predictor`'s suggestions (see the module docstring).
+    `seen` (the training lines): the keystrokes are also reported for the lines found there and
+    for the others apart (`groups`): what recall can save, and what only generalising can."""
+    k = check_k(k)
+    mode = mode if mode == NEXT_WORD else check_mode(mode)
     lines = [line for line in lines if line]
     if not lines:
         raise UserError("nothing to evaluate: no non-empty lines")
@@ -214,6 +241,7 @@ def evaluate_completion(
     reciprocal = 0.0
     at = {ell: [0, 0, 0] for ell in PREFIX_LENGTHS}  # count, top-1 hits, top-k hits
     latencies: list[float] = []
+    groups: dict[str, dict[str, float]] = {name: {"lines": 0, "chars": 0, "keystrokes": 0} for name in GROUPS}
     iterator: Iterable[str] = lines
     if progress:
         from tqdm import tqdm
@@ -244,10 +272,15 @@ def evaluate_completion(
                 at[ell][1] += rank == 1
                 at[ell][2] += rank >= 1
         predictor.finish(line)
-        cursor = 0
+        cursor, before = 0, keystrokes
         while cursor < n:
             keystrokes += 1
             cursor = line_points[cursor][0] if ranks.get(cursor) else cursor + 1
+        if seen is not None:
+            group = groups["seen" if line in seen else "unseen"]
+            group["lines"] += 1
+            group["chars"] += n
+            group["keystrokes"] += keystrokes - before
     ms = np.array(latencies or [0.0]) * 1000.0
     return CompleteEvalResult(
         name=predictor.name,
@@ -267,6 +300,9 @@ def evaluate_completion(
         chars=chars,
         keystrokes=keystrokes,
         prediction_points=points,
+        groups={}
+        if seen is None
+        else {name: {**g, "ksr": 1.0 - g["keystrokes"] / max(g["chars"], 1)} for name, g in groups.items()},
     )
 
 

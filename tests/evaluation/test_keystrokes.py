@@ -209,3 +209,25 @@ def test_command_errors_are_one_line(
     assert main([replace.get(a, a) for a in argv] + ["-m", str(lstm)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_seen_and_unseen_lines_are_reported_apart():
+    """A line trie completes only the lines it was built from: all it saves is on seen lines."""
+    training = ["isabella", "charlotte", "evelyn"]
+    trie = TriePredictor.from_lines(training, "line", k=3)
+    lines = ["isabella", "charlotte", "amelia", "harper"]
+    result = evaluate_completion(lines, trie, "line", 3, seen=set(training))
+    seen, unseen = result.groups["seen"], result.groups["unseen"]
+    assert (seen["lines"], unseen["lines"]) == (2, 2)
+    assert seen["ksr"] > 0.5 and unseen["ksr"] == 0.0
+    assert seen["keystrokes"] + unseen["keystrokes"] == result.keystrokes
+    assert evaluate_completion(lines, trie, "line", 3).groups == {}  # without the training lines: no split
+
+
+def test_next_word_mode_also_predicts_each_word_before_it_is_begun():
+    line = "the cat sat"
+    word = prediction_points(line, "word")
+    assert prediction_points(line, "next-word") == {**word, 4: (7, 0), 8: (11, 0)}  # after each space
+    trie = TriePredictor.from_lines(["the cat sat"] * 3, "next-word", k=3)
+    by_mode = {mode: evaluate_completion([line], trie, mode, 3).ksr for mode in ("word", "next-word")}
+    assert by_mode["next-word"] > by_mode["word"]  # "cat" and "sat" are offered before a letter of them
