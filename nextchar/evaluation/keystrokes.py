@@ -220,6 +220,22 @@ class TriePredictor(Predictor):
         return [typed[:start] + entry for entry, _ in found if entry != fragment][: self.k]
 
 
+def _keystrokes(points: dict[int, tuple[int, int]], ranks: dict[int, int], n: int) -> int:
+    """The walk along a line of n characters: one keystroke accepts a target shown at the
+    cursor (jumping to its end), else one types the next character."""
+    cursor = keystrokes = 0
+    while cursor < n:
+        keystrokes += 1
+        cursor = points[cursor][0] if ranks.get(cursor) else cursor + 1
+    return keystrokes
+
+
+def _count(group: dict[str, float], chars: int, keystrokes: int) -> None:
+    group["lines"] += 1
+    group["chars"] += chars
+    group["keystrokes"] += keystrokes
+
+
 def evaluate_completion(
     lines: list[str],
     predictor: Predictor,
@@ -272,15 +288,10 @@ def evaluate_completion(
                 at[ell][1] += rank == 1
                 at[ell][2] += rank >= 1
         predictor.finish(line)
-        cursor, before = 0, keystrokes
-        while cursor < n:
-            keystrokes += 1
-            cursor = line_points[cursor][0] if ranks.get(cursor) else cursor + 1
+        typed = _keystrokes(line_points, ranks, n)
+        keystrokes += typed
         if seen is not None:
-            group = groups["seen" if line in seen else "unseen"]
-            group["lines"] += 1
-            group["chars"] += n
-            group["keystrokes"] += keystrokes - before
+            _count(groups["seen" if line in seen else "unseen"], n, typed)
     ms = np.array(latencies or [0.0]) * 1000.0
     return CompleteEvalResult(
         name=predictor.name,

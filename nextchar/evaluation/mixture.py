@@ -7,9 +7,15 @@ line's) context starts where the RNN's does and grows by one symbol per position
 (`Memory.push`), and p_mem is computed for each scored position. The mixer
 (nextchar.recall.mixer) combines the two.
 
-Fitting the mixer (`fit_mixer`) reads evenly spaced pieces of the *training* text the same way,
-with leave-one-out counts (nextchar.recall.estimator), so nothing it learns from was predicted
-by the memory's own copy of it.
+Fitting the mixer (`fit_mixer`) reads held-out text the same way (the validation split, which
+neither the weights nor the memory hold) or, without any, evenly spaced pieces of the training
+text with leave-one-out counts (nextchar.recall.estimator): nothing it learns from was
+predicted by the memory's own copy of it. Measured, fitting on held-out text is much the better
+of the two. With a 10-minute Tiny Shakespeare model on the first 40,000 validation characters,
+the RNN alone gives 1.982 BPC; fitted on the other half of those, 1.929; fitted leave-one-out on
+the training text, 1.974 (second half). The RNN, not the memory, knows its training text too well.
+
+`OnlineScorer` is the memory's side of dynamic evaluation: score a window, then add it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from nextchar.recall.estimator import ESTIMATOR, Context, Memory, match_stats
 from nextchar.recall.mixer import Mixer, fit
 from nextchar.recall.online import OnlineMemory
 
-FIT_POSITIONS = 40_000  # positions of the training text the mixer learns from (at most)
+FIT_POSITIONS = 40_000  # positions the mixer learns from (at most)
 FIT_VALUES = 20_000_000  # … and at most this many (positions × vocabulary) log-probabilities held
 
 
