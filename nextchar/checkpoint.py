@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ from nextchar.text import Vocabulary
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 MEMORY_KEY = "memory"  # config.json's description of the memory index (MemoryIndex.save) …
-MIXER_KEY = "mixer"  # … and, inside it, its mixer's (nextchar.recall.mixer)
+MIXER_KEY = "mixer"  # … and, inside it, its mixer's (nextchar.recall.mixer) …
+SHARDS_KEY = "shards"  # … and its index's, one per shard (a prepared corpus is indexed in shards)
+MAX_SHARDS = 4096
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
 
 
@@ -160,25 +163,35 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
 # ----------------------------------------------------------------------------- the memory index
 
 
-def write_memory(directory: str | Path, index: MemoryIndex, mixer: Mixer) -> None:
-    """Add a memory index and its mixer to the checkpoint in `directory`: the arrays first, then
-    config.json naming them (with the mixer's weights), then the previous index's files removed."""
+def write_memory(directory: str | Path, indexes: Sequence[MemoryIndex], mixer: Mixer) -> None:
+    """Add a memory and its mixer to the checkpoint in `directory`: the index's arrays first (one
+    pair per shard), then config.json naming them (with the mixer's weights), then the previous
+    memory's files removed."""
     directory = Path(directory)
     meta = _read_config(directory)
-    described = {**index.save(directory), MIXER_KEY: mixer.to_json()}
+    described = {SHARDS_KEY: [index.save(directory) for index in indexes], MIXER_KEY: mixer.to_json()}
     atomic_write_json(directory / CONFIG_NAME, {**meta, MEMORY_KEY: described})
     _remove_stale_memory(directory, described)
 
 
-def read_memory(ckpt: Checkpoint) -> tuple[MemoryIndex, Mixer] | None:
-    """The checkpoint's memory index (memory-mapped and checked) and its mixer; None when it has none."""
+def read_memory(ckpt: Checkpoint) -> tuple[list[MemoryIndex], Mixer] | None:
+    """The checkpoint's memory (its index shards, memory-mapped and checked) and its mixer; None
+    when it has none."""
     described = ckpt.meta.get(MEMORY_KEY)
     if described is None or ckpt.path is None:
         return None
-    index = MemoryIndex.load(ckpt.path, described, len(ckpt.vocab))
+    where = ckpt.path / CONFIG_NAME
+    if not isinstance(described, dict):
+        raise UserError(f"{where}: the memory's description is not a JSON object; run `nextchar index` again")
+    shards = described.get(SHARDS_KEY, [described])  # one index, as the first memories were written
+    if not isinstance(shards, list) or not 1 <= len(shards) <= MAX_SHARDS:
+        raise UserError(
+            f"{where}: the memory's shards must be a list of 1 to {MAX_SHARDS:,}; run `nextchar index` again"
+        )
+    indexes = [MemoryIndex.load(ckpt.path, shard, len(ckpt.vocab)) for shard in shards]
     if MIXER_KEY not in described:
         raise UserError(f"{ckpt.path}: its memory index has no mixer; run `nextchar index` again to fit one")
-    return index, Mixer.from_json(described[MIXER_KEY], str(ckpt.path / CONFIG_NAME))
+    return indexes, Mixer.from_json(described[MIXER_KEY], str(where))
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -198,7 +211,10 @@ def _remove_stale_memory(directory: Path, described: Any) -> None:
     """Remove the memory files that config.json (described: its "memory") no longer names."""
     keep = set()
     if isinstance(described, dict):
-        keep = {entry.get("file") for entry in described.values() if isinstance(entry, dict)}
+        shards = described.get(SHARDS_KEY, [described])
+        for shard in shards if isinstance(shards, list) else []:
+            if isinstance(shard, dict):
+                keep |= {entry.get("file") for entry in shard.values() if isinstance(entry, dict)}
     for stale in directory.glob("memory-*.bin"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)

@@ -237,13 +237,13 @@ def test_a_memory_is_added_to_a_checkpoint_and_replaced_whole(tmp_path):
     text, held_out = PROSE[:400], PROSE[:200]
     done = remember(tmp_path, text, held_out)
     assert done.held_out and done.mixer.positions == 200  # fitted on the held-out text's targets
-    index, mixer = read_memory(load_checkpoint(tmp_path))
+    (index,), mixer = read_memory(load_checkpoint(tmp_path))
     assert len(index) == len(text) + 1  # <start>, then the text
     assert index.find(vocab.encode("the ")).count == text.count("the ")
     assert mixer.to_json() == done.mixer.to_json()  # the fitted gate, read back from config.json
     first = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
     remember(tmp_path, text[:200])  # a new index: the old files go once config.json names the new
-    index, mixer = read_memory(load_checkpoint(tmp_path))
+    (index,), mixer = read_memory(load_checkpoint(tmp_path))
     assert len(index) == 201 and mixer.positions > 0  # no held-out text: leave-one-out on the training text
     now = sorted(p.name for p in tmp_path.glob("memory-*.bin"))
     assert len(now) == 2 and not set(now) & set(first)

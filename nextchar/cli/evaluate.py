@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,12 @@ def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
         )
     if args.adapt:
         raise UserError(f"{directory}: --adapt reads a text file, not a prepared directory; give the text file")
+    if args.memory and ckpt.meta.get("memory") is not None:
+        print(
+            f"nextchar eval: note: {directory} is scored by the model alone: the memory costs about 100 µs per "
+            "character here, too slow for a corpus larger than memory; give a text file to score the mixture",
+            file=sys.stderr,
+        )
     mapping = vocabulary_mapping(corpus.vocab, ckpt.vocab, directory)
     if corpus.format == "text":
         if len(corpus.tokens) < 2:

@@ -93,8 +93,8 @@ def loaded_memory(ckpt: Checkpoint, args: argparse.Namespace) -> tuple[Memory, M
     found = read_memory(ckpt)
     if found is None:
         return None
-    index, mixer = found
-    return Memory([index], len(ckpt.vocab)), mixer
+    indexes, mixer = found
+    return Memory(indexes, len(ckpt.vocab)), mixer
 
 
 THREADS_HELP = (

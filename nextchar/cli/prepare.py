@@ -64,7 +64,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "the end unless --no-memory.",
     )
     q.add_argument(
-        "corpus", nargs="?", metavar="CORPUS", help="the model's training corpus (UTF-8; default: the embedded corpus)"
+        "corpus",
+        nargs="?",
+        metavar="CORPUS",
+        help="the model's training corpus: UTF-8 text, or a directory made by `nextchar prepare` "
+        "(default: the embedded corpus)",
     )
     q.add_argument("-m", "--model", metavar="DIR", required=True, help="the checkpoint directory to add the index to")
     q.add_argument(
@@ -74,6 +78,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the tail left out as validation (default: the fraction the model recorded, or 0.1)",
     )
     q.add_argument("--whole", action="store_true", help="index all of CORPUS (the model was validated on another file)")
+    q.add_argument(
+        "--shard-symbols",
+        type=int,
+        default=1 << 26,
+        metavar="N",
+        help="a prepared CORPUS is indexed in shards of at most N symbols, about 7 bytes each to build (default 2^26)",
+    )
     q.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict", help="as for `train`")
     q.set_defaults(run=_run_index)
 
@@ -147,19 +158,26 @@ def _run_index(args: argparse.Namespace) -> int:
     if is_prepared(directory):
         raise UserError(f"{directory} is a prepared corpus, not a model; give -m the directory `train` wrote")
     ckpt = load_checkpoint(directory)  # a whole checkpoint, or one line saying what is wrong with it
-    text = read_corpus(args.corpus, args.encoding_errors) if args.corpus is not None else embedded_corpus()
     source = ckpt.meta.get("training", {}).get("source", {})
     fraction = args.val_fraction if args.val_fraction is not None else source.get("val_fraction") or 0.1
-    held_out = ""
-    if not args.whole:
-        text, held_out = split_validation(text, ckpt.format, fraction)
     started = time.perf_counter()
-    done = remember(directory, text, held_out)
-    megabytes = (done.index.tokens.nbytes + done.index.suffixes.nbytes) / 1e6
+    if args.corpus is not None and is_prepared(args.corpus):  # in shards, cut as training cut it
+        from nextchar.data.prepared import PreparedCorpus
+        from nextchar.training.memory import remember_prepared
+
+        split = PreparedCorpus.open(args.corpus).split(fraction, int(source.get("max_val_chars") or 1_000_000))
+        done = remember_prepared(directory, split, args.shard_symbols)
+    else:
+        text = read_corpus(args.corpus, args.encoding_errors) if args.corpus is not None else embedded_corpus()
+        held_out = ""
+        if not args.whole:
+            text, held_out = split_validation(text, ckpt.format, fraction)
+        done = remember(directory, text, held_out)
     fitted = "the validation split" if done.held_out else "the training text, leave-one-out"
+    shards = f" in {len(done.indexes)} shards" if len(done.indexes) > 1 else ""
     print(
-        f"indexed {len(done.index):,} symbols of {args.corpus or 'the embedded corpus'} into {directory} "
-        f"({megabytes:,.1f} MB); mixer fitted on {done.mixer.positions:,} positions of {fitted} "
+        f"indexed {done.symbols:,} symbols of {args.corpus or 'the embedded corpus'} into {directory}{shards} "
+        f"({done.nbytes / 1e6:,.1f} MB); mixer fitted on {done.mixer.positions:,} positions of {fitted} "
         f"({time.perf_counter() - started:.1f} s)"
     )
     return 0

@@ -117,7 +117,7 @@ class Completer:
         except ValueError as exc:  # int8 asked for where PyTorch lacks its kernels
             raise UserError(str(exc)) from None
         self.precision = self.stepper.precision  # what "auto" became
-        self.recall = read_memory(self.ckpt) if memory else None  # (index, mixer), or None
+        self.recall = read_memory(self.ckpt) if memory else None  # (index shards, mixer), or None
         self.forward = self._forward(self.stepper)
         self.vocab = self.ckpt.vocab
         self.format = self.ckpt.format
@@ -149,8 +149,8 @@ class Completer:
         """The searches' model call: the stepper, mixed with the memory when there is one."""
         if self.recall is None:
             return stepper
-        index, mixer = self.recall
-        memory = Memory([index], len(self.ckpt.vocab))
+        indexes, mixer = self.recall
+        memory = Memory(indexes, len(self.ckpt.vocab))
         return MixedForward(stepper, memory, mixer, len(self.model.initial_state(1)))
 
     @property
@@ -158,7 +158,9 @@ class Completer:
         """What the completer recalls: "none", or the memory's size (for /healthz and --help)."""
         if self.recall is None:
             return "none"
-        return f"{len(self.recall[0]):,} symbols of training text, mixed with the model"
+        indexes = self.recall[0]
+        shards = f" in {len(indexes)} shards" if len(indexes) > 1 else ""
+        return f"{sum(len(i) for i in indexes):,} symbols of training text{shards}, mixed with the model"
 
     @property
     def cache_size(self) -> int:

@@ -40,7 +40,7 @@ from nextchar.text import check_encoding_errors, choose_format, embedded_corpus,
 from nextchar.training import distributed
 from nextchar.training.config import TrainConfig, TrainResult
 from nextchar.training.loop import train as train_loop
-from nextchar.training.memory import remember
+from nextchar.training.memory import remember, remember_prepared
 from nextchar.training.resume import RESUME_DIR, STATE_NAME
 
 EMBEDDED = "embedded:pydoc_data.topics"  # the source a run on the embedded corpus records
@@ -124,8 +124,8 @@ def train_on(
     on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """nextchar.training.loop.train on `data` (its texts, or its prepared split), then, unless
-    config.memory is off, the memory index of its training text and its mixer, fitted on the
-    validation text (nextchar.training.memory; a prepared split has none yet)."""
+    config.memory is off, the memory index of its training text (a prepared split's in shards)
+    and its mixer, fitted on the validation text (nextchar.training.memory)."""
     result = train_loop(
         data.train_text,
         data.val_text,
@@ -140,12 +140,15 @@ def train_on(
         prepared=data.prepared,
         on_evaluation=on_evaluation,
     )
-    if config.memory and data.train_text and distributed.rank() == 0:
+    if config.memory and (data.train_text or data.prepared is not None) and distributed.rank() == 0:
         started = time.perf_counter()
-        done = remember(data.out, data.train_text, data.val_text)
+        if data.prepared is not None:
+            done = remember_prepared(data.out, data.prepared)
+        else:
+            done = remember(data.out, data.train_text, data.val_text)
         seconds = time.perf_counter() - started
         result = replace(
-            result, memory_symbols=len(done.index), mixer_positions=done.mixer.positions, memory_seconds=seconds
+            result, memory_symbols=done.symbols, mixer_positions=done.mixer.positions, memory_seconds=seconds
         )
     return result
 

@@ -430,7 +430,7 @@ def test_train_builds_the_memory_index_of_its_training_split_and_index_adds_one(
     out_dir = tmp_path / "model"
     code, _, _ = run(capsys, "train", str(corpus), "--out", str(out_dir), *TINY_TRAIN_FLAGS)
     assert code == 0
-    memory, mixer = read_memory(load_checkpoint(out_dir))
+    (memory,), mixer = read_memory(load_checkpoint(out_dir))
     training_split = int(0.9 * len(PROSE * 3))
     assert len(memory) == training_split + 1  # <start>, then the training 90%
     assert mixer.positions == len(PROSE * 3) - training_split  # fitted on the validation 10%
@@ -439,12 +439,59 @@ def test_train_builds_the_memory_index_of_its_training_split_and_index_adds_one(
     assert code == 0 and read_memory(load_checkpoint(bare)) is None
     code, out, _ = run(capsys, "index", str(corpus), "-m", str(bare))
     assert code == 0 and f"indexed {training_split + 1:,} symbols" in out and "of the validation split" in out
-    again, _ = read_memory(load_checkpoint(bare))
+    (again,), _ = read_memory(load_checkpoint(bare))
     assert again.tokens.tolist() == memory.tokens.tolist()
     code, out, _ = run(capsys, "index", str(corpus), "-m", str(bare), "--whole")
-    assert code == 0 and len(read_memory(load_checkpoint(bare))[0]) == len(PROSE * 3) + 1
+    assert code == 0 and len(read_memory(load_checkpoint(bare))[0][0]) == len(PROSE * 3) + 1
     assert "of the training text, leave-one-out" in out
     code, _, err = run(capsys, "index", str(corpus), "-m", str(BUNDLED_DIR))
     assert_one_line_error(code, err, "is the bundled model, part of the installed package")
     code, _, err = run(capsys, "index", str(corpus), "-m", str(tmp_path / "absent"))
     assert_one_line_error(code, err, "no such checkpoint directory")
+
+
+def test_a_prepared_corpus_is_remembered_in_shards_that_count_as_one_index(capsys, tmp_path, write_file):
+    """Training on a prepared `lines` corpus indexes its training lines; `index --shard-symbols`
+    cuts them into many shards, between lines, whose summed counts are the whole index's."""
+    from nextchar.checkpoint import read_memory
+    from nextchar.data.batches import encode_corpus
+    from nextchar.data.memory import MemoryIndex, memory_tokens
+
+    names = NAMES * 20
+    corpus = write_file("names.txt", names)
+    prepared, model = tmp_path / "prepared", tmp_path / "model"
+    assert run(capsys, "prepare", str(corpus), "--out", str(prepared), "--format", "lines", "--quiet")[0] == 0
+    code, out, _ = run(capsys, "train", str(prepared), "--out", str(model), *TINY_TRAIN_FLAGS)
+    assert code == 0 and "memory: " in out
+    (whole,), mixer = read_memory(load_checkpoint(model))
+    assert mixer.positions > 0  # fitted on the prepared corpus's validation lines
+    code, out, _ = run(capsys, "index", str(prepared), "-m", str(model), "--shard-symbols", "50")
+    shards, _ = read_memory(load_checkpoint(model))
+    assert code == 0 and len(shards) > 5 and f"in {len(shards)} shards" in out
+    assert sum(len(s) for s in shards) == len(whole)
+    vocab = load_checkpoint(model).vocab
+    for text in ("emma", "ol", "a"):
+        symbols = [0, *vocab.encode(text)]  # "^" + text: the lines that start so
+        assert sum(s.find(symbols).count for s in shards) == whole.find(symbols).count > 0
+    train_lines = names.splitlines()[: int(0.9 * len(names.splitlines()))]
+    expected = MemoryIndex.build(
+        memory_tokens(encode_corpus("\n".join(train_lines) + "\n", vocab, "lines"), len(vocab))
+    )
+    assert whole.tokens.tolist() == expected.tokens.tolist()  # the training lines, as ^ line $
+
+
+def test_a_prepared_text_stream_is_remembered_cut_where_shards_fill(capsys, tmp_path, write_file):
+    from nextchar.checkpoint import read_memory
+    from nextchar.data.prepared import PreparedCorpus
+
+    corpus = write_file("prose.txt", PROSE * 3)
+    prepared, model = tmp_path / "prepared", tmp_path / "model"
+    assert run(capsys, "prepare", str(corpus), "--out", str(prepared), "--format", "text", "--quiet")[0] == 0
+    assert run(capsys, "train", str(prepared), "--out", str(model), "--no-memory", *TINY_TRAIN_FLAGS)[0] == 0
+    assert read_memory(load_checkpoint(model)) is None
+    code, _, _ = run(capsys, "index", str(prepared), "-m", str(model), "--shard-symbols", "400")
+    shards, _ = read_memory(load_checkpoint(model))
+    tokens = PreparedCorpus.open(prepared).tokens
+    joined = [t for shard in shards for t in shard.tokens.tolist()]
+    assert code == 0 and [len(s) for s in shards][:-1] == [400] * (len(shards) - 1)
+    assert joined == tokens[: len(joined)].tolist() and 0.85 * len(tokens) < len(joined) < len(tokens)

@@ -40,8 +40,8 @@ def test_the_state_carries_the_memory_context_exactly(tmp_path):
     completer = Completer(ckpt)
     forward = completer.forward
     assert isinstance(forward, MixedForward)
-    index, mixer = read_memory(ckpt)
-    memory = Memory([index], len(ckpt.vocab))
+    indexes, mixer = read_memory(ckpt)
+    memory = Memory(indexes, len(ckpt.vocab))
     symbols = [START, *ckpt.vocab.encode("It was the age")]
     # One read of the whole text, and one character at a time through the returned states …
     whole, _ = forward(torch.tensor([symbols]), ckpt.model.initial_state(1))

@@ -258,10 +258,12 @@ def test_eval_of_a_prepared_directory_equals_eval_of_its_file(capsys, tmp_path, 
     assert main(train_argv(tmp_path / "p", tmp_path / "run")) == 0
     capsys.readouterr()
 
-    def report(*argv: str) -> dict:
-        assert main(["eval", *argv, "-m", str(tmp_path / "run"), "--json"]) == 0
+    def report(*argv: str) -> dict:  # the model alone: a prepared directory is scored so
+        assert main(["eval", *argv, "-m", str(tmp_path / "run"), "--json", "--no-memory"]) == 0
         return json.loads(capsys.readouterr().out)
 
+    assert main(["eval", str(tmp_path / "p"), "-m", str(tmp_path / "run"), "--json"]) == 0
+    assert "is scored by the model alone" in capsys.readouterr().err  # said, with a memory
     from_file = report(str(corpus))
     from_dir = report(str(tmp_path / "p"))
     assert from_dir["chars"] == from_file["chars"]
