@@ -83,7 +83,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=1 << 26,
         metavar="N",
-        help="a prepared CORPUS is indexed in shards of at most N symbols, about 7 bytes each to build (default 2^26)",
+        help="a prepared CORPUS is indexed in shards of at most N symbols: what building needs is bounded by one "
+        "(default 2^26)",
     )
     q.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict", help="as for `train`")
     q.set_defaults(run=_run_index)
