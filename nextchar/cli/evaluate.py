@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
     """`eval DIR`: the whole prepared corpus, read from its memory map a batch at a time."""
+    from nextchar.checkpoint import MEMORY_KEY
     from nextchar.data.prepared import PreparedCorpus, PreparedLines, vocabulary_mapping
     from nextchar.evaluation.bpc import evaluate_lines, evaluate_stream
 
@@ -100,7 +101,7 @@ def _eval_prepared(args: argparse.Namespace, ckpt: Checkpoint) -> int:
         )
     if args.adapt:
         raise UserError(f"{directory}: --adapt reads a text file, not a prepared directory; give the text file")
-    if args.memory and ckpt.meta.get("memory") is not None:
+    if args.memory and ckpt.meta.get(MEMORY_KEY) is not None:
         print(
             f"nextchar eval: note: {directory} is scored by the model alone: the memory costs about 100 µs per "
             "character here, too slow for a corpus larger than memory; give a text file to score the mixture",

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nextchar.cli.options import map_parameters
+from nextchar.cli.options import map_parameters, positive_int
 from nextchar.text import Vocabulary
 
 
@@ -80,8 +80,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--whole", action="store_true", help="index all of CORPUS (the model was validated on another file)")
     q.add_argument(
         "--shard-symbols",
-        type=int,
-        default=1 << 26,
+        type=positive_int,
+        default=1 << 26,  # nextchar.training.memory.SHARD_SYMBOLS (which imports torch; --help must not)
         metavar="N",
         help="a prepared CORPUS is indexed in shards of at most N symbols: what building needs is bounded by one "
         "(default 2^26)",

@@ -379,14 +379,10 @@ class Completer:
         state = root.state
         if len(state) <= forward.model_state_size:
             return []
-        table = self.table
-        if mode == "word":
-            stops = [i < 3 or table.boundary[i] for i in range(len(table.chars))]
-        else:
-            stops = [i < 3 or i in table.line_end for i in range(len(table.chars))]
         context = forward.decode(state[-1][0].tolist())
+        stops = self.table.word_stops if mode == "word" else self.table.line_stops
         found = continuations(forward.memory, context, stops.__getitem__, self.settings.max_chars, k)
-        return ["".join(table.chars[s] for s in symbols) for symbols in found]
+        return ["".join(self.table.chars[s] for s in symbols) for symbols in found]
 
     def _score(self, cand: Candidate, key: str) -> float:
         weight = float(self.config.lexicon_weight)

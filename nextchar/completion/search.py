@@ -134,6 +134,10 @@ class SymbolTable:
         # newline (it separates lines; it is never inside one).
         never = {START, UNK} | ({newline} if self.lines and newline is not None else {END})
         self.never = frozenset(never)
+        # Where the memory's continuations stop (nextchar.completion.recall.continuations): a
+        # special symbol, and a word boundary (word mode) or the end of a line (line mode).
+        self.word_stops = [i < 3 or self.boundary[i] for i in range(size)]
+        self.line_stops = [i < 3 or i in self.line_end for i in range(size)]
         ends = (set(self.line_end) | {i for i in range(size) if self.boundary[i]}) - never
         self.line_end_idx = torch.tensor(self.line_end, dtype=torch.long)
         self.boundary_idx = torch.tensor(sorted(ends), dtype=torch.long)

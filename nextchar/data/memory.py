@@ -154,13 +154,6 @@ class MemoryIndex:
                 break
         return interval
 
-    def following(self, interval: Interval, vocab_size: int) -> np.ndarray:
-        """How often each symbol follows the interval's string (the end of the text counts as none)."""
-        symbols, counts = self.followers(interval)
-        out = np.zeros(vocab_size, dtype=np.int64)
-        out[symbols] = counts
-        return out
-
     def followers(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
         """(symbols, counts): the distinct symbols that follow the interval's string, ascending,
         and how often each does. They are read in one pass over the interval: sorted already

@@ -55,7 +55,7 @@ from nextchar.data.memory import MAX_ORDER, Interval, Match, MemoryIndex
 ESTIMATORS = ("wb", "ppm", "interpolated")
 ESTIMATOR = "wb"
 DISCOUNT = 0.75  # the interpolated estimator's absolute discount
-PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers
+PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers and of p_k
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ class Memory:
         # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
-        self._predicted_limit = max(64, self.cache_bytes // (8 * max(vocab_size, 1)))
+        # entries of each: an answer is V float32, a p_k V float64; both together stay in cache_bytes
+        self._predicted_limit = max(64, self.cache_bytes // (12 * max(vocab_size, 1)))
         # p_k (and the stats of its top level) by context k's interval (Memory._witten_bell_chain)
         self._chain: OrderedDict[tuple[int, int, int], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
 
@@ -119,38 +120,44 @@ class Memory:
         )
 
     def levels(self, context: Context, own: int | None = None) -> list[Level]:
-        """The distinct contexts of `context`, longest first, with their summed counts; `own`:
-        take one occurrence of that symbol off the first index's counts (leave-one-out)."""
-        if len(self.indexes) == 1:
-            return _levels_of(self.indexes[0], context.matches[0], own)
-        by_depth: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for i, (index, match) in enumerate(zip(self.indexes, context.matches, strict=True)):
+        """The distinct contexts of `context`, longest first, with their counts summed over the
+        indexes; `own`: take one occurrence of that symbol off the first index's counts
+        (leave-one-out). A context that occurs as often as the longer one before it holds the
+        same occurrences, so it is skipped before its followers are read."""
+        by_depth: dict[int, list[tuple[int, Interval]]] = {}
+        for i, match in enumerate(context.matches):
             for interval in match.intervals:
-                symbols, counts = index.followers(interval)
-                if own is not None and i == 0:
-                    counts = counts - (symbols == own)
-                by_depth.setdefault(interval.depth, []).append((symbols, counts))
+                by_depth.setdefault(interval.depth, []).append((i, interval))
         levels: list[Level] = []
         previous = -1
         for depth in sorted(by_depth, reverse=True):
             parts = by_depth[depth]
-            if len(parts) == 1:
-                symbols, counts = parts[0]
-            else:
-                dense = np.zeros(self.vocab_size, dtype=np.int64)
-                for s, c in parts:
-                    dense[s] += c
-                symbols = np.flatnonzero(dense)
-                counts = dense[symbols]
-            keep = counts > 0
-            if not keep.all():
-                symbols, counts = symbols[keep], counts[keep]
-            total = int(counts.sum())
-            if total == 0 or total == previous:
-                continue  # nothing follows it here, or the same occurrences as the longer one
-            levels.append(Level(depth, symbols, counts))
-            previous = total
+            count = sum(interval.count for _, interval in parts)
+            if count == previous:
+                continue
+            previous = count
+            symbols, counts = self._followers(parts, own)
+            if len(symbols):
+                levels.append(Level(depth, symbols, counts))
         return levels
+
+    def _followers(self, parts: list[tuple[int, Interval]], own: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The symbols that follow one context in the indexes (i, its interval there), with
+        their summed counts (`own` taken off the first index's), those with none left out."""
+        found = []
+        for i, interval in parts:
+            symbols, counts = self.indexes[i].followers(interval)
+            found.append((symbols, counts - (symbols == own) if own is not None and i == 0 else counts))
+        if len(found) == 1:
+            symbols, counts = found[0]
+        else:
+            dense = np.zeros(self.vocab_size, dtype=np.int64)
+            for s, c in found:
+                dense[s] += c
+            symbols = np.flatnonzero(dense)
+            counts = dense[symbols]
+        keep = counts > 0
+        return (symbols, counts) if keep.all() else (symbols[keep], counts[keep])
 
     def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, int, int]]:
         """(log p_mem as float32 (V,), match_stats) after `context`, remembered (see __init__)."""
@@ -177,7 +184,7 @@ class Memory:
         one costs the followers of a context or two, not of all of them."""
         index = self.indexes[0]
         intervals: list[Interval] = []
-        for interval in match.intervals:  # the distinct contexts, as _levels_of keeps them
+        for interval in match.intervals:  # the distinct contexts, as `levels` keeps them
             if not intervals or interval.count != intervals[-1].count:
                 intervals.append(interval)
         start, p, stats = len(intervals), np.full(self.vocab_size, 1.0 / self.vocab_size), (0, 0, 0)
@@ -205,25 +212,6 @@ class Memory:
         if estimator == "interpolated":
             return interpolated(levels, self.vocab_size)
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
-
-
-def _levels_of(index: MemoryIndex, match: Match, own: int | None) -> list[Level]:
-    """Memory.levels for a memory of one index: an interval as wide as the longer one before it
-    holds the same occurrences, so it is skipped before its followers are read."""
-    levels: list[Level] = []
-    previous = -1
-    for interval in match.intervals:
-        if interval.count == previous:
-            continue
-        previous = interval.count
-        symbols, counts = index.followers(interval)
-        if own is not None:
-            counts = counts - (symbols == own)
-            keep = counts > 0
-            symbols, counts = symbols[keep], counts[keep]
-        if len(symbols):
-            levels.append(Level(interval.depth, symbols, counts))
-    return levels
 
 
 def match_stats(levels: Sequence[Level]) -> tuple[int, int, int]:

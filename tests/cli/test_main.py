@@ -489,6 +489,9 @@ def test_a_prepared_text_stream_is_remembered_cut_where_shards_fill(capsys, tmp_
     assert run(capsys, "prepare", str(corpus), "--out", str(prepared), "--format", "text", "--quiet")[0] == 0
     assert run(capsys, "train", str(prepared), "--out", str(model), "--no-memory", *TINY_TRAIN_FLAGS)[0] == 0
     assert read_memory(load_checkpoint(model)) is None
+    with pytest.raises(SystemExit) as info:  # a usage error, one line
+        main(["index", str(prepared), "-m", str(model), "--shard-symbols", "0"])
+    assert info.value.code == 2 and "--shard-symbols: must be at least 1" in capsys.readouterr().err
     code, _, _ = run(capsys, "index", str(prepared), "-m", str(model), "--shard-symbols", "400")
     shards, _ = read_memory(load_checkpoint(model))
     tokens = PreparedCorpus.open(prepared).tokens

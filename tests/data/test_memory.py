@@ -44,7 +44,10 @@ def test_every_string_has_the_count_and_followers_a_scan_finds(corpus):
             assert interval.depth == len(w)
             assert sorted(int(index.suffixes[i]) for i in range(interval.lo, interval.hi)) == found
             expected = np.bincount([tokens[i + len(w)] for i in found if i + len(w) < len(tokens)], minlength=V)
-            assert index.following(interval, V).tolist() == expected.tolist()
+            symbols, counts = index.followers(interval)
+            following = np.zeros(V, dtype=np.int64)
+            following[symbols] = counts
+            assert following.tolist() == expected.tolist() and symbols.tolist() == sorted(symbols.tolist())
 
 
 def test_a_match_follows_the_longest_suffix_found_and_backspace_is_the_previous_match(corpus):

@@ -196,3 +196,22 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch):
     # And it learns: the repeated half is predicted far better than the first.
     first, second = -a[:300].mean(), -a[300:].mean()
     assert second < 0.5 * first
+
+
+def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab):
+    """Memory.predict interpolates from the longest shorter context it remembers: the same
+    p_mem and match stats as computing every level again, for contexts that share suffixes."""
+    from nextchar.recall.estimator import match_stats
+
+    memory, fresh = memory_of(PROSE * 2, vocab), memory_of(PROSE * 2, vocab)
+    rng = random.Random(0)
+    symbols = encode_corpus(PROSE, vocab, "text").tolist()
+    for _ in range(60):
+        start = rng.randrange(1, len(symbols) - 40)
+        context = memory.start()
+        for symbol in symbols[start : start + rng.randrange(1, 30)] + [rng.randrange(len(vocab))]:
+            context = memory.push(context, symbol)
+            logp, stats = memory.predict(context)
+            levels = fresh.levels(context)
+            assert np.allclose(logp, np.log(fresh.distribution(levels)), atol=1e-5)
+            assert stats == match_stats(levels)
