@@ -209,7 +209,7 @@ def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(voca
     for _ in range(60):
         start = rng.randrange(1, len(symbols) - 40)
         context = memory.start()
-        for symbol in symbols[start : start + rng.randrange(1, 30)] + [rng.randrange(len(vocab))]:
+        for symbol in [*symbols[start : start + rng.randrange(1, 30)], rng.randrange(len(vocab))]:
             context = memory.push(context, symbol)
             logp, stats = memory.predict(context)
             levels = fresh.levels(context)
