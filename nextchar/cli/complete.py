@@ -264,7 +264,7 @@ def _predictors(
     training lines, where they are known."""
     from nextchar.checkpoint import load_checkpoint
     from nextchar.completion.completer import Completer
-    from nextchar.evaluation.keystrokes import CompleterPredictor, TriePredictor
+    from nextchar.evaluation.keystrokes import CompleterPredictor, MemoryPredictor, TriePredictor, search_mode
     from nextchar.text import read_corpus, split_lines
 
     kind = completer.ckpt.model.config.kind
@@ -272,9 +272,13 @@ def _predictors(
     predictors: list[Predictor] = [CompleterPredictor(completer, args.mode, k, name=name, typos=args.typos)]
     notes = []
     train_lines: list[str] | None = None
-    if not args.no_baselines and completer.recall is not None:  # what the memory adds, side by side
+    if not args.no_baselines and completer.recall is not None:  # what each half adds, side by side
         alone = Completer(completer.ckpt, lexicon=completer.lexicon, config=completer.config, memory=False)
         predictors.append(CompleterPredictor(alone, args.mode, k, name=f"model ({kind}) alone", typos=args.typos))
+        if search_mode(args.mode) == "phrase":
+            notes.append("memory-alone baseline skipped: it suggests words and lines, not phrases")
+        else:
+            predictors.append(MemoryPredictor(completer, args.mode, k))
     if not args.no_baselines:
         if args.baseline_trie:
             train_lines = split_lines(completer.vocab.prepare(read_corpus(args.baseline_trie)))

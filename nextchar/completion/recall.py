@@ -17,6 +17,11 @@ training text goes on after the typed text (to the next word boundary in `word` 
 end of the line in `line` mode). The search keeps them among its hypotheses (search.py's
 `extras`), so they are scored by the same mixture as every other one and ranked with them: no
 prefix seen in training loses a completion that a frequency trie would offer.
+
+The memory alone as a suggester (`recalled`, eval-complete's "memory alone" row): the
+continuations after the longest suffix of the typed text it holds, then, while fewer than k are
+found, after ever shorter suffixes (only the lengths whose count grows: a suffix found as often
+as the longer one before it is found at the same places, and goes on the same ways). No model.
 """
 
 from __future__ import annotations
@@ -109,3 +114,29 @@ def continuations(
                 counts[tuple(found)] = counts.get(tuple(found), 0) + step
     ranked = sorted(counts.items(), key=lambda item: -item[1])[:k]
     return [list(symbols) for symbols, _ in ranked]
+
+
+def recalled(
+    memory: Memory, context: Context, stops: Callable[[int], bool], max_len: int, k: int, min_depth: int = 1
+) -> list[list[int]]:
+    """The memory alone's k suggestions (module docstring): `continuations` after the suffixes of
+    `context` of `min_depth` symbols or more, longest first, until k distinct ones are found."""
+    depths: dict[int, int] = {}  # suffix length -> occurrences over every index
+    for match in context.matches:
+        for interval in match.intervals:
+            if interval.depth >= min_depth:
+                depths[interval.depth] = depths.get(interval.depth, 0) + interval.count
+    out: list[list[int]] = []
+    found: set[tuple[int, ...]] = set()
+    previous = -1
+    for depth in sorted(depths, reverse=True):
+        if depths[depth] == previous:
+            continue
+        previous = depths[depth]
+        for symbols in continuations(memory, context, stops, max_len, k, depth):
+            if tuple(symbols) not in found:
+                found.add(tuple(symbols))
+                out.append(symbols)
+        if len(out) >= k:
+            break
+    return out[:k]

@@ -39,6 +39,12 @@ Baselines, measured the same way:
              (line mode), of their words (word mode) or of their `max_words`-word phrases
              starting at each word (phrase mode); it can only complete what it has seen.
     window   the lecture's window model (any checkpoint, through the same Completer).
+    memory alone
+             a checkpoint's memory without its model (`MemoryPredictor`): the commonest ways
+             the training text goes on after the longest suffix of the typed text it holds,
+             backing off to shorter ones (completion/recall.py: `recalled`). In `line` mode
+             that is a frequency trie of the training lines while the typed line is one's
+             prefix, and more where it is not; in `word` mode, the words that followed.
 
 And the model learning as it is used (`PersonalPredictor`, eval-complete --adapt): a person's
 own completer (nextchar.completion.personal) learns each line once it has been typed, so the
@@ -58,8 +64,10 @@ from nextchar.completion.completer import Completer
 from nextchar.completion.config import check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.personal import PersonalCompleter
+from nextchar.completion.recall import MixedForward, recalled
 from nextchar.completion.search import is_boundary, word_start
 from nextchar.errors import UserError
+from nextchar.text import START
 
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)
 
@@ -218,6 +226,40 @@ class TriePredictor(Predictor):
         fragment = typed[start:]
         found = self.lexicon.top(fragment, self.k + 1)
         return [typed[:start] + entry for entry, _ in found if entry != fragment][: self.k]
+
+
+class MemoryPredictor(Predictor):
+    """A checkpoint's memory alone (module docstring): its context grows by the typed symbols,
+    one push each (a fresh match only when the typed text is not the last one continued)."""
+
+    def __init__(self, completer: Completer, mode: str, k: int, name: str = "memory alone"):
+        forward = completer.forward
+        if not isinstance(forward, MixedForward):
+            raise UserError("the memory-alone baseline needs a checkpoint with a memory (nextchar index)")
+        if search_mode(mode) == "phrase":
+            raise UserError("the memory-alone baseline suggests words and lines, not phrases")
+        self.memory, self.table, self.prepare = forward.memory, completer.table, completer.prepare
+        self.mode, self.k, self.name = search_mode(mode), k, name
+        self.max_len = completer.settings.max_chars
+        self.start()
+
+    def start(self) -> None:
+        self.prepared = ""
+        self.context = self.memory.push(self.memory.start(), START)
+
+    def keystroke(self, ch: str, typed: str) -> list[str]:
+        prepared = self.prepare(typed)
+        if not prepared.startswith(self.prepared):
+            self.start()
+        for symbol in self.table.encode(prepared[len(self.prepared) :]):
+            self.context = self.memory.push(self.context, symbol)
+        self.prepared = prepared
+        if self.mode == "line":
+            stops, min_depth = self.table.line_stops, 1
+        else:
+            stops, min_depth = self.table.word_stops, max(1, len(prepared) - word_start(prepared))
+        found = recalled(self.memory, self.context, stops.__getitem__, self.max_len, self.k, min_depth)
+        return [typed + "".join(self.table.chars[s] for s in symbols) for symbols in found]
 
 
 def _keystrokes(points: dict[int, tuple[int, int]], ranks: dict[int, int], n: int) -> int:

@@ -128,3 +128,26 @@ def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
     ckpt = remembering_checkpoint(tmp_path)
     narrow = Completer(ckpt, beam_width=2)
     assert "mes" in [s.completion for s in narrow.suggest("It was the best of ti", 2, "word")]
+
+
+def test_the_memory_alone_backs_off_to_shorter_suffixes_by_hand():
+    from nextchar.completion.recall import recalled
+    from nextchar.data.batches import encode_corpus
+    from nextchar.data.memory import MemoryIndex, memory_tokens
+
+    text = "the cat sat. the cat ran. the dog sat. a cat sang. "
+    vocab = Vocabulary.from_text(text)
+    memory = Memory([MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, "text"), len(vocab)))], len(vocab))
+    context = memory.start()
+    for symbol in [START, *vocab.encode("so the cat s")]:
+        context = memory.push(context, symbol)
+    space = vocab.encode(" ")[0]
+
+    def stops(symbol):
+        return symbol == space or symbol == vocab.encode(".")[0]
+
+    # "the cat s" went on once ("at"); "e cat s" is as rare, so the next suffix read is " cat s"
+    # (twice: "at", "ang"); "at" is not offered twice.
+    assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 5)] == ["at", "ang"]
+    assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 1)] == ["at"]
+    assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 5, min_depth=8)] == ["at"]

@@ -231,3 +231,35 @@ def test_next_word_mode_also_predicts_each_word_before_it_is_begun():
     trie = TriePredictor.from_lines(["the cat sat"] * 3, "next-word", k=3)
     by_mode = {mode: evaluate_completion([line], trie, mode, 3).ksr for mode in ("word", "next-word")}
     assert by_mode["next-word"] > by_mode["word"]  # "cat" and "sat" are offered before a letter of them
+
+
+def test_the_memory_alone_is_the_trie_on_lines_it_has_seen_and_follows_backspaces(tmp_path):
+    import torch
+
+    from nextchar.checkpoint import load_checkpoint, save_checkpoint
+    from nextchar.completion.completer import Completer
+    from nextchar.evaluation.keystrokes import MemoryPredictor
+    from nextchar.models import build_model
+    from nextchar.text import Vocabulary
+    from nextchar.training.memory import remember
+    from tests.helpers import model_config
+
+    train = ["the cat sat", "the cat ran", "the cat sat", "the dog sat", "a cow ran"]
+    text = "\n".join(train) + "\n"
+    vocab = Vocabulary.from_text(text)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path, build_model(model_config("lstm", vocab_size=len(vocab))), vocab, "lines")
+    remember(tmp_path, text, "the dog ran\n")
+    completer = Completer(load_checkpoint(tmp_path))
+    memory = MemoryPredictor(completer, "line", 5)
+    memory.start()
+    assert memory.keystroke("t", "t")[:2] == ["the cat sat", "the cat ran"]  # commonest first
+    assert memory.keystroke("h", "th")[0] == "the cat sat"
+    assert memory.keystroke("x", "tx") == []  # a backspace and another key: matched afresh
+    seen = ["the cat sat", "the dog sat", "a cow ran"]
+    for mode in ("line", "word"):
+        trie = evaluate_completion(seen, TriePredictor.from_lines(train, mode, 5), mode, 5)
+        alone = evaluate_completion(seen, MemoryPredictor(completer, mode, 5), mode, 5)
+        assert alone.keystrokes == trie.keystrokes < trie.chars
+    with pytest.raises(UserError, match="needs a checkpoint with a memory"):
+        MemoryPredictor(Completer(load_checkpoint(tmp_path), memory=False), "line", 5)
