@@ -20,6 +20,18 @@ hit rate, counted from each answer's X-Nextchar-Cache header (hit: not read from
     python -m bench.load -m runs/demo --workers 2 --clients 10,50 --duration 20
     python -m bench.load --url http://127.0.0.1:8000   # a server that is already running
 
+Replay mode (--replay FILE, a list of queries, one per line): the queries not yet typed. The
+file's distinct queries are shuffled (seed 0); the last --unseen of them (default 1,000) are
+held out, and a model is trained on the rest for --train-seconds (default 300; the default
+model, a `lines` corpus, with its memory, as `train` builds it; kept in --work and reused), or
+-m gives one. Each level then types only the held-out queries, twice: drawn uniformly, and
+Zipf-drawn (--zipf); the server is restarted before each run so that no run finds the
+caches the one before it warmed. Beside the load, the suggestions' quality on the same queries:
+eval-complete's KSR of the served model at the serving deadline, of the model alone and of the
+trie of the training queries (in the served mode, k as asked).
+
+    python -m bench.load --replay ../shared/data/names.txt --workers 2 --clients 10 --duration 20
+
 The results go to bench/results/ (or --json FILE) with the command, commit and machine (bench.record).
 """
 
@@ -43,6 +55,8 @@ from pathlib import Path
 
 from bench.record import write_result
 
+ROOT = Path(__file__).resolve().parents[1]
+
 QUERY_WORDS = (1, 4)  # words per query
 
 
@@ -65,6 +79,60 @@ def query_pool(n: int, seed: int, path: str | None = None) -> list[str]:
     pool = sorted(phrases)
     rng.shuffle(pool)
     return pool[:n]
+
+
+def replay_split(path: str, unseen: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The file's distinct queries, shuffled: (the ones a model trains on, the last `unseen`)."""
+    queries = list(dict.fromkeys(q.strip() for q in Path(path).read_text(encoding="utf-8").splitlines()))
+    queries = [q for q in queries if q]
+    if len(queries) < 2 * unseen:
+        raise SystemExit(f"{path}: {len(queries):,} distinct queries; --unseen {unseen:,} needs twice as many")
+    random.Random(seed).shuffle(queries)
+    return queries[:-unseen], queries[-unseen:]
+
+
+def replay_model(args: argparse.Namespace, train_queries: list[str]) -> str:
+    """The checkpoint served in replay mode: -m, or one trained on the queries (and reused)."""
+    if args.model:
+        return args.model
+    from nextchar.checkpoint import load_checkpoint, read_memory
+    from nextchar.data.batches import split_validation
+    from nextchar.training.config import TrainConfig
+    from nextchar.training.loop import train
+    from nextchar.training.memory import remember
+
+    out = Path(args.work) / f"replay-{Path(args.replay).stem}-{args.unseen}-{args.train_seconds:g}s"
+    train_text, val_text = split_validation("\n".join(train_queries) + "\n", "lines", 0.1)
+    if not (out / "config.json").is_file():
+        print(f"training the default model on {len(train_queries):,} queries for {args.train_seconds:g} s", flush=True)
+        train(train_text, val_text, out, TrainConfig(time_budget=args.train_seconds), corpus_format="lines")
+    if read_memory(load_checkpoint(out)) is None:
+        remember(out, train_text, val_text)
+    return str(out)
+
+
+def replay_quality(model: str, train_queries: list[str], unseen: list[str], k: int) -> list[dict]:
+    """KSR on the held-out queries: the model as served (mixed with its memory, at the serving
+    deadline), the model alone, the trie of the training queries; in the served model's mode."""
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.completion.completer import Completer
+    from nextchar.completion.config import SERVING_DEADLINE_MS
+    from nextchar.evaluation.keystrokes import CompleterPredictor, TriePredictor, evaluate_completion
+
+    ckpt = load_checkpoint(model)
+    mode = "line" if ckpt.format == "lines" else "phrase"  # what /suggest answers in (service/engine.py)
+    served = Completer(ckpt, deadline_ms=SERVING_DEADLINE_MS)
+    systems = [
+        CompleterPredictor(served, mode, k, name="as served" + (" (model + memory)" if served.recall else "")),
+        CompleterPredictor(Completer(ckpt, memory=False, deadline_ms=SERVING_DEADLINE_MS), mode, k, name="model alone"),
+        TriePredictor.from_lines(train_queries, mode, k),
+    ]
+    out = []
+    for system in systems:
+        r = evaluate_completion(unseen, system, mode, k)
+        out.append({"name": system.name, "mode": mode, "ksr": r.ksr, "p99_ms": r.latency_ms["p99"]})
+        print(f"KSR on the {len(unseen):,} held-out queries, {system.name}: {r.ksr:.3f} ({mode}, k {k})", flush=True)
+    return out
 
 
 def typing_paths(
@@ -367,12 +435,21 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="a typist keeps one connection for all its queries (default: a new one per query)",
     )
+    parser.add_argument("--replay", metavar="FILE", help="replay mode: hold out queries of FILE (module docstring)")
+    parser.add_argument("--unseen", type=int, default=1000, help="replay: queries held out (default 1000)")
+    parser.add_argument(
+        "--train-seconds", type=float, default=300.0, help="replay: training budget of the served model (default 300)"
+    )
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-load"), help="replay: where models are kept")
     parser.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto")
     parser.add_argument("--json", metavar="FILE", help="write the results here (default: a new file in bench/results/)")
     args = parser.parse_args()
+    if args.replay and args.url:
+        parser.error("--replay starts its own servers (it restarts them between runs); drop --url")
     if args.quick:
         args.duration = min(args.duration, 4.0)
         args.pool = min(args.pool, 500)
+        args.train_seconds = min(args.train_seconds, 20.0)
     return args
 
 
@@ -384,22 +461,59 @@ def run_levels(args: argparse.Namespace, levels: list[int], url: str, wrk: str |
         pool = pools[i :: len(levels)]  # each level its own queries: cold caches for it
         per_typist = max(4, int(args.duration * 60 / clients))  # more than a typist can get through
         paths = typing_paths(pool, clients, per_typist, args.zipf, seed=100 + i, k=args.k, endpoint=args.endpoint)
-        if wrk:
-            r = run_wrk(wrk, url, paths, args.duration, args.think_ms, args.keep_connections)
-        else:
-            r = run_asyncio(url, paths, args.duration, args.think_ms, args.keep_connections)
-        counted = sum(r["cache"].values()) - r["cache"].get("none", 0)
-        r["hit_rate"] = 1 - r["cache"]["read"] / counted if counted else float("nan")
-        r["response_share"] = r["cache"]["response"] / counted if counted else float("nan")
+        r = run_level(args, url, wrk, paths)
         r["clients"] = clients
         results.append(r)
-        print(
-            f"{clients:>3} typists: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-            f"errors {r['errors']}  cache hit {100 * r['hit_rate']:.1f}% "
-            f"(whole answers {100 * r['response_share']:.1f}%)",
-            flush=True,
-        )
+        print_level(r)
     return results
+
+
+def run_level(args: argparse.Namespace, url: str, wrk: str | None, paths: list[list[tuple[str, bool]]]) -> dict:
+    """One level's figures (wrk or the asyncio client), with the cache's hit rates."""
+    if wrk:
+        r = run_wrk(wrk, url, paths, args.duration, args.think_ms, args.keep_connections)
+    else:
+        r = run_asyncio(url, paths, args.duration, args.think_ms, args.keep_connections)
+    counted = sum(r["cache"].values()) - r["cache"].get("none", 0)
+    r["hit_rate"] = 1 - r["cache"]["read"] / counted if counted else float("nan")
+    r["response_share"] = r["cache"]["response"] / counted if counted else float("nan")
+    return r
+
+
+def print_level(r: dict) -> None:
+    draw = f" {r['draw']:>7}" if "draw" in r else ""
+    print(
+        f"{r['clients']:>3} typists{draw}: {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+        f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  cache hit {100 * r['hit_rate']:.1f}% "
+        f"(whole answers {100 * r['response_share']:.1f}%)",
+        flush=True,
+    )
+
+
+def run_replay(args: argparse.Namespace, levels: list[int], wrk: str | None, unseen: list[str]) -> list[dict]:
+    """Replay mode's levels: the held-out queries, uniform and Zipf-drawn, each on a fresh server."""
+    results = []
+    for i, clients in enumerate(levels):
+        per_typist = max(4, int(args.duration * 60 / clients))
+        for draw, zipf in (("uniform", 0.0), ("zipf", args.zipf)):
+            paths = typing_paths(unseen, clients, per_typist, zipf, seed=100 + i, k=args.k, endpoint=args.endpoint)
+            proc, url = start_server(args)
+            try:
+                r = run_level(args, url, wrk, paths)
+            finally:
+                stop_server(proc)
+            r.update(clients=clients, draw=draw)
+            results.append(r)
+            print_level(r)
+    return results
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def print_table(args: argparse.Namespace, client: str, results: list[dict]) -> None:
@@ -409,11 +523,14 @@ def print_table(args: argparse.Namespace, client: str, results: list[dict]) -> N
         f"precision {args.precision}; max batch {args.max_batch}; "
         f"{'one connection per typist' if args.keep_connections else 'a new connection per query'}\n"
     )
-    print("| typists | requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |")
-    print("|--:|--:|--:|--:|--:|--:|--:|")
+    replay = bool(results) and "draw" in results[0]
+    head = "| requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |"
+    print(f"| typists |{' draw |' if replay else ''} {head}")
+    print(f"|--:|{'---|' if replay else ''}--:|--:|--:|--:|--:|--:|")
     for r in results:
+        draw = f" {r['draw']} |" if replay else ""
         print(
-            f"| {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
+            f"| {r['clients']} |{draw} {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
             f"{100 * r['hit_rate']:.1f}% | {100 * r['response_share']:.1f}% |"
         )
 
@@ -426,23 +543,30 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install wrk (or --client asyncio)")
     client = "wrk" if wrk else "asyncio"
 
-    proc = None
-    url = args.url.rstrip("/") if args.url else None
-    if url is None:
-        proc, url = start_server(args)
-    results: list[dict] = []
-    try:
-        results = run_levels(args, levels, url, wrk)
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    record: dict = {"client": client, "settings": vars(args)}
+    if args.replay:
+        train_queries, unseen = replay_split(args.replay, args.unseen)
+        args.model = replay_model(args, train_queries)
+        record["quality"] = replay_quality(args.model, train_queries, unseen, args.k)
+        results = run_replay(args, levels, wrk, unseen)
+    else:
+        proc = None
+        url = args.url.rstrip("/") if args.url else None
+        if url is None:
+            proc, url = start_server(args)
+        results = []
+        try:
+            results = run_levels(args, levels, url, wrk)
+        finally:
+            if proc is not None:
+                stop_server(proc)
 
     print_table(args, client, results)
-    path = write_result("load", {"client": client, "settings": vars(args), "results": results}, args.json)
+    if args.replay:
+        print(f"\nqueries: the {args.unseen:,} held out of {args.replay}, each server fresh (cold caches)")
+        for q in record["quality"]:
+            print(f"KSR ({q['mode']}, k {args.k}) {q['name']}: {q['ksr']:.3f}")
+    path = write_result("load", {**record, "results": results}, args.json)
     print(f"results: {path}", file=sys.stderr)
     if any(r["errors"] for r in results):
         print(f"\nerrors: {sum(r['errors'] for r in results)}", file=sys.stderr)

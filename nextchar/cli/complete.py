@@ -248,11 +248,12 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
 
 
 def _groups_table(results: list[CompleteEvalResult]) -> str:
-    """KSR of the lines seen in training and of the others, per system."""
+    """KSR of the targets seen in training and of the others, per system."""
     seen, unseen = results[0].groups["seen"], results[0].groups["unseen"]
-    out = [f"{'KSR of the lines':24}{'seen in training':>18}{'unseen':>10}"]
+    what = "lines" if results[0].mode == "line" else "words" if results[0].mode != "phrase" else "phrases"
+    out = [f"{'KSR of the ' + what:24}{'seen in training':>18}{'unseen':>10}"]
     out += [f"{r.name:24}{r.groups['seen']['ksr']:18.3f}{r.groups['unseen']['ksr']:10.3f}" for r in results]
-    out.append(f"{'lines':24}{int(seen['lines']):18,}{int(unseen['lines']):10,}")
+    out.append(f"{what:24}{int(seen['targets']):18,}{int(unseen['targets']):10,}")
     return "\n".join(out)
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +66,7 @@ from nextchar.completion.chars import (
 )
 from nextchar.completion.chars import is_boundary as is_boundary  # re-exported, beside word_start
 from nextchar.completion.config import DEFAULTS, MODES
+from nextchar.completion.deadline import Deadline
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.lockstep import Batch, ExtendRequest, MassesRequest, Request, TopKRequest
 from nextchar.completion.states import Node, Tree
@@ -219,12 +219,11 @@ def beam_steps(
     """The best completions of `context` (prepared text) from `root`, best first, deduplicated.
 
     A generator of requests (lockstep.py's `drive`): one model step per round, for every live
-    hypothesis at once. Past `settings.deadline_s` a free search returns its best so far
-    (`_past_deadline`); `extras`, completions the memory knows, stay among its hypotheses.
-    An empty completion (the text is already complete) is returned only with `allow_empty`:
-    it says nothing about what was typed, but completes a correction ("jonh" → "john"), so
-    such a search (a correction's) offers completions shorter than `min_chars` too.
-
+    hypothesis at once; a free search stops at `settings.deadline_s` (deadline.py). `extras`,
+    completions the memory knows, stay among its hypotheses. An empty completion (the text is
+    already complete) is returned only with `allow_empty`: it says nothing about what was
+    typed, but completes a correction ("jonh" → "john"), so such a search (a correction's)
+    offers completions shorter than `min_chars` too.
     `known` maps completions to nodes already computed (the previous keystroke's search):
     those hypotheses skip the model. Returns the candidates and this search's own tree of
     nodes (completion → Node), for the next keystroke to reuse.
@@ -252,7 +251,7 @@ def beam_steps(
     finished = _Finished(alpha, k if lexicon is None else None, min_chars, wrap, closing=mode == "line")
     finish = finished.add
 
-    started = time.perf_counter()
+    deadline = Deadline(settings.deadline_s, settings.on_expired)
     max_steps = settings.lexicon_max_chars if lexicon is not None else settings.max_chars + GRAPHEME_SLACK
     size = len(table.chars)  # V: a top-k index is row·V + symbol
     for _ in range(max_steps + 1):
@@ -262,7 +261,8 @@ def beam_steps(
         else:
             kinds = _free_finish(beam, masses, mode, settings, finish, rows, allow_empty)
             allow_empty = False
-            if _past_deadline(settings, started, beam, finish):
+            if deadline.next_round_would_overrun():
+                _offer_as_they_stand(beam, finish)
                 break
             values, indices = yield TopKRequest(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table.masks)
             chosen = []
@@ -413,21 +413,12 @@ def _extra_rows(
     return out
 
 
-def _past_deadline(
-    settings: SearchSettings, started: float, beam: _Beam, finish: Callable[[str, float, int], None]
-) -> bool:
-    """Whether a round of a free search ended past its deadline. If so, every live hypothesis
-    that may stop here is offered as it stands (scored by what it has, with no end event, as one
-    cut by the length limit is), and `settings.on_expired` is told. A lexicon's walk has no
-    deadline: its entries are what it offers."""
-    if not settings.deadline_s or time.perf_counter() - started <= settings.deadline_s:
-        return False
+def _offer_as_they_stand(beam: _Beam, finish: Callable[[str, float, int], None]) -> None:
+    """At the deadline: every live hypothesis that may stop here is offered as it stands (scored
+    by what it has, with no end event, as one cut by the length limit is)."""
     for text, lp in zip(beam.texts, beam.lps, strict=True):
         if text and not needs_continuation(text):
             finish(text, lp, len(text))
-    if settings.on_expired is not None:
-        settings.on_expired()
-    return True
 
 
 def _lexicon_step(

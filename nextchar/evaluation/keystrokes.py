@@ -31,8 +31,13 @@ Metrics (a target "appears" when a suggestion equals it, ignoring trailing white
     latency_ms   p50/p95/p99 over every keystroke 1 ≤ p < n of every line of the time from the
                  keystroke to its suggestions (typing the character + suggesting).
     targets      distinct (line, target end) pairs that have at least one prediction point.
-    groups       given the training lines: keystrokes and KSR of the lines found among them
-                 ("seen": what recall alone can complete) and of the others ("unseen").
+    groups       given the training lines: keystrokes and KSR of the targets found in them
+                 ("seen": what recall alone can complete) and of the others ("unseen"). A
+                 target is seen when its own text is one of the training lines' targets: the
+                 line (line mode), the word (word, next-word), the phrase from the word
+                 being typed (phrase). In the word modes a group holds its words' characters
+                 and the keystrokes spent at them; the boundaries between words, typed by
+                 every system alike, are in neither.
 
 Baselines, measured the same way:
     trie     the classic autocomplete: a frequency-ranked prefix trie of the training lines
@@ -87,14 +92,14 @@ class CompleteEvalResult:
     chars: int
     keystrokes: int
     prediction_points: int
-    # with `seen` lines: {"seen": …, "unseen": …}, each {"lines", "chars", "keystrokes", "ksr"}
+    # with `seen` lines: {"seen": …, "unseen": …}, each {"targets", "chars", "keystrokes", "ksr"}
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-GROUPS = ("seen", "unseen")  # eval lines found among the training lines, and the others
+GROUPS = ("seen", "unseen")  # targets found among the training lines' targets, and the others
 NEXT_WORD = "next-word"  # an evaluation mode: word mode's targets, and each word before it is begun
 
 
@@ -262,20 +267,45 @@ class MemoryPredictor(Predictor):
         return [typed + "".join(self.table.chars[s] for s in symbols) for symbols in found]
 
 
-def _keystrokes(points: dict[int, tuple[int, int]], ranks: dict[int, int], n: int) -> int:
+def _walk(points: dict[int, tuple[int, int]], ranks: dict[int, int], n: int) -> list[int]:
     """The walk along a line of n characters: one keystroke accepts a target shown at the
-    cursor (jumping to its end), else one types the next character."""
-    cursor = keystrokes = 0
+    cursor (jumping to its end), else one types the next character. The cursor of each keystroke."""
+    cursor = 0
+    cursors = []
     while cursor < n:
-        keystrokes += 1
+        cursors.append(cursor)
         cursor = points[cursor][0] if ranks.get(cursor) else cursor + 1
-    return keystrokes
+    return cursors
 
 
-def _count(group: dict[str, float], chars: int, keystrokes: int) -> None:
-    group["lines"] += 1
-    group["chars"] += chars
-    group["keystrokes"] += keystrokes
+def target_spans(line: str, mode: str, max_words: int = 3) -> list[tuple[int, int, str]]:
+    """(start, end, the target's own text) of each target of a line: the line itself in line
+    mode, else each word (word modes) or the phrase that starts at it (phrase mode)."""
+    if mode == "line":
+        return [(0, len(line), line)]
+    spans = word_spans(line)
+    words = max_words if mode == "phrase" else 1
+    return [(a, b, line[a : spans[min(j + words - 1, len(spans) - 1)][1]]) for j, (a, b) in enumerate(spans)]
+
+
+def _count(
+    groups: dict[str, dict[str, float]], line: str, mode: str, max_words: int, walk: list[int], seen: Collection[str]
+) -> None:
+    """Add a line's targets, their characters and the keystrokes spent at them to their groups."""
+    group_at: dict[int, dict[str, float]] = {}
+    for start, end, text in target_spans(line, mode, max_words):
+        group = groups["seen" if text in seen else "unseen"]
+        group["targets"] += 1
+        group["chars"] += end - start
+        group_at.update(dict.fromkeys(range(start, end), group))
+    for cursor in walk:
+        if cursor in group_at:
+            group_at[cursor]["keystrokes"] += 1
+
+
+def seen_targets(lines: Iterable[str], mode: str, max_words: int = 3) -> set[str]:
+    """The texts of the training lines' targets (`target_spans`): what a target is seen among."""
+    return {text for line in lines for _, _, text in target_spans(line, search_mode(mode), max_words)}
 
 
 def evaluate_completion(
@@ -288,8 +318,8 @@ def evaluate_completion(
     seen: Collection[str] | None = None,
 ) -> CompleteEvalResult:
     """Simulate typing `lines` with `predictor`'s suggestions (see the module docstring).
-    `seen` (the training lines): the keystrokes are also reported for the lines found there and
-    for the others apart (`groups`): what recall can save, and what only generalising can."""
+    `seen` (the training lines): the keystrokes are also reported for the targets found there
+    and for the others apart (`groups`): what recall can save, and what only generalising can."""
     k = check_k(k)
     mode = mode if mode == NEXT_WORD else check_mode(mode)
     lines = [line for line in lines if line]
@@ -299,7 +329,8 @@ def evaluate_completion(
     reciprocal = 0.0
     at = {ell: [0, 0, 0] for ell in PREFIX_LENGTHS}  # count, top-1 hits, top-k hits
     latencies: list[float] = []
-    groups: dict[str, dict[str, float]] = {name: {"lines": 0, "chars": 0, "keystrokes": 0} for name in GROUPS}
+    groups: dict[str, dict[str, float]] = {name: {"targets": 0, "chars": 0, "keystrokes": 0} for name in GROUPS}
+    known = None if seen is None else seen_targets(seen, mode, max_words)
     iterator: Iterable[str] = lines
     if progress:
         from tqdm import tqdm
@@ -330,10 +361,10 @@ def evaluate_completion(
                 at[ell][1] += rank == 1
                 at[ell][2] += rank >= 1
         predictor.finish(line)
-        typed = _keystrokes(line_points, ranks, n)
-        keystrokes += typed
-        if seen is not None:
-            _count(groups["seen" if line in seen else "unseen"], n, typed)
+        walk = _walk(line_points, ranks, n)
+        keystrokes += len(walk)
+        if known is not None:
+            _count(groups, line, search_mode(mode), max_words, walk, known)
     ms = np.array(latencies or [0.0]) * 1000.0
     return CompleteEvalResult(
         name=predictor.name,

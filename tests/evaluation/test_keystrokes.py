@@ -218,10 +218,23 @@ def test_seen_and_unseen_lines_are_reported_apart():
     lines = ["isabella", "charlotte", "amelia", "harper"]
     result = evaluate_completion(lines, trie, "line", 3, seen=set(training))
     seen, unseen = result.groups["seen"], result.groups["unseen"]
-    assert (seen["lines"], unseen["lines"]) == (2, 2)
+    assert (seen["targets"], unseen["targets"]) == (2, 2)
     assert seen["ksr"] > 0.5 and unseen["ksr"] == 0.0
     assert seen["keystrokes"] + unseen["keystrokes"] == result.keystrokes
     assert evaluate_completion(lines, trie, "line", 3).groups == {}  # without the training lines: no split
+
+
+def test_seen_and_unseen_words_by_hand():
+    """Word mode: a target is seen when its word is a training word; the group holds the
+    word's characters and the keystrokes spent at them, not the boundaries between words."""
+    trie = TriePredictor.from_lines(["the cat"] * 2, "word", k=3)
+    result = evaluate_completion(["the dog cat"], trie, "word", 3, seen=["the cat"])
+    seen, unseen = result.groups["seen"], result.groups["unseen"]
+    # "the": t, then "the" accepted (2 keystrokes); "cat": c, accept (2); "dog" typed (3); two spaces.
+    assert (seen["targets"], seen["chars"], seen["keystrokes"]) == (2, 6, 4)
+    assert (unseen["targets"], unseen["chars"], unseen["keystrokes"]) == (1, 3, 3)
+    assert result.keystrokes == 4 + 3 + 2
+    assert seen["ksr"] == 1 - 4 / 6 and unseen["ksr"] == 0.0
 
 
 def test_next_word_mode_also_predicts_each_word_before_it_is_begun():
