@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m nextchar train --time-budget 90 --out runs/demo
+	$(PY) -m nextchar train --time-budget 90 --out runs/demo --overwrite
 	@echo; echo '== predict after "def " (the model just trained)'
 	$(PY) -m nextchar predict 'def ' -m runs/demo -k 5
 	@echo; echo '== sample (the model just trained)'
@@ -55,7 +55,7 @@ lint: $(STAMP)
 # The bundled default model (nextchar/bundled/default): one reproducible command, ~4 minutes here.
 bundle: $(STAMP)
 	rm -rf runs/bundle
-	$(PY) -m nextchar train --out runs/bundle --no-memory --steps 1200 --eval-interval 100 --precision bf16 --seed 1337 --lr 3e-3 --warmup 100 --weight-decay 0.1 --min-lr-ratio 0.05
+	$(PY) -m nextchar train --out runs/bundle --overwrite --no-memory --steps 1200 --eval-interval 100 --precision bf16 --seed 1337 --lr 3e-3 --warmup 100 --weight-decay 0.1 --min-lr-ratio 0.05
 	rm -rf nextchar/bundled/default && mkdir -p nextchar/bundled/default
 	cp runs/bundle/config.json runs/bundle/model-*.safetensors runs/bundle/metrics.jsonl runs/bundle/bpc.png nextchar/bundled/default/
 

@@ -8,17 +8,18 @@ Two `lines` corpora from ../shared/data:
                of the last 10% for testing (--test-lines, spread evenly over that 10%).
 For each corpus it trains the default model (ModelConfig() defaults: kind, size; with its
 memory of the training lines, as `train` builds it) and the lecture's window model on the
-training lines (their last 10% validate), builds the trie baseline from the training lines,
+training lines (their last 10% validate), builds the trie baseline from the same lines the
+models and the memory learned (not the 10% that validated them: every system knows the same),
 runs eval-complete (docs/autocomplete.md defines every metric) in `line` mode (names) and in
-`line`, `word` and `next-word` modes (Shakespeare), with the KSR of the held-out lines seen in
-training and of the unseen ones apart; the mixture runs twice, exact and with the serving
-deadline (--deadline-ms, `serve`'s default). Then it measures per-keystroke latency after 1,
+`line`, `word` and `next-word` modes (Shakespeare), with the KSR of the targets seen in
+training (lines, or words) and of the unseen ones apart; the mixture runs twice, exact and
+with the serving deadline (--deadline-ms, `serve`'s default). Then it measures per-keystroke latency after 1,
 10, 100 and 10,000 typed characters (must stay flat) with 1 and 2 torch threads.
 
     python -m bench.complete --quick        # seconds: tiny models, a few test lines
     python -m bench.complete                # full: about 4 min training per default model,
-                                            # 1 min per window model, then about 25 min of
-                                            # evaluation (roughly 35 minutes in all)
+                                            # 1 min per window model, then about 20 min of
+                                            # evaluation (roughly 30 minutes in all)
 
 Models are kept in --work (default runs/bench-complete) and reused on the next run unless
 --retrain; give your own with --names-model/--names-window/--lines-model/--lines-window (one
@@ -103,7 +104,7 @@ def get_model(
         config = TrainConfig(time_budget=None if steps else seconds, steps=steps, eval_interval=steps or 200)
         duration = f"{steps} steps" if steps else f"{seconds:.0f} s"
         print(f"[{name}] training {kind_config.kind} ({duration})", file=sys.stderr)
-        train(train_text, val_text, out, config, kind_config, "lines", progress=not quiet)
+        train(train_text, val_text, out, config, kind_config, "lines", progress=not quiet, overwrite=True)
     if kind_config.kind != "window" and read_memory(load_checkpoint(out)) is None:  # as `train` ends
         print(f"[{name}] indexing its training lines and fitting the mixer", file=sys.stderr)
         remember(out, train_text, val_text)
@@ -149,10 +150,14 @@ def evaluate_corpus(
         "model_val": ckpt.meta.get("metrics", {}),
         "modes": {},
     }
-    seen = set(train_lines)
+    # What the model and its memory saw: the training lines less the last 10% (which validated
+    # the model and fitted the mixer). The trie is built from these too, and "seen" means these.
+    known = split_lines(split_validation("\n".join(train_lines) + "\n", "lines", 0.1)[0])
+    out["known_lines"] = len(known)
+    seen = set(known)
     for mode in modes:
         results = []
-        for system in systems(model_dir, window_dir, train_lines, mode, args.k, args):
+        for system in systems(model_dir, window_dir, known, mode, args.k, args):
             started = time.perf_counter()
             result = evaluate_completion(test_lines, system, mode, args.k, progress=True, seen=seen).to_json()
             completer = getattr(system, "completer", None)
@@ -191,12 +196,13 @@ def markdown(results: list[dict], k: int) -> str:
             rows.append(
                 f"\n**{corpus['corpus']}**, mode `{mode}`, k = {k}: {corpus['test_lines']:,} held-out lines "
                 f"({systems[0]['chars']:,} characters, {systems[0]['targets']:,} targets); trained on "
-                f"{corpus['train_lines']:,} lines\n"
+                f"{corpus['train_lines']:,} lines ({corpus['known_lines']:,} of them known to every system: the rest "
+                "validated the models)\n"
             )
             groups = systems[0]["groups"]
             rows.append(
-                f"| system | KSR | KSR seen ({groups['seen']['lines']:,} lines) | KSR unseen "
-                f"({groups['unseen']['lines']:,}) | MRR | s@1 (prefix 1/2/3/4/5) | s@k (prefix 1/2/3/4/5) "
+                f"| system | KSR | KSR seen ({groups['seen']['targets']:,} targets) | KSR unseen "
+                f"({groups['unseen']['targets']:,}) | MRR | s@1 (prefix 1/2/3/4/5) | s@k (prefix 1/2/3/4/5) "
                 "| p50 ms | p95 ms | p99 ms | at deadline |"
             )
             rows.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -204,7 +210,7 @@ def markdown(results: list[dict], k: int) -> str:
                 s1 = " / ".join(f"{r['success_at_1'][str(i)]:.2f}" for i in range(1, 6))
                 sk = " / ".join(f"{r['success_at_k'][str(i)]:.2f}" for i in range(1, 6))
                 lat, g = r["latency_ms"], r["groups"]
-                seen = f"{g['seen']['ksr']:.3f}" if g["seen"]["lines"] else "–"
+                seen = f"{g['seen']['ksr']:.3f}" if g["seen"]["targets"] else "–"
                 expired = f"{r['expired']:,} / {r['searches']:,}" if r.get("expired") else ""
                 rows.append(
                     f"| {r['name']} | {r['ksr']:.3f} | {seen} | {g['unseen']['ksr']:.3f} | {r['mrr']:.3f} | {s1} "
@@ -289,7 +295,7 @@ def print_goals(results: list[dict], k: int, deadline_ms: float) -> None:
                 def ksr(r: dict, group: str = group) -> float:
                     return r["ksr"] if group == "all" else r["groups"][group]["ksr"]
 
-                if group != "all" and not by["trie"]["groups"][group]["lines"]:
+                if group != "all" and not by["trie"]["groups"][group]["targets"]:
                     continue
                 better = max(ksr(by["trie"]), ksr(alone))
                 got = ksr(mixed[0])

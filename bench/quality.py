@@ -164,6 +164,7 @@ def train_kind(
             "text",
             progress=sys.stderr.isatty(),
             source={"corpus": str(args.data.resolve()), "format": "text", "val_fraction": 0.1},
+            overwrite=True,  # --keep: a kept run of an earlier benchmark is replaced
         )
         wall = time.perf_counter() - started
         best = json.loads((out / "config.json").read_text())["metrics"]

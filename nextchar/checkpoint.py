@@ -12,7 +12,12 @@ A checkpoint is a directory:
 Why content-addressed weight files: a checkpoint is two files, and a kill between writing
 them must not pair new weights with an old description. New weights go to a new file name,
 then config.json is replaced atomically (temp file + rename) to point at them, and only then
-are the old weights deleted. At every instant config.json names a whole, matching file.
+are older weights deleted. At every instant config.json names a whole, matching file.
+
+Readers during a save (`serve -m run/` or `eval` while the run trains): the weights that the
+config.json before the swap named are kept until the next save, so a reader that read the old
+config.json a moment before the swap still finds its weights; one slower than that finds the
+weights gone or changed, reads config.json again, and loads the new pair (READ_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ MEMORY_KEY = "memory"  # config.json's description of the memory index (MemoryIn
 MIXER_KEY = "mixer"  # … and, inside it, its mixer's (nextchar.recall.mixer) …
 SHARDS_KEY = "shards"  # … and its index's, one per shard (a prepared corpus is indexed in shards)
 MAX_SHARDS = 4096
+READ_ATTEMPTS = 5  # reads of a bundle whose JSON another process replaced meanwhile
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "default"
 
 
@@ -59,18 +65,45 @@ def write_bundle(
     blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     digest = hashlib.sha256(blob).hexdigest()
     weights_name = f"{stem}-{digest[:16]}.safetensors"
+    previous = _named_weights(directory / json_name)  # kept for readers of the config.json replaced
     if not (directory / weights_name).exists():
         atomic_write_bytes(directory / weights_name, blob)
     atomic_write_json(directory / json_name, {**meta, "weights": {"file": weights_name, "sha256": digest}})
     for stale in directory.glob(f"{stem}-*.safetensors"):
-        if stale.name != weights_name:
+        if stale.name not in (weights_name, previous):
             stale.unlink(missing_ok=True)
     _remove_stale_memory(directory, meta.get(MEMORY_KEY))
 
 
+def _named_weights(where: Path) -> str | None:
+    """The weights file a bundle's JSON names (None if there is none, or it cannot be read)."""
+    try:
+        return str(json.loads(where.read_text(encoding="utf-8"))["weights"]["file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read the JSON and the tensors it names; any damage becomes one clear UserError."""
-    directory = Path(directory)
+    """Read the JSON and the tensors it names; any damage becomes one clear UserError. A save
+    in another process between the two reads is no damage: the JSON is read again (module docstring)."""
+    for _ in range(READ_ATTEMPTS - 1):
+        before = _config_bytes(Path(directory) / json_name)
+        try:
+            return _read_bundle_once(Path(directory), json_name)
+        except UserError:
+            if before is None or _config_bytes(Path(directory) / json_name) == before:
+                raise  # nothing was saved meanwhile: the damage is real
+    return _read_bundle_once(Path(directory), json_name)
+
+
+def _config_bytes(where: Path) -> bytes | None:
+    try:
+        return where.read_bytes()
+    except OSError:
+        return None
+
+
+def _read_bundle_once(directory: Path, json_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     where = directory / json_name
     if directory.is_file():
         raise UserError(
@@ -86,8 +119,9 @@ def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str
         weights = meta["weights"]
         blob_path = directory / Path(weights["file"]).name
         expected = weights["sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{where}: damaged checkpoint description ({exc}); retrain or restore it") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:  # ValueError: JSON's, and huge integers
+        message = str(exc).splitlines()[0][:200]
+        raise UserError(f"{where}: damaged checkpoint description ({message}); retrain or restore it") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{where}: checkpoint format {meta.get('format_version')!r} is not supported by this "
@@ -151,13 +185,34 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
             raise ValueError(f"unknown corpus format {corpus_format!r}")
         if config.vocab_size != len(vocab):
             raise ValueError(f"model expects {config.vocab_size} symbols, vocabulary has {len(vocab)}")
+        check_shapes(config, tensors)  # before anything is allocated for the model
         model = build_model(config)
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{where}: incompatible checkpoint ({message}); retrain with this version") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{directory}: weight {name} holds NaN or infinite values (a diverged run?); "
+                "retrain, or restore the checkpoint"
+            )
     model.to(device).eval()
     return Checkpoint(model, vocab, corpus_format, meta, directory)
+
+
+def check_shapes(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError unless `tensors` are exactly the weights a model of `config` holds, name for
+    name and shape for shape. The model is described on the meta device: nothing is allocated,
+    so a config that declares a model far larger than its weights costs nothing to refuse."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"the weights lack {missing[:3]} and hold {unexpected[:3]} that the config does not describe")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"weight {name} is {tuple(tensors[name].shape)}; the config describes {shape}")
 
 
 # ----------------------------------------------------------------------------- the memory index
@@ -200,8 +255,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
         raise UserError(f"{directory}: not a nextchar checkpoint (no {CONFIG_NAME}); check the path")
     try:
         meta = json.loads(where.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: damaged checkpoint description ({exc}); retrain or restore it") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: JSON's, and huge integers
+        message = str(exc).splitlines()[0][:200]
+        raise UserError(f"{where}: damaged checkpoint description ({message}); retrain or restore it") from None
     if not isinstance(meta, dict):
         raise UserError(f"{where}: damaged checkpoint description (not a JSON object); retrain or restore it")
     return meta

@@ -31,6 +31,17 @@ OUTPUTS = ("auto", "full", "tied")
 TIED_FROM = 1000
 
 
+# The largest sizes a checkpoint may declare: far past any model this project trains, and small
+# enough that describing the model (on the meta device) costs nothing.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 21,
+    "hidden_size": 1 << 16,
+    "num_layers": 64,
+    "embedding_size": 1 << 16,
+    "context": 1 << 12,
+}
+
+
 @dataclass
 class ModelConfig:
     kind: str = "lstm"  # window | rnn | lstm | gru
@@ -50,10 +61,24 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(obj) - known
+        """A config read from a checkpoint, each setting of the right type and within SIZE_LIMITS
+        (a file says what to allocate: it is checked before anything is)."""
+        if not isinstance(obj, dict):
+            raise ValueError("the model settings are not a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(obj) - set(known)
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
+        for name, value in obj.items():
+            kind = type(getattr(cls(), name))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if type(value) is not kind:
+                raise ValueError(f"model setting {name} is {value!r}, not a {kind.__name__}")
+            if kind is float and not 0.0 <= value < 1.0:
+                raise ValueError(f"model setting {name} is {value!r}, not in [0, 1)")
+            if name in SIZE_LIMITS and not 0 <= value <= SIZE_LIMITS[name]:
+                raise ValueError(f"model setting {name} is {value:,}, not in 0…{SIZE_LIMITS[name]:,}")
         # Checkpoints written before there was a choice of output layer have a full one.
         return cls(**{"output": "full", **obj})
 

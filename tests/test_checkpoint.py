@@ -39,8 +39,8 @@ def fresh(kind: str, seed: int = 0):
 
 
 def weights_file(directory):
-    (path,) = directory.glob("model-*.safetensors")
-    return path
+    """The weights file config.json names (the one before it is kept until the next save)."""
+    return directory / json.loads((directory / CONFIG_NAME).read_text())["weights"]["file"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -78,8 +78,12 @@ def test_saving_again_replaces_the_weights_file(tmp_path):
     save_checkpoint(tmp_path, first, vocab, "text")
     old = weights_file(tmp_path)
     save_checkpoint(tmp_path, second, vocab, "text")
-    new = weights_file(tmp_path)  # exactly one weights file: the stale one was removed
-    assert new != old
+    new = weights_file(tmp_path)
+    assert new != old and {p.name for p in tmp_path.glob("model-*.safetensors")} == {old.name, new.name}
+    _, third = fresh("lstm", seed=2)
+    save_checkpoint(tmp_path, third, vocab, "text")  # the one before the last is kept, no older one
+    assert {p.name for p in tmp_path.glob("model-*.safetensors")} == {new.name, weights_file(tmp_path).name}
+    save_checkpoint(tmp_path, second, vocab, "text")
     loaded = load_checkpoint(tmp_path).model
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values(), strict=True)
@@ -101,8 +105,8 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, m
     monkeypatch.undo()
     assert len(list(tmp_path.glob("model-*.safetensors"))) == 2  # the new file exists, unreferenced
     assert predict(load_checkpoint(tmp_path), "It was", k=5) == before
-    save_checkpoint(tmp_path, second, vocab, "text")  # the next save tidies up
-    assert len(list(tmp_path.glob("model-*.safetensors"))) == 1
+    save_checkpoint(tmp_path, second, vocab, "text")  # the next save tidies up (keeping the one before)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) == 2
 
 
 def test_read_bundle_round_trip_with_another_name(tmp_path):
@@ -177,7 +181,32 @@ DAMAGE = {
     "vocabulary": (lambda d: edit_config(d, lambda m: m["vocabulary"].update(chars="abc")), "symbols"),
     "format": (lambda d: edit_config(d, lambda m: m.update(format="poems")), "unknown corpus format"),
     "no model": (lambda d: edit_config(d, lambda m: m.pop("model")), "incompatible checkpoint"),
+    "huge integer": (lambda d: damage_huge_integer(d), "damaged checkpoint description"),
+    "setting of another type": (
+        lambda d: edit_config(d, lambda m: m["model"].update(hidden_size="24")),
+        "model setting hidden_size is '24', not a int",
+    ),
+    "size past its limit": (
+        lambda d: edit_config(d, lambda m: m["model"].update(num_layers=10**9)),
+        "model setting num_layers is 1,000,000,000, not in 0…64",
+    ),
+    "non-finite weights": (lambda d: damage_nan_weights(d), "holds NaN or infinite values"),
 }
+
+
+def damage_huge_integer(d):
+    """An integer of 5,000 digits, past what Python converts from a string."""
+    path = d / CONFIG_NAME
+    path.write_text(re.sub(r'"hidden_size": \d+', '"hidden_size": ' + "9" * 5000, path.read_text()))
+
+
+def damage_nan_weights(d):
+    """Weights that diverged: a NaN, in a file whose checksum is right."""
+    meta, tensors = read_bundle(d)
+    name = next(name for name, t in tensors.items() if t.is_floating_point())
+    tensors[name].view(-1)[0] = float("nan")
+    meta.pop("weights")
+    write_bundle(d, meta, tensors)
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
@@ -273,3 +302,28 @@ def test_a_damaged_mixer_is_one_line(tmp_path, damage, message):
     (tmp_path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=re.escape(message)):
         read_memory(load_checkpoint(tmp_path))
+
+
+def test_a_config_that_declares_a_huge_model_is_refused_before_it_is_allocated(tmp_path):
+    """hidden_size 8,000 in a config whose weights are a small model's: the model it describes
+    needs gigabytes; the refusal must cost almost nothing (measured in a process of its own)."""
+    import subprocess
+    import sys
+
+    directory = tmp_path / "ckpt"
+    vocab, model = fresh("gru")
+    save_checkpoint(directory, model, vocab, "text")
+    edit_config(directory, lambda m: m["model"].update(hidden_size=8000))
+    script = (
+        "import resource, sys\n"
+        "from nextchar.checkpoint import load_checkpoint\n"
+        "from nextchar.errors import UserError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    load_checkpoint(sys.argv[1])\nexcept UserError as exc:\n    print(exc)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(directory)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    assert "incompatible checkpoint" in out[0] and "the config describes" in out[0]
+    assert int(out[1]) < 200, f"refusing grew the process by {out[1]} MB"

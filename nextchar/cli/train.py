@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from nextchar.cli.options import THREADS_HELP, add_threads_option, map_parameters, positive_float, positive_int
 from nextchar.errors import UserError
 
+EXIT_TERMINATED = 128 + 15  # the shell's status for a SIGTERM: the run stopped early, saved
+
 # Measured on 1.9 M characters of Chinese news (docs/tuning.md#large-alphabets).
 LARGE_ALPHABET_GUIDE = (
     "on 1.9 M characters of Chinese the default model beat counting by 2.5 bits after 90 s and by 3.7 "
@@ -51,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--out", metavar="DIR", default="model", help="output directory (default: ./model)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start a new run in --out even if it holds another (replacing it)"
+    )
     _add_data_options(p.add_argument_group("data"))
     _add_model_options(p.add_argument_group("model"))
     _add_optimisation_options(p.add_argument_group("optimisation"))
@@ -100,6 +105,12 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
         default=1_000_000,
         metavar="N",
         help="prepared directory: at most N characters of its tail for validation (default 1,000,000)",
+    )
+    g.add_argument(
+        "--verify",
+        action="store_true",
+        help="prepared directory: recompute its tokens' checksum before training (every open already "
+        "checks each token and line offset)",
     )
 
 
@@ -326,6 +337,11 @@ def _train(args: argparse.Namespace, rank: int) -> int:
         max_val_chars=args.max_val_chars,
         resume=args.resume,
     )
+    data.overwrite = args.overwrite
+    if args.verify:
+        if data.prepared is None:
+            raise UserError("--verify checks a prepared directory (`nextchar prepare`); CORPUS is not one")
+        data.prepared.corpus.verify()
     model_shape, run_settings = _run_shape(model_config, config, data)
     counting = _counting_bpc(model_shape, data) if rank == 0 else None
     if rank == 0:
@@ -424,4 +440,7 @@ def _report_training(result: TrainResult, out: Path, rank: int, counting: float 
             f"{result.mixer_positions:,} positions ({result.memory_seconds:.1f} s; --no-memory skips this)"
         )
     print(f"checkpoint: {out}  (metrics: {out / 'metrics.jsonl'}, plot: {out / 'bpc.png'})")
+    if result.terminated:
+        print(f"nextchar train: stopped by SIGTERM at step {result.steps}; `--resume {out}` goes on", file=sys.stderr)
+        return EXIT_TERMINATED
     return 0

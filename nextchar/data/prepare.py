@@ -18,8 +18,9 @@ takes two passes: the first collects the character set (and the line statistics
 can be read only once, so that first pass copies it to a temporary file in the output directory.
 
 The outputs are written to temporary names and renamed into place; prepared.json, which names
-and sizes them, is removed first and written last, so a directory with a prepared.json is
-always whole. The command itself (its options, --vocab-from) is `nextchar.cli.prepare`.
+and sizes them, is removed just before the renames and written last: a directory with one is
+always whole, and a prepare that fails (a full disk: one line) leaves the one before in use.
+The command itself (its options, --vocab-from) is `nextchar.cli.prepare`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 from nextchar.data.prepared import LINES_NAME, PREPARED_NAME, TOKENS_NAME, prepared_meta, token_dtype
 from nextchar.errors import UserError
+from nextchar.files import WRITE_ERRNOS, atomic_write_json, write_error
 from nextchar.text import (
     END,
     FORMATS,
@@ -418,8 +420,6 @@ def _encode(job: _Job, corpus_format: str, vocab: Vocabulary, stdin_mode: str) -
 
 def _publish(job: _Job, corpus_format: str, vocab: Vocabulary, encoder: _Encoder) -> None:
     """Rename the token files into place and write prepared.json last (it makes the directory whole)."""
-    from nextchar.files import atomic_write_json
-
     if encoder.characters == 0:
         what = "no non-empty lines" if corpus_format == "lines" else "no characters"
         raise UserError(
@@ -427,6 +427,7 @@ def _publish(job: _Job, corpus_format: str, vocab: Vocabulary, encoder: _Encoder
             parameter="alphabet",
         )
     tokens_tmp, lines_tmp, _ = job.temporaries
+    (job.out / PREPARED_NAME).unlink(missing_ok=True)  # for the renames: none, never a mismatched one
     os.replace(tokens_tmp, job.out / TOKENS_NAME)
     if corpus_format == "lines":
         os.replace(lines_tmp, job.out / LINES_NAME)
@@ -468,16 +469,18 @@ def prepare(
     out = check_arguments(paths, out, corpus_format, alphabet, encoding_errors)
     total_bytes = None if STDIN in paths else sum(Path(p).stat().st_size for p in paths)
     job = _Job(paths, out, encoding_errors, progress, total_bytes)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PREPARED_NAME).unlink(missing_ok=True)  # the directory is not a prepared one until the end
     if vocab is None and alphabet == "lecture":
         vocab = Vocabulary.from_text("", "lecture")  # a fixed alphabet: nothing to collect
     two_passes = vocab is None or corpus_format == "auto"
     try:
-        if two_passes:  # pass 1: the character set and the format statistics
-            corpus_format, vocab = _scan(job, corpus_format, vocab)
-        assert vocab is not None
-        encoder, bytes_read = _encode(job, corpus_format, vocab, "reread" if two_passes else "read")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if two_passes:  # pass 1: the character set and the format statistics
+                corpus_format, vocab = _scan(job, corpus_format, vocab)
+            assert vocab is not None
+            encoder, bytes_read = _encode(job, corpus_format, vocab, "reread" if two_passes else "read")
+        except OSError as exc:  # a write that failed (a full disk, a read-only directory): the old data stands
+            raise exc if exc.errno not in WRITE_ERRNOS else write_error(out, exc) from None
         _publish(job, corpus_format, vocab, encoder)
     finally:
         for tmp in job.temporaries:

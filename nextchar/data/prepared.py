@@ -38,6 +38,7 @@ LINES_NAME = "lines.bin"
 # Up to this many lines, an epoch's order is torch.randperm, exactly as LineBatches shuffles;
 # beyond it, the permutation (8 bytes a line) would itself outgrow memory: see _affine_order.
 FULL_SHUFFLE_LINES = 1 << 22
+VERIFY_CHUNK = 1 << 24  # elements checked at a time when a directory is opened or verified
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -110,6 +111,32 @@ def read_prepared_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _check_tokens(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Every token a symbol of the vocabulary (read in chunks: a scan, not a copy)."""
+    for start in range(0, len(tokens), VERIFY_CHUNK):
+        chunk = tokens[start : start + VERIFY_CHUNK]
+        if len(chunk) and int(chunk.max()) >= vocab_size:
+            at = start + int(np.argmax(chunk >= vocab_size))
+            raise UserError(
+                f"{path}: token {at:,} is {int(tokens[at]):,}, past the vocabulary's {vocab_size:,} symbols "
+                "(the file is damaged); run `nextchar prepare` again"
+            )
+
+
+def _check_offsets(path: Path, offsets: np.ndarray, n_tokens: int) -> None:
+    """Line offsets start at 0, end at the token count and grow by at least one (<end>) a line."""
+    if len(offsets) and (int(offsets[0]) != 0 or int(offsets[-1]) != n_tokens):
+        raise UserError(f"{path}: does not match {TOKENS_NAME}; run `nextchar prepare` again")
+    for start in range(0, max(len(offsets) - 1, 0), VERIFY_CHUNK):
+        steps = np.diff(offsets[start : start + VERIFY_CHUNK + 1].astype(np.int64))
+        if len(steps) and int(steps.min()) < 1:
+            at = start + int(np.argmax(steps < 1))
+            raise UserError(
+                f"{path}: line {at:,} ends before it starts (offsets {int(offsets[at]):,} → "
+                f"{int(offsets[at + 1]):,}; the file is damaged); run `nextchar prepare` again"
+            )
+
+
 def _open_array(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: missing; run `nextchar prepare` again")
@@ -141,12 +168,25 @@ class PreparedCorpus:
         meta = read_prepared_meta(directory)
         vocab = Vocabulary.from_json(meta["vocabulary"])
         tokens = _open_array(directory / TOKENS_NAME, token_dtype(len(vocab)), int(meta["tokens"]["count"]))
+        _check_tokens(directory / TOKENS_NAME, tokens, len(vocab))
         offsets = None
         if meta["format"] == "lines":
             offsets = _open_array(directory / LINES_NAME, np.dtype("<u8"), int(meta["lines"]["count"]) + 1)
-            if len(offsets) and int(offsets[-1]) != len(tokens):
-                raise UserError(f"{directory / LINES_NAME}: does not match {TOKENS_NAME}; run `nextchar prepare` again")
+            _check_offsets(directory / LINES_NAME, offsets, len(tokens))
         return cls(directory, meta, meta["format"], vocab, tokens, offsets)
+
+    def verify(self) -> None:
+        """Recompute the tokens' SHA-256 and compare it with prepared.json's (one UserError if not:
+        the file was changed after `prepare` wrote it, and its values still looked possible)."""
+        digest = hashlib.sha256()
+        step = VERIFY_CHUNK // self.tokens.dtype.itemsize
+        for start in range(0, len(self.tokens), step):
+            digest.update(np.ascontiguousarray(self.tokens[start : start + step]).tobytes())
+        if digest.hexdigest() != self.meta["tokens"]["sha256"]:
+            raise UserError(
+                f"{self.path / TOKENS_NAME}: its checksum is not the one prepared.json records (the file was "
+                "modified); run `nextchar prepare` again"
+            )
 
     @property
     def n_lines(self) -> int:

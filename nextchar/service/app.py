@@ -253,12 +253,24 @@ def info_router(engine: LazyEngine, settings: ServiceSettings, metrics: Metrics)
 """
         return Response(xml, media_type=OPENSEARCH_TYPE)
 
-    @router.get("/healthz", response_model=HealthBody, summary="Liveness and what is being served")
-    async def healthz() -> HealthBody:
+    @router.get(
+        "/healthz",
+        response_model=HealthBody,
+        summary="Liveness and what is being served (503 when degraded)",
+        responses={503: {"model": HealthBody, "description": "degraded: the model thread is stuck or far behind"}},
+    )
+    async def healthz(response: Response) -> HealthBody:
         eng = engine()
         c = eng.completer
+        problems, waited, running = eng.health()
+        if problems:
+            response.status_code = 503
         return HealthBody(
-            status="ok",
+            status="degraded" if problems else "ok",
+            problems=problems,
+            queue_oldest_wait_s=round(waited, 3),
+            model_batch_running_s=round(running, 3),
+            weights_sha256=eng.weights_sha256,
             version=__version__,
             model=eng.name,
             kind=c.model.config.kind,

@@ -48,7 +48,7 @@ RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states
 CacheKey = tuple[object, ...]  # what a response is cached under: the route and its parameters
 Answer = tuple[bytes, str]  # a response body and how its text's state was found (its cache outcome)
 Job = Callable[..., Any]  # a function, or a generator function built on Completer.suggest_steps
-Queued = tuple[Job, tuple[Any, ...], Future[Any]]  # a job, its arguments, and where its result goes
+Queued = tuple[Job, tuple[Any, ...], Future[Any], float]  # a job, its arguments, where its result goes, when queued
 
 
 class ResponseCache:
@@ -121,6 +121,8 @@ class Engine:
         self.pending = 0  # model jobs queued or running
         self._inflight: dict[CacheKey, asyncio.Future[Answer]] = {}
         self.started = time.time()
+        self.batch_started: float | None = None  # monotonic time the model thread's batch began
+        self.weights_sha256 = str(completer.ckpt.meta.get("weights", {}).get("sha256", ""))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -128,6 +130,19 @@ class Engine:
     def state_entries(self) -> int:
         """Recurrent states in the completer's LRU cache now."""
         return len(self.completer.states)
+
+    def health(self) -> tuple[list[str], float, float]:
+        """(what is wrong, or nothing; the oldest queued job's wait in s; the running batch's time in s)."""
+        now = time.monotonic()
+        waited = now - self._queue[0][3] if self._queue else 0.0
+        running = now - self.batch_started if self.batch_started is not None else 0.0
+        wait_limit, batch_limit = self.settings.queue_wait_limit_s, self.settings.batch_time_limit_s
+        problems = []
+        if waited > wait_limit:
+            problems.append(f"the oldest queued job has waited {waited:.1f} s (limit {wait_limit:g})")
+        if running > batch_limit:
+            problems.append(f"the model thread has run one batch for {running:.1f} s (limit {batch_limit:g})")
+        return problems, waited, running
 
     def _outcome(self, before: dict[str, int] | None) -> str:
         if self._stats is None or before is None:
@@ -175,7 +190,7 @@ class Engine:
         self.pending += 1
         try:
             ticket: Future[Any] = Future()
-            self._queue.append((job, args, ticket))
+            self._queue.append((job, args, ticket, time.monotonic()))
             self._pool.submit(self._drain)
             return await asyncio.wrap_future(ticket)
         finally:
@@ -185,9 +200,16 @@ class Engine:
         """On the model thread: the jobs queued by now, oldest first, as one batch of at most
         max_batch searches (often none: an earlier drain took them; the rest wait for the next,
         as every queued job submitted a drain of its own)."""
-        batch: list[Queued] = []
+        self.batch_started = time.monotonic()
+        try:
+            self._run_batch()
+        finally:
+            self.batch_started = None
+
+    def _run_batch(self) -> None:
+        batch: list[tuple[Job, tuple[Any, ...], Future[Any]]] = []
         while self._queue and len(batch) < self.settings.max_batch:
-            job, args, ticket = self._queue.popleft()
+            job, args, ticket, _ = self._queue.popleft()
             if ticket.set_running_or_notify_cancel():  # False: its client went away while it waited
                 batch.append((job, args, ticket))
         searches: list[tuple[Generator[Any, Any, Any], Future[Any]]] = []

@@ -54,7 +54,11 @@ class CompleteBody(BaseModel):
 
 
 class HealthBody(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]  # degraded (HTTP 503): `problems` says why
+    problems: list[str]
+    queue_oldest_wait_s: float  # how long the oldest job queued for the model thread has waited
+    model_batch_running_s: float  # how long the model thread's current batch has run (0: idle)
+    weights_sha256: str  # of the weights served: workers that differ serve different models
     version: str
     model: str
     kind: str

@@ -44,6 +44,10 @@ class ServiceSettings:
     precision: str = SERVING_PRECISION  # of the search's matrix products: one of PRECISIONS (nextchar.stepper)
     memory: bool = True  # mix the model with the checkpoint's memory when it has one (nextchar.completion.recall)
     deadline_ms: float = 0.0  # a search returns its best so far after this long (0: none; `serve`: 8)
+    # /healthz says "degraded" (503) past either: a job waiting this long for the model thread,
+    # or one batch of searches running this long (a stuck model thread, or a machine far too slow)
+    queue_wait_limit_s: float = 2.0
+    batch_time_limit_s: float = 10.0
     # Web pages of these origins may read /suggest and /api/complete (CORS); "*": any page. [] (the
     # default): no CORS headers, so only pages of this server's own origin may (docs/embed.md).
     cors_origins: list[str] = field(default_factory=list)

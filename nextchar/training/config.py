@@ -146,6 +146,7 @@ class TrainResult:
     memory_symbols: int = 0  # symbols of training text in the checkpoint's memory (0: none built)
     mixer_positions: int = 0  # positions its mixer was fitted on
     memory_seconds: float = 0.0  # the time both took, after training
+    terminated: bool = False  # SIGTERM stopped the run (evaluated and saved; `--resume` goes on)
 
 
 def cpu_has_bf16() -> bool:

@@ -188,6 +188,22 @@ def _defer_termination() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(_TERMINATE, "requested", True))
 
 
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """In one process: SIGTERM (a scheduler's, a container's stop) asks the run to stop after the
+    current step, evaluate and save its resume state, as a process group's ranks do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _TERMINATE.requested = False  # a run of its own: an earlier run's SIGTERM is not this one's
+    signal.signal(signal.SIGTERM, lambda signum, frame: setattr(_TERMINATE, "requested", True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def termination_requested() -> bool:
     """SIGTERM arrived: stop after the current step (torchrun's SIGKILL follows if we do not)."""
     return _TERMINATE.requested

@@ -27,7 +27,6 @@ Output directory:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -67,8 +66,7 @@ from nextchar.training.resume import (
     training_data,
     write_resume_state,
 )
-
-METRICS_NAME = "metrics.jsonl"
+from nextchar.training.rundir import append_metrics, diverged, one_writer, refuse_another_run, write_metrics
 
 
 @dataclass
@@ -164,9 +162,10 @@ class TrainState:
         carry: State | None = None
         if saved is not None:
             position, carry = saved.restore_training(model, optimizer, rank, world, device)
+            if rank == 0:  # the evaluations after the state was saved are taken again: not twice
+                write_metrics(out, position.history)
         elif rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / METRICS_NAME).write_text("")
+            write_metrics(out, [])
         ema = resolved(config.ema, "ema")
         averaged = moving_average(model, ema) if ema > 0 else None
         if averaged is not None and saved is not None:
@@ -286,6 +285,8 @@ class TrainState:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, at.step, at.elapsed, at.warmup_from)
         loss, new_state = sequence_loss(self.forward, x, y, self.carry, self.bf16)
+        if self.world == 1 and not math.isfinite(value := loss.item()):  # before the weights take it in
+            raise diverged(self.out, self.position.step + 1, f"training loss is {value}")
         if self.world > 1:
             loss = loss * share
         self.optimizer.zero_grad(set_to_none=True)
@@ -315,6 +316,8 @@ class TrainState:
         spent = self.step_seconds = time.perf_counter() - started
         self.position.elapsed += spent
         loss_value = loss.item()
+        if not math.isfinite(loss_value):  # several processes: found after the step (every rank checks)
+            raise diverged(self.out, self.position.step + 1, f"training loss is {loss_value}")
         self.window.loss += loss_value
         self.window.steps += 1
         self.window.chars += chars
@@ -334,6 +337,8 @@ class TrainState:
                 return
         started = time.perf_counter()
         val = self.last_val = evaluate_encoded(self.evaluated, self.val_data)
+        if not math.isfinite(val.bpc):
+            raise diverged(self.out, self.position.step, f"validation BPC is {val.bpc}")
         scored = time.perf_counter() - started
         position, window = self.position, self.window
         record = {
@@ -347,8 +352,7 @@ class TrainState:
         }
         position.history.append(record)
         self.on_evaluation(record)
-        with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.out, record)
         if val.bpc < position.best_bpc:
             position.best_bpc, self.best_val = val.bpc, val
             save_checkpoint(
@@ -417,6 +421,7 @@ class TrainState:
             self.last_val,
             self.total_chars / self.total_time if self.total_time > 0 else 0.0,
             self.model,
+            terminated=distributed.termination_requested(),
         )
 
 
@@ -425,12 +430,12 @@ def run_steps(state: TrainState, bar: ProgressBar | None, should_stop: Callable[
 
     In one process Ctrl-C interrupts at once; across processes the first Ctrl-C becomes a request
     that all ranks act on at the next step, and a second one propagates (the ranks are then no
-    longer in step, so there is no final save).
+    longer in step, so there is no final save). SIGTERM stops a run after its step (`train`).
     """
     state.model.train()
     try:
         with distributed.stop_on_ctrl_c(state.stop) if state.world > 1 else nullcontext(state.stop):
-            while state.world > 1 or not state.finished():
+            while state.world > 1 or not (state.finished() or distributed.termination_requested()):
                 report = state.step()
                 if report is None:
                     break
@@ -460,6 +465,7 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
     prepared: PreparedSplit | None = None,
     on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a model on `train_text`, validating on `val_text`, into directory `out`.
 
@@ -469,20 +475,26 @@ def train(
     `should_stop(step)` is polled after every step (a test's stand-in for Ctrl-C); `on_evaluation` gets each record.
     `source` (e.g. corpus paths) is recorded in the checkpoint for reproducibility.
     `prepared` (a split of a prepared directory) replaces the two texts, its vocabulary and
-    format replace `alphabet` and `corpus_format`.
+    format replace `alphabet` and `corpus_format`. A new run refuses a directory that holds
+    another run unless `overwrite` (then it replaces it).
 
     Inside a process group (`nextchar.training.distributed.init`, under torchrun) the model is wrapped
     in DistributedDataParallel: rank r trains on rows r, r+W, … of every global batch of
     `batch_size` rows, so W ranks take the same steps as one process with the same batch.
     """
     started = time.perf_counter()
-    state = TrainState.build(
-        train_text, val_text, Path(out), config, model_config, corpus_format, alphabet, resume, source, prepared
-    )
-    state.begin(started)
-    state.on_evaluation = on_evaluation or state.on_evaluation
-    bar = ProgressBar(state.config, state.position) if progress and state.rank == 0 else None
-    run_steps(state, bar, should_stop)
-    if bar is not None:
-        bar.close()
-    return state.finish()
+    with one_writer(Path(out)):
+        if not resume and not overwrite:
+            refuse_another_run(Path(out))
+        state = TrainState.build(
+            train_text, val_text, Path(out), config, model_config, corpus_format, alphabet, resume, source, prepared
+        )
+        state.begin(started)
+        state.on_evaluation = on_evaluation or state.on_evaluation
+        bar = ProgressBar(state.config, state.position) if progress and state.rank == 0 else None
+        # SIGTERM in one process: stop after the step it arrives in, and finish (evaluate, save) whole
+        with distributed.stop_on_sigterm() if state.world == 1 else nullcontext():
+            run_steps(state, bar, should_stop)
+            if bar is not None:
+                bar.close()
+            return state.finish()

@@ -65,6 +65,7 @@ class TrainingData:
     source: dict[str, Any]  # the corpus, the validation file, the split: recorded, and read on resume
     summary: str  # one line for the log: the corpus, the sizes of its split, the format
     prepared: PreparedSplit | None = None
+    overwrite: bool = False  # a new run may replace another run in `out`
 
 
 def train(
@@ -79,6 +80,7 @@ def train(
     encoding_errors: str = "strict",
     max_val_chars: int = 1_000_000,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     **options: Any,
 ) -> Checkpoint:
@@ -89,9 +91,10 @@ def train(
     last `val_fraction` of the corpus). `format` is "text" (one stream), "lines" (each line a
     sequence) or "auto"; `alphabet` is "corpus" (every character seen) or "lecture" (a-z and
     space). `resume` is the directory of a run to continue where it stopped (`out` is then
-    unused). `options` are the fields of TrainConfig and ModelConfig (`time_budget=60`,
-    `steps=500`, `hidden_size=256`, `kind="gru"`, …); with `steps` and no `time_budget`, the
-    steps alone decide when training ends. Mistakes raise UserError naming the parameter.
+    unused); a new run refuses an `out` that holds another run unless `overwrite`. `options`
+    are the fields of TrainConfig and ModelConfig (`time_budget=60`, `steps=500`,
+    `hidden_size=256`, `kind="gru"`, …); with `steps` and no `time_budget`, the steps alone
+    decide when training ends. Mistakes raise UserError naming the parameter.
     """
     try:
         config, model_config = settings(options, resume=resume is not None)
@@ -108,6 +111,7 @@ def train(
             max_val_chars=max_val_chars,
             resume=resume,
         )
+        data.overwrite = overwrite
         train_on(data, config, model_config, progress=progress)
     except UserError as exc:
         if "val_text" not in exc.parameters:
@@ -139,7 +143,10 @@ def train_on(
         progress=progress,
         prepared=data.prepared,
         on_evaluation=on_evaluation,
+        overwrite=data.overwrite,
     )
+    if result.terminated:  # the run goes on after --resume, and its memory is built at its end
+        return result
     if config.memory and (data.train_text or data.prepared is not None) and distributed.rank() == 0:
         started = time.perf_counter()
         if data.prepared is not None:

@@ -85,6 +85,35 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-3])
 
 
+def poke(path: Path, at: int, value: int) -> None:
+    """One byte of a file changed in place (its size, and so every size check, unchanged)."""
+    data = bytearray(path.read_bytes())
+    data[at] = value
+    path.write_bytes(bytes(data))
+
+
+def swap_offsets(directory: Path) -> None:
+    """Lines 1 and 2's starts swapped: line 1 then ends before it starts."""
+    offsets = np.fromfile(directory / LINES_NAME, dtype="<u8")
+    offsets[[1, 2]] = offsets[[2, 1]]
+    offsets.tofile(directory / LINES_NAME)
+
+
+def test_verify_recomputes_the_checksum(capsys, tmp_path, prepared_lines):
+    """A token changed into another valid one passes every check on open; --verify finds it."""
+    tokens = np.fromfile(prepared_lines / TOKENS_NAME, dtype=np.uint8)
+    poke(prepared_lines / TOKENS_NAME, 0, int(tokens[1]) if tokens[0] != tokens[1] else int(tokens[0]) + 1)
+    assert main(train_argv(prepared_lines, tmp_path / "run")) == 0
+    line = one_line_error(capsys, train_argv(prepared_lines, tmp_path / "again", "--verify"))
+    assert "tokens.bin: its checksum is not the one prepared.json records" in line
+    assert not (tmp_path / "again" / "config.json").exists()
+    corpus = tmp_path / "plain.txt"
+    corpus.write_text(NAMES)
+    assert "--verify checks a prepared directory" in one_line_error(
+        capsys, train_argv(corpus, tmp_path / "plain", "--verify")
+    )
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -97,8 +126,19 @@ def truncate(path: Path) -> None:
         (lambda d: (d / TOKENS_NAME).unlink(), "tokens.bin: missing; run `nextchar prepare` again"),
         (lambda d: (d / PREPARED_NAME).unlink(), "not a prepared directory (no prepared.json)"),
         (lambda d: (d / PREPARED_NAME).write_text("{"), "prepared.json: damaged"),
+        (lambda d: poke(d / TOKENS_NAME, 5, 250), "tokens.bin: token 5 is 250, past the vocabulary's"),
+        (swap_offsets, "lines.bin: line 1 ends before it starts"),
     ],
-    ids=["version", "truncated-tokens", "truncated-lines", "missing-tokens", "not-prepared", "damaged-json"],
+    ids=[
+        "version",
+        "truncated-tokens",
+        "truncated-lines",
+        "missing-tokens",
+        "not-prepared",
+        "damaged-json",
+        "token-out-of-range",
+        "offsets-not-increasing",
+    ],
 )
 def test_damaged_prepared_directories_are_one_line_errors(capsys, tmp_path, prepared_lines, damage, message):
     damage(prepared_lines)

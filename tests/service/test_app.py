@@ -163,6 +163,32 @@ def test_healthz(client: TestClient, text_model_dir: Path) -> None:
     assert body["state_cache_capacity"] > 0
 
 
+def test_healthz_tells_a_stuck_model_thread_and_the_weights_served(text_model_dir: Path) -> None:
+    """A job that holds the model thread (as a stuck model would) and one queued behind it: /healthz
+    turns 503 "degraded" once either passes its bound, and "ok" again when the thread is free."""
+    import threading
+
+    settings = ServiceSettings(cache_mb=1, queue_wait_limit_s=0.2, batch_time_limit_s=0.3)
+    ckpt = load_checkpoint(text_model_dir)
+    app = create_app(ckpt=ckpt, settings=settings)
+    with TestClient(app) as c:
+        ok = c.get("/healthz")
+        assert ok.status_code == 200 and ok.json()["status"] == "ok" and ok.json()["problems"] == []
+        assert ok.json()["weights_sha256"] == ckpt.meta["weights"]["sha256"]
+        engine, release = app.state.engine(), threading.Event()
+        assert c.portal is not None
+        held = c.portal.start_task_soon(engine.run, release.wait)
+        queued = c.portal.start_task_soon(engine.run, time.sleep, 0)
+        time.sleep(0.5)
+        r = c.get("/healthz")
+        body = r.json()
+        assert r.status_code == 503 and body["status"] == "degraded" and len(body["problems"]) == 2
+        assert body["queue_oldest_wait_s"] > 0.2 and body["model_batch_running_s"] > 0.3
+        release.set()
+        held.result(timeout=5), queued.result(timeout=5)
+        assert c.get("/healthz").json()["status"] == "ok"
+
+
 def test_page_and_static_files(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
