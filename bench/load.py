@@ -517,14 +517,18 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def print_table(args: argparse.Namespace, client: str, results: list[dict]) -> None:
+    replay = bool(results) and "draw" in results[0]
+    drawn = (
+        f"the {args.unseen:,} held-out queries, uniform or Zipf s={args.zipf:g}, a fresh server each"
+        if replay
+        else f"Zipf s={args.zipf:g} over {args.pool} queries per level"
+    )
     print(
         f"\nclient: {client}; {args.endpoint}; {args.duration:g} s per level; queries typed one character at a "
-        f"time; k={args.k}; Zipf s={args.zipf:g} over {args.pool} queries per level; workers={args.workers}; "
-        f"precision {args.precision}; max batch {args.max_batch}; "
-        f"{'one connection per typist' if args.keep_connections else 'a new connection per query'}\n"
+        f"time; k={args.k}; {drawn}; workers={args.workers}; precision {args.precision}; max batch "
+        f"{args.max_batch}; {'one connection per typist' if args.keep_connections else 'a new connection per query'}\n"
     )
-    replay = bool(results) and "draw" in results[0]
-    head = "| requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |"
+    head = "requests/s | p50 ms | p99 ms | errors | cache hit rate | whole answers cached |"
     print(f"| typists |{' draw |' if replay else ''} {head}")
     print(f"|--:|{'---|' if replay else ''}--:|--:|--:|--:|--:|--:|")
     for r in results:
