@@ -77,8 +77,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def exclusive_lock(path: Path, refusal: str) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (made if need be) while the block runs; if
     another process holds it, a UserError: `refusal` (what is locked, and what to do)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -65,12 +65,12 @@ class ModelConfig:
         (a file says what to allocate: it is checked before anything is)."""
         if not isinstance(obj, dict):
             raise ValueError("the model settings are not a JSON object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(obj) - set(known)
+        unknown = set(obj) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}")
+        defaults = cls()
         for name, value in obj.items():
-            kind = type(getattr(cls(), name))
+            kind = type(getattr(defaults, name))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 continue
             if type(value) is not kind:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nextchar.cli.options import (
@@ -18,7 +20,8 @@ from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
 from nextchar.completion.config import K_MAX, MODES, SERVING_DEADLINE_MS
 from nextchar.errors import UserError
-from nextchar.service.settings import ServiceSettings, check_cors_origins
+from nextchar.service.identity import digest
+from nextchar.service.settings import LOOPBACK_HOSTS, ServiceSettings, check_cors_origins
 
 if TYPE_CHECKING:
     from nextchar.checkpoint import Checkpoint
@@ -139,8 +142,21 @@ def _add_server_options(g: argparse._ArgumentGroup) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, "
-        "least recently used forgotten first (default 0: off; see docs/adaptation.md)",
+        help="serve per-user adapted suggestions (/api/personal/…) for up to N people per worker, each "
+        "behind a token the service issues (default 0: off; see docs/service.md#personal-routes)",
+    )
+    g.add_argument(
+        "--personal-issuer-secret",
+        metavar="FILE",
+        help="creating a person needs the secret in FILE as its bearer token (required with "
+        "--personal-users where --host is not loopback)",
+    )
+    g.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST",
+        help="with --personal-users: a Host header to answer besides 127.0.0.1, localhost and ::1 "
+        "(repeatable; others get 400)",
     )
 
 
@@ -186,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         f"{'s' if args.workers > 1 else ''}, {args.cache_mb:g} MB of cache each); Ctrl-C stops",
         flush=True,
     )
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
+    if args.host not in LOOPBACK_HOSTS:
         print(f"nextchar: note: listening on {args.host}, reachable from other machines", file=sys.stderr, flush=True)
     _serve(args, ckpt, settings, sock)
     return 0
@@ -214,6 +230,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--keep-alive must be ≥ 0, not {args.keep_alive}")
     if args.personal_users < 0:
         raise UserError(f"--personal-users must be ≥ 0, not {args.personal_users}")
+    if args.personal_users and args.host not in LOOPBACK_HOSTS and not args.personal_issuer_secret:
+        raise UserError(
+            f"--host {args.host} with --personal-users: anyone who can reach the port could create people; "
+            "give --personal-issuer-secret FILE (your backend creates people with it), or listen on 127.0.0.1"
+        )
     if args.cache_mb <= 0:
         raise UserError(f"--cache-mb must be positive, not {args.cache_mb}")
     if args.deadline_ms < 0:
@@ -240,11 +261,34 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         cors_origins=check_cors_origins(args.cors_origins or []),
         threads=args.threads,
         personal_users=args.personal_users,
+        personal_issuer_sha256=_issuer_digest(args.personal_issuer_secret),
+        allowed_hosts=[*LOOPBACK_HOSTS, *(args.allowed_host or []), *_named_host(args)],
         max_batch=args.max_batch,
         precision=args.precision,
         memory=args.memory,
         deadline_ms=args.deadline_ms,
     )
+
+
+def _issuer_digest(path: str | None) -> str | None:
+    """The SHA-256 of the issuer secret in `path` (at least 16 characters), or None."""
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--personal-issuer-secret {path}: cannot be read ({exc}); give a UTF-8 text file") from None
+    if len(secret) < 16:
+        raise UserError(f"--personal-issuer-secret {path}: the secret is {len(secret)} characters; give 16 or more")
+    return digest(secret)
+
+
+def _named_host(args: argparse.Namespace) -> list[str]:
+    """The host of --host (unless it is every interface) and of --public-url: Host headers to answer."""
+    hosts = [] if args.host in ("0.0.0.0", "::") else [args.host]
+    if args.public_url:
+        hosts.append(urllib.parse.urlsplit(args.public_url).hostname or "")
+    return [host for host in hosts if host]
 
 
 def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings, sock: socket.socket) -> None:

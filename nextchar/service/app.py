@@ -27,6 +27,7 @@ auto: int8 for LSTM/GRU models on x86) is that of the search's matrix products (
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run time, and
 # their parameter types are local to the router functions.
 import gc
+import json
 import logging
 import os
 import time
@@ -37,9 +38,12 @@ from typing import Annotated, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nextchar import __version__
@@ -49,6 +53,7 @@ from nextchar.completion.config import K_MAX, Mode
 from nextchar.errors import UserError
 from nextchar.service.engine import CacheKey, Job, LazyEngine, Overloaded, build_engine
 from nextchar.service.guard import GuardMiddleware
+from nextchar.service.identity import Identities
 from nextchar.service.metrics import Metrics, MetricsMiddleware
 from nextchar.service.personal import People, personal_router
 from nextchar.service.schemas import (
@@ -96,15 +101,19 @@ def create_app(
         description="Character-level autocomplete: OpenSearch suggestions, completions with scores, "
         "next-character probabilities.",
     )
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(suggestion_router(engine, chosen, metrics))
     app.include_router(info_router(engine, chosen, metrics))
     app.include_router(page_router())
     if chosen.personal_users > 0:  # per-user adapted suggestions; off by default: no per-user state
-        people = People(engine, chosen.personal_users)
+        identities = Identities(chosen.personal_users, issuer_sha256=chosen.personal_issuer_sha256)
+        people = People(engine, chosen.personal_users, identities)
         app.include_router(personal_router(people, engine, chosen))
         app.state.personal = people
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(GuardMiddleware, max_query_bytes=chosen.max_query_bytes)
+    app.add_middleware(GuardMiddleware, max_query_bytes=chosen.max_query_bytes, max_body_bytes=chosen.max_body_bytes)
+    if chosen.personal_users > 0:  # a page of another site reached through DNS rebinding is refused (400)
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=chosen.allowed_hosts)
     origins = check_cors_origins(chosen.cors_origins)
     if origins:  # outside the guard: its refusals carry the headers too, so a page can read why
         app.add_middleware(SuggestionCORS, origins=origins)
@@ -295,6 +304,14 @@ def info_router(engine: LazyEngine, settings: ServiceSettings, metrics: Metrics)
         return PrometheusResponse(metrics.render())
 
     return router
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422, written as ASCII JSON: the input it echoes may hold a lone surrogate (a JSON
+    body's "\\ud800"), which no UTF-8 can carry, and the default answer fails on it with a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    body = json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def page_router() -> APIRouter:

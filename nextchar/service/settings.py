@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from nextchar.completion.config import DEFAULT_K, DEFAULTS, SERVING_PRECISION
 from nextchar.errors import UserError
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 ENV_SETTINGS = "NEXTCHAR_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 
 
@@ -30,6 +31,7 @@ class ServiceSettings:
     cache_mb: float = 256.0  # memory bound of both caches (states and responses), per process
     max_query: int = 1000  # longest q in characters (longer: 422)
     max_query_bytes: int = 16384  # longest raw query string in bytes (longer: 413), before any decoding
+    max_body_bytes: int = 262144  # longest request body in bytes (longer: 413), refused before it is read
     max_pending: int = 64  # model jobs queued at once; more are refused with 503 (load shedding)
     default_k: int = DEFAULT_K  # suggestions when k is not given
     default_mode: str | None = None  # None: "line" for `lines` models (whole entries), "phrase" for `text`
@@ -40,6 +42,11 @@ class ServiceSettings:
     public_url: str | None = None  # base URL in /opensearch.xml and /suggest's links (default: from the request)
     threads: int | None = None  # torch threads, set by app_from_env in each worker process (None: leave as is)
     personal_users: int = 0  # >0: per-user adapted weights for this many people (nextchar.service.personal)
+    # With personal routes: the SHA-256 of the secret that creating a person needs (None: none is
+    # needed; `serve` requires one where it listens beyond this machine: nextchar.service.identity) …
+    personal_issuer_sha256: str | None = None
+    # … and the Host headers answered (others: 400), so that no page reaches them by DNS rebinding
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
     max_batch: int = 16  # searches run together on the model thread at most (1: one at a time)
     precision: str = SERVING_PRECISION  # of the search's matrix products: one of PRECISIONS (nextchar.stepper)
     memory: bool = True  # mix the model with the checkpoint's memory when it has one (nextchar.completion.recall)

@@ -258,22 +258,34 @@ def test_eval_complete_adapt_rms_needs_a_training_text(capsys, lines_model_dir, 
 # ------------------------------------------------------------------------------ the service's personal routes
 
 
+def personal_app(lines_model_dir, **settings):
+    from nextchar.service.app import create_app
+    from nextchar.service.settings import ServiceSettings
+
+    chosen = {"cache_mb": 2, "personal_users": 2, "max_chars": 12, "beam_width": 4, "precision": "fp32", **settings}
+    return create_app(ckpt=load_checkpoint(lines_model_dir), settings=ServiceSettings(**chosen))
+
+
 @pytest.fixture(scope="module")
 def personal_client(lines_model_dir):
     from fastapi.testclient import TestClient
 
-    from nextchar.service.app import create_app
-    from nextchar.service.settings import ServiceSettings
-
-    settings = ServiceSettings(
-        cache_mb=2, personal_users=2, max_chars=12, beam_width=4, precision="fp32"
-    )  # personal weights are fp32: compare like with like
-    with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)) as client:
+    # personal weights are fp32: compare like with like; the Host is one the service answers
+    with TestClient(personal_app(lines_model_dir, personal_users=64), base_url="http://127.0.0.1") as client:
         yield client
 
 
-def personal_texts(client, user: str, q: str = "prosp") -> list[str]:
-    response = client.get("/api/personal/complete", params={"user": user, "q": q, "k": 3})
+def new_person(client) -> dict[str, str]:
+    """A new person's Authorization header (POST /api/personal/people)."""
+    response = client.post("/api/personal/people")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert len(body["user"]) == 16 and len(body["token"]) >= 40
+    return {"Authorization": f"Bearer {body['token']}"}
+
+
+def personal_texts(client, who: dict[str, str], q: str = "prosp") -> list[str]:
+    response = client.get("/api/personal/complete", params={"q": q, "k": 3}, headers=who)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["q"] == q and len(body["suggestions"]) <= 3 and body["next_chars"]
@@ -287,59 +299,98 @@ def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_
     from nextchar.service.settings import ServiceSettings
 
     client = personal_client
+    alice, bob = new_person(client), new_person(client)
     shared_before = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
-    start = personal_texts(client, "alice")
-    assert start == personal_texts(client, "bob") == [s["text"] for s in shared_before]
+    start = personal_texts(client, alice)
+    assert start == personal_texts(client, bob) == [s["text"] for s in shared_before]
     for _ in range(6):
-        response = client.post("/api/personal/learn", params={"user": "alice"}, json={"text": NEW_NAME + "\n"})
+        response = client.post("/api/personal/learn", headers=alice, json={"text": NEW_NAME + "\n"})
         assert response.status_code == 200
         body = response.json()
-        assert body["user"] == "alice" and body["chars"] == len(NEW_NAME) + 1 and body["steps"] == 1
+        assert body["chars"] == len(NEW_NAME) + 1 and body["steps"] == 1
         assert not body["rolled_back"] and body["ms"] >= 0
-    assert personal_texts(client, "alice") != start  # alice's own weights have moved …
-    assert personal_texts(client, "bob") == start  # … bob's have not …
+    assert personal_texts(client, alice) != start  # alice's own weights have moved …
+    assert personal_texts(client, bob) == start  # … bob's have not …
     shared_after = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
     assert shared_after == shared_before  # … nor the shared model's
-    reset = client.post("/api/personal/reset", params={"user": "alice"})
-    assert reset.status_code == 200 and reset.json() == {"user": "alice", "known": True}
-    assert personal_texts(client, "alice") == start
-    assert client.post("/api/personal/reset", params={"user": "nobody"}).json()["known"] is False
+    reset = client.post("/api/personal/reset", headers=alice, json={})
+    assert reset.status_code == 200 and reset.json()["known"] is True
+    assert personal_texts(client, alice) == start
+    assert client.post("/api/personal/reset", headers=new_person(client), json={}).json()["known"] is False
     # Off by default: the service then keeps no per-user state and has no such routes.
     with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=ServiceSettings(cache_mb=2))) as plain:
-        assert plain.get("/api/personal/complete", params={"user": "a", "q": "x"}).status_code == 404
+        assert plain.get("/api/personal/complete", params={"q": "x"}).status_code == 404
 
 
-def test_service_personal_lru_keeps_at_most_personal_users(personal_client):
-    for user in ("u1", "u2", "u3"):
-        personal_texts(personal_client, user)
-    people = personal_client.app.state.personal()
-    assert len(people) == 2 and "u1" not in people
+def test_nobody_reads_changes_resets_or_evicts_another_person_without_their_token(lines_model_dir):
+    """The attacks of an anonymous client: no token, a guessed one, a body-less reset, a foreign
+    Host (DNS rebinding), and creating people until the others are pushed out."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(personal_app(lines_model_dir, personal_users=2), base_url="http://127.0.0.1") as client:
+        alice = new_person(client)
+        client.post("/api/personal/learn", headers=alice, json={"text": NEW_NAME + "\n"})
+        taught = personal_texts(client, alice)
+        for headers in ({}, {"Authorization": "Bearer guess"}, {"Authorization": "Basic YWxpY2U6eA=="}):
+            for method, route, extra in (
+                ("get", "/api/personal/complete", {"params": {"q": "prosp"}}),
+                ("post", "/api/personal/learn", {"json": {"text": "poison\n"}}),
+                ("post", "/api/personal/reset", {"json": {}}),
+            ):
+                response = getattr(client, method)(route, headers=headers, **extra)
+                assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert client.post("/api/personal/reset", headers=alice).status_code == 422  # no JSON body: no reset
+        assert client.get("/api/personal/reset", headers=alice).status_code == 405
+        assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+        new_person(client)  # the second place
+        for _ in range(3):  # every place is held by someone active: refused, nobody pushed out
+            refused = client.post("/api/personal/people")
+            assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert personal_texts(client, alice) == taught  # alice, untouched by all of it
+
+
+def test_creating_people_is_rate_limited_and_may_need_the_issuer_secret(lines_model_dir):
+    from fastapi.testclient import TestClient
+
+    from nextchar.service.identity import CREATE_BURST, digest
+
+    with TestClient(personal_app(lines_model_dir, personal_users=1000), base_url="http://127.0.0.1") as client:
+        codes = [client.post("/api/personal/people").status_code for _ in range(CREATE_BURST + 5)]
+        assert codes[:CREATE_BURST] == [201] * CREATE_BURST and 429 in codes[CREATE_BURST:]
+    secret = "s" * 24
+    app = personal_app(lines_model_dir, personal_issuer_sha256=digest(secret))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.post("/api/personal/people").status_code == 401
+        assert client.post("/api/personal/people", headers={"Authorization": "Bearer nope"}).status_code == 401
+        made = client.post("/api/personal/people", headers={"Authorization": f"Bearer {secret}"})
+        assert made.status_code == 201
 
 
 @pytest.mark.parametrize(
     ("method", "route", "params", "body", "status"),
     [
-        ("get", "/api/personal/complete", {"q": "a"}, None, 422),  # no user
-        ("get", "/api/personal/complete", {"user": "", "q": "a"}, None, 422),
-        ("get", "/api/personal/complete", {"user": "x" * 201, "q": "a"}, None, 422),
-        ("get", "/api/personal/complete", {"user": "a", "q": "a", "k": 0}, None, 422),
-        ("post", "/api/personal/learn", {"user": "a"}, {"txt": "x"}, 422),
-        ("post", "/api/personal/learn", {"user": "a"}, {"text": 3}, 422),
-        ("post", "/api/personal/learn", {"user": "a"}, {"text": "x" * 20_000}, 422),
-        ("post", "/api/personal/reset", {}, None, 422),
+        ("get", "/api/personal/complete", {}, None, 422),  # no q
+        ("get", "/api/personal/complete", {"q": "a", "k": 0}, None, 422),
+        ("post", "/api/personal/learn", {}, {"txt": "x"}, 422),
+        ("post", "/api/personal/learn", {}, {"text": 3}, 422),
+        ("post", "/api/personal/learn", {}, {"text": "x" * 20_000}, 422),
+        ("post", "/api/personal/reset", {}, {"all": True}, 422),
     ],
 )
 def test_service_personal_bad_input_is_a_4xx(personal_client, method, route, params, body, status):
-    response = getattr(personal_client, method)(route, params=params, **({"json": body} if body is not None else {}))
+    who = new_person(personal_client)
+    extra = {"json": body} if body is not None else {}
+    response = getattr(personal_client, method)(route, params=params, headers=who, **extra)
     assert response.status_code == status
     assert "detail" in response.json()
 
 
 def test_service_personal_learns_any_text(personal_client):
+    edge = new_person(personal_client)
     for text in ("", "\n\n", "😀 ∑ unknown\n", "a" * 16_000):
-        response = personal_client.post("/api/personal/learn", params={"user": "edge"}, json={"text": text})
+        response = personal_client.post("/api/personal/learn", headers=edge, json={"text": text})
         assert response.status_code == 200 and not response.json()["rolled_back"]
-    assert personal_texts(personal_client, "edge", "e")
+    assert personal_texts(personal_client, edge, "e")
 
 
 @pytest.fixture(scope="module")
@@ -348,11 +399,10 @@ def personal_schema(lines_model_dir):
     from nextchar.service.app import create_app
     from nextchar.service.settings import ServiceSettings
 
-    app = create_app(
-        ckpt=load_checkpoint(lines_model_dir),
-        settings=ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2),
-    )
-    return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/")
+    settings = ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2, allowed_hosts=["testserver"])
+    app = create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)
+    _, token, _ = app.state.personal.identities.create()  # the fuzzed calls come from a known person
+    return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/"), token
 
 
 @pytest.mark.slow
@@ -360,10 +410,12 @@ def test_service_personal_routes_fuzzed(personal_schema):
     """Whatever the generated input, valid or not: no 5xx, and every answer matches the schema."""
     from hypothesis import HealthCheck, given, settings
 
-    operations = [result.ok() for result in personal_schema.get_all_operations()]
+    schema, token = personal_schema
+    operations = [result.ok() for result in schema.get_all_operations()]
     assert sorted(op.path for op in operations) == [
         "/api/personal/complete",
         "/api/personal/learn",
+        "/api/personal/people",
         "/api/personal/reset",
     ]
     for operation in operations:
@@ -372,6 +424,29 @@ def test_service_personal_routes_fuzzed(personal_schema):
         @given(case=strategy)
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case) -> None:  # type: ignore[no-untyped-def]
-            case.call_and_validate()
+            case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
 
         check()
+
+
+def test_learn_bodies_are_bounded_before_they_are_read_and_lone_surrogates_are_a_422(personal_client):
+    """Before: a lone surrogate's 422 echoed it and failed to encode (a 500); a body was read whole."""
+    learn = {"url": "/api/personal/learn", "headers": new_person(personal_client)}
+    json_type = {"content-type": "application/json", **learn.pop("headers")}
+    learn["headers"] = json_type
+    r = personal_client.post(**learn, content=b'{"text": "ab\\ud800c"}')
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "string_unicode"
+    big = b'{"text": "' + b"a" * 300_000 + b'"}'  # past the 256 KiB default, said by its Content-Length
+    r = personal_client.post(**learn, content=big)
+    assert r.status_code == 413 and "longer than 262144 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: refused once the bytes read pass the limit
+        yield b'{"text": "'
+        for _ in range(40):
+            yield b"a" * 10_000
+        yield b'"}'
+
+    r = personal_client.post(**learn, content=chunks())
+    assert r.status_code == 413
+    ok = personal_client.post(**learn, json={"text": "mia\n"})
+    assert ok.status_code == 200 and ok.json()["chars"] == 4

@@ -584,6 +584,8 @@ def test_serve_defaults_to_the_bundled_model() -> None:
         (["--workers", "0"], "--workers must be at least 1"),
         (["--cache-mb", "0"], "--cache-mb must be positive"),
         (["--host", "no.such.host.invalid"], "not an address"),
+        (["--host", "0.0.0.0", "--personal-users", "2"], "anyone who can reach the port could create people"),
+        (["--personal-users", "2", "--personal-issuer-secret", "/no/such/secret"], "cannot be read"),
     ],
 )
 def test_serve_mistakes_are_one_line(
