@@ -53,11 +53,13 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # The bundled default model (nextchar/bundled/default): one reproducible command, ~4 minutes here.
+# Only the weights config.json names are copied (a run keeps the ones before them for readers mid-save).
 bundle: $(STAMP)
 	rm -rf runs/bundle
-	$(PY) -m nextchar train --out runs/bundle --overwrite --no-memory --steps 1200 --eval-interval 100 --precision bf16 --seed 1337 --lr 3e-3 --warmup 100 --weight-decay 0.1 --min-lr-ratio 0.05
+	$(PY) -m nextchar train --out runs/bundle --no-memory --steps 1200 --eval-interval 100 --precision bf16 --seed 1337 --lr 3e-3 --warmup 100 --weight-decay 0.1 --min-lr-ratio 0.05
 	rm -rf nextchar/bundled/default && mkdir -p nextchar/bundled/default
-	cp runs/bundle/config.json runs/bundle/model-*.safetensors runs/bundle/metrics.jsonl runs/bundle/bpc.png nextchar/bundled/default/
+	cp runs/bundle/config.json runs/bundle/metrics.jsonl runs/bundle/bpc.png nextchar/bundled/default/
+	cp runs/bundle/$$($(PY) -c "import json; print(json.load(open('runs/bundle/config.json'))['weights']['file'])") nextchar/bundled/default/
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
