@@ -310,6 +310,8 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Vocabulary:
+        if not isinstance(obj, dict) or not isinstance(obj.get("special", []), list):
+            raise ValueError("vocabulary has an unknown layout")
         if list(obj.get("special", [])) != list(SPECIAL_NAMES) or not isinstance(obj.get("chars"), str):
             raise ValueError("vocabulary has an unknown layout")
         chars = tuple(obj["chars"])

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the service's OpenAPI schema (schemathesis, in-process): whatever
 the generated parameters — valid or deliberately invalid — no response is a 5xx, and every
-response matches the schema (status code, content type, body)."""
+response matches the schema (status code, content type, body). 200 examples per operation, with
+Hypothesis's example database on (`.hypothesis/`), so a failure found once is tried first next time."""
 
 from __future__ import annotations
 
@@ -34,8 +35,37 @@ def test_no_server_errors_and_responses_match_the_schema(service_schema: Any) ->
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
         def no_server_error(case: Any) -> None:
             case.call_and_validate()
 
         no_server_error()
+
+
+@pytest.mark.slow
+def test_any_text_typed_is_answered_or_refused_never_a_server_error(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """q of any code points, control characters and lone surrogates included (sent as the bytes
+    Python's "surrogatepass" gives them, which are not UTF-8): a 200 or a 4xx, never a 5xx."""
+    import urllib.parse
+
+    from fastapi.testclient import TestClient
+    from hypothesis import strategies as st
+
+    from tests.helpers import train_on_prose
+
+    out = train_on_prose(Path(tmp_path_factory.mktemp("fuzz-text")), "gru", steps=5)
+    app = create_app(ckpt=load_checkpoint(out), settings=ServiceSettings(cache_mb=2, max_chars=8))
+    with TestClient(app) as client:
+
+        @given(text=st.text(st.characters(codec=None, categories=None), max_size=40), k=st.integers(-2, 60))
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+        def answered(text: str, k: int) -> None:
+            q = urllib.parse.quote_from_bytes(text.encode("utf-8", "surrogatepass"))
+            for route in ("/api/complete", "/suggest"):
+                response = client.get(f"{route}?q={q}&k={k}")
+                assert response.status_code < 500, (route, text, response.text)
+                is_text = all(not 0xD800 <= ord(c) <= 0xDFFF for c in text)
+                if is_text and 1 <= k <= 50:
+                    assert response.status_code in (200, 422), response.text  # 422: q past --max-query
+
+        answered()
