@@ -136,6 +136,14 @@ def _add_server_options(g: argparse._ArgumentGroup) -> None:
         metavar="S",
         help="close idle keep-alive connections after S seconds (default 5)",
     )
+    g.add_argument(
+        "--head-timeout",
+        type=_number,
+        default=SERVED.head_timeout_s,
+        metavar="S",
+        help=f"close a connection whose request head has not all arrived after S seconds (408; default "
+        f"{SERVED.head_timeout_s:g}: slow clients cannot hold every connection)",
+    )
     g.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     g.add_argument(
         "--personal-users",
@@ -228,6 +236,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--port must be 0 … 65535, not {args.port}")
     if args.keep_alive < 0:
         raise UserError(f"--keep-alive must be ≥ 0, not {args.keep_alive}")
+    if not args.head_timeout > 0:
+        raise UserError(f"--head-timeout must be positive, not {args.head_timeout}")
     if args.personal_users < 0:
         raise UserError(f"--personal-users must be ≥ 0, not {args.personal_users}")
     if args.personal_users and args.host not in LOOPBACK_HOSTS and not args.personal_issuer_secret:
@@ -267,6 +277,7 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         precision=args.precision,
         memory=args.memory,
         deadline_ms=args.deadline_ms,
+        head_timeout_s=args.head_timeout,
     )
 
 
@@ -297,13 +308,16 @@ def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings
 
     import uvicorn
 
-    from nextchar.service.app import create_app, tune_gc_for_serving
+    from nextchar.service.app import create_app, serve_heads_within, tune_gc_for_serving
     from nextchar.service.metrics import shared_metrics_dir
+    from nextchar.service.protocol import HEAD_BYTES
     from nextchar.service.settings import ENV_SETTINGS
 
     common = dict(
         log_level="info" if args.access_log else "warning",
         access_log=args.access_log,
+        http="nextchar.service.protocol:HeadTimeoutProtocol",  # a deadline and a cap for every request head
+        h11_max_incomplete_event_size=HEAD_BYTES,
         timeout_keep_alive=args.keep_alive,
         limit_concurrency=args.limit_concurrency,
         proxy_headers=True,
@@ -312,6 +326,7 @@ def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings
     try:
         if args.workers == 1:
             tune_gc_for_serving()
+            serve_heads_within(settings.head_timeout_s)
             config = uvicorn.Config(create_app(ckpt=ckpt, settings=settings), lifespan="on", **common)
             uvicorn.Server(config).run(sockets=[sock])
         else:

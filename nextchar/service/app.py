@@ -350,4 +350,12 @@ def app_from_env() -> FastAPI:
 
         torch.set_num_threads(settings.threads)
     tune_gc_for_serving()
+    serve_heads_within(settings.head_timeout_s)
     return create_app(settings=settings)
+
+
+def serve_heads_within(seconds: float) -> None:
+    """This process's deadline for request heads (nextchar.service.protocol, which `serve` runs)."""
+    from nextchar.service.protocol import HeadTimeoutProtocol
+
+    HeadTimeoutProtocol.head_timeout = seconds

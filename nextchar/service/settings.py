@@ -53,6 +53,7 @@ class ServiceSettings:
     deadline_ms: float = 0.0  # a search returns its best so far after this long (0: none; `serve`: 8)
     # /healthz says "degraded" (503) past either: a job waiting this long for the model thread,
     # or one batch of searches running this long (a stuck model thread, or a machine far too slow)
+    head_timeout_s: float = 10.0  # a connection's request head must arrive within this (nextchar.service.protocol)
     queue_wait_limit_s: float = 2.0
     batch_time_limit_s: float = 10.0
     # Web pages of these origins may read /suggest and /api/complete (CORS); "*": any page. [] (the

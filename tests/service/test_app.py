@@ -545,6 +545,31 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> int:
 
 
 @pytest.mark.slow
+def test_trickling_and_huge_request_heads_are_cut_off(text_model_dir: Path) -> None:
+    """Twelve clients that send half a request head and nothing more, against a server that holds
+    at most eight connections: before, they held every slot (each other request a 503) for as long
+    as they liked. Now each gets a 408 and is closed after --head-timeout, and a head past 32 KiB
+    is a 431."""
+    proc, url = _serve(["-m", str(text_model_dir), "--head-timeout", "1", "--limit-concurrency", "8"])
+    try:
+        _wait_ready(url)
+        address = urllib.parse.urlsplit(url)
+        trickling = [socket.create_connection((address.hostname, address.port), timeout=10) for _ in range(12)]
+        for client in trickling:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        for client in trickling:
+            assert client.recv(4096).startswith(b"HTTP/1.1 408 "), "a slow client was not cut off"
+            assert client.recv(4096) == b""  # … and closed
+            client.close()
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+        with socket.create_connection((address.hostname, address.port), timeout=10) as huge:
+            huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n")
+            assert huge.recv(4096).startswith(b"HTTP/1.1 431 ")
+    finally:
+        assert _stop(proc) == 0
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_serve_command_with_two_workers(text_model_dir: Path) -> None:
     proc, url = _serve(["-m", str(text_model_dir), "--workers", "2", "--cache-mb", "4"])
