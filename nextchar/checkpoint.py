@@ -86,14 +86,16 @@ def _named_weights(where: Path) -> str | None:
 def read_bundle(directory: Path, json_name: str = CONFIG_NAME) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read the JSON and the tensors it names; any damage becomes one clear UserError. A save
     in another process between the two reads is no damage: the JSON is read again (module docstring)."""
-    for _ in range(READ_ATTEMPTS - 1):
-        before = _config_bytes(Path(directory) / json_name)
+    directory = Path(directory)
+    for attempt in range(READ_ATTEMPTS):
+        raw = _config_bytes(directory / json_name)
         try:
-            return _read_bundle_once(Path(directory), json_name)
+            return _read_bundle_once(directory, json_name, raw)
         except UserError:
-            if before is None or _config_bytes(Path(directory) / json_name) == before:
+            last = attempt == READ_ATTEMPTS - 1
+            if last or raw is None or _config_bytes(directory / json_name) == raw:
                 raise  # nothing was saved meanwhile: the damage is real
-    return _read_bundle_once(Path(directory), json_name)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _config_bytes(where: Path) -> bytes | None:
@@ -103,7 +105,10 @@ def _config_bytes(where: Path) -> bytes | None:
         return None
 
 
-def _read_bundle_once(directory: Path, json_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_bundle_once(
+    directory: Path, json_name: str, raw: bytes | None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The bundle whose JSON is `raw` (read by the caller, None if it could not be)."""
     where = directory / json_name
     if directory.is_file():
         raise UserError(
@@ -112,10 +117,10 @@ def _read_bundle_once(directory: Path, json_name: str) -> tuple[dict[str, Any], 
         )
     if not directory.is_dir():
         raise UserError(f"{directory}: no such checkpoint directory; train one with `nextchar train`")
-    if not where.is_file():
+    if raw is None or not where.is_file():
         raise UserError(f"{directory}: not a nextchar checkpoint (no {json_name}); check the path")
     try:
-        meta = json.loads(where.read_text(encoding="utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
         weights = meta["weights"]
         blob_path = directory / Path(weights["file"]).name
         expected = weights["sha256"]

@@ -114,17 +114,23 @@ def test_a_persons_memory_holds_what_they_taught_and_no_one_elses(tmp_path):
     assert 0 < carol.memory.online_symbols <= 60
 
 
-def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
-    from nextchar.completion.recall import continuations
+def memory_after(text: str, typed: str):
+    """(vocabulary, a memory of `text`, its context after "^" + `typed`)."""
     from nextchar.data.batches import encode_corpus
     from nextchar.data.memory import MemoryIndex, memory_tokens
 
-    text = "the cat sat. the cat ran. the cow sat. "
     vocab = Vocabulary.from_text(text)
     memory = Memory([MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, "text"), len(vocab)))], len(vocab))
     context = memory.start()
-    for symbol in [START, *vocab.encode("so the c")]:
+    for symbol in [START, *vocab.encode(typed)]:
         context = memory.push(context, symbol)
+    return vocab, memory, context
+
+
+def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
+    from nextchar.completion.recall import continuations
+
+    vocab, memory, context = memory_after("the cat sat. the cat ran. the cow sat. ", "so the c")
     space = vocab.encode(" ")[0]
     found = continuations(memory, context, lambda s: s == space, 10, 5)
     assert [vocab.decode(f) for f in found] == ["at", "ow"]  # commonest first; "the c" matched, not "so "
@@ -136,15 +142,8 @@ def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
 
 def test_the_memory_alone_backs_off_to_shorter_suffixes_by_hand():
     from nextchar.completion.recall import recalled
-    from nextchar.data.batches import encode_corpus
-    from nextchar.data.memory import MemoryIndex, memory_tokens
 
-    text = "the cat sat. the cat ran. the dog sat. a cat sang. "
-    vocab = Vocabulary.from_text(text)
-    memory = Memory([MemoryIndex.build(memory_tokens(encode_corpus(text, vocab, "text"), len(vocab)))], len(vocab))
-    context = memory.start()
-    for symbol in [START, *vocab.encode("so the cat s")]:
-        context = memory.push(context, symbol)
+    vocab, memory, context = memory_after("the cat sat. the cat ran. the dog sat. a cat sang. ", "so the cat s")
     space = vocab.encode(" ")[0]
 
     def stops(symbol):
