@@ -90,8 +90,8 @@ def read_prepared_meta(directory: str | Path) -> dict[str, Any]:
     try:
         meta: dict[str, Any] = json.loads(where.read_text(encoding="utf-8"))
         version = meta.get("prepared_version")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise UserError(f"{where}: damaged ({exc}); run `nextchar prepare` again") from None
+    except (ValueError, AttributeError) as exc:  # JSON's errors, a huge integer, invalid UTF-8; not an object
+        raise UserError(f"{where}: damaged ({str(exc)[:200]}); run `nextchar prepare` again") from None
     if version != PREPARED_VERSION:
         raise UserError(
             f"{where}: prepared-data version {version!r} is not supported by this nextchar "

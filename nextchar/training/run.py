@@ -290,7 +290,7 @@ def saved_source(run: str | Path) -> dict[str, Any]:
         raise UserError(f"{run}: nothing to resume (no {RESUME_DIR}/{STATE_NAME}); check the path")
     try:
         source: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8")).get("source", {})
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, AttributeError):  # JSON's errors, a huge integer, invalid UTF-8; not an object
         raise UserError(f"{state_file}: damaged resume state; start a new run") from None
     return source
 

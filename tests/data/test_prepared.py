@@ -126,6 +126,10 @@ def test_verify_recomputes_the_checksum(capsys, tmp_path, prepared_lines):
         (lambda d: (d / TOKENS_NAME).unlink(), "tokens.bin: missing; run `nextchar prepare` again"),
         (lambda d: (d / PREPARED_NAME).unlink(), "not a prepared directory (no prepared.json)"),
         (lambda d: (d / PREPARED_NAME).write_text("{"), "prepared.json: damaged"),
+        (
+            lambda d: (d / PREPARED_NAME).write_text('{"prepared_version": 1' + "9" * 5000 + "}"),
+            "prepared.json: damaged",
+        ),
         (lambda d: poke(d / TOKENS_NAME, 5, 250), "tokens.bin: token 5 is 250, past the vocabulary's"),
         (swap_offsets, "lines.bin: line 1 ends before it starts"),
     ],
@@ -136,6 +140,7 @@ def test_verify_recomputes_the_checksum(capsys, tmp_path, prepared_lines):
         "missing-tokens",
         "not-prepared",
         "damaged-json",
+        "huge-integer",
         "token-out-of-range",
         "offsets-not-increasing",
     ],

@@ -146,6 +146,15 @@ def test_a_new_run_over_an_old_one_is_refused_without_overwrite(tmp_path, corpus
     assert metrics_steps(out) == [2]
 
 
+@pytest.mark.parametrize("state", ['{"step": 1' + "9" * 5000 + "}", "[1, 2]"], ids=["huge integer", "not an object"])
+def test_a_damaged_resume_state_is_one_line(tmp_path, corpus, capsys, state):
+    out = tmp_path / "run"
+    assert main(["train", str(corpus), "--out", str(out), *flags(2, 2)]) == 0
+    (out / "resume" / "state.json").write_text(state)
+    line = one_line_error(capsys, ["train", "--resume", str(out), "--steps", "4", "--quiet"])
+    assert "damaged resume state" in line
+
+
 def test_divergence_stops_the_run_and_saves_nothing_of_it(tmp_path, corpus, capsys):
     """Weights drawn from ±1e38 (finite, so they load) overflow in the next step's forward pass:
     the run stops with one line naming the step, and leaves the checkpoint and resume state as
