@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=_number,
         default=SERVED.cache_mb,
         metavar="MB",
-        help=f"memory bound of each process's caches of recurrent states and responses (default {SERVED.cache_mb:g})",
+        help="memory bound, in bytes, of everything each process keeps between requests: states, search "
+        f"trees, answers, responses, memory caches, personal state (default {SERVED.cache_mb:g})",
     )
     p.add_argument(
         "--max-query",
@@ -191,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn", "prometheus_client")
     import torch
 
-    from nextchar.checkpoint import load_checkpoint
+    from nextchar.checkpoint import MEMORY_KEY, load_checkpoint
     from nextchar.completion.lexicon import Lexicon
+    from nextchar.service.engine import plan_caches
 
     settings = _settings(args)
     torch.set_num_threads(args.threads)
@@ -201,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.model)
     if args.lexicon:
         Lexicon.load(args.lexicon)
+    plan_caches(settings, ckpt.model, MEMORY_KEY in ckpt.meta)  # --cache-mb too small for the people: one line
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -47,6 +47,7 @@ correction (by more than typo_penalty nats, 4 by default: 55×) — "teh" become
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
@@ -71,6 +72,7 @@ from nextchar.recall.estimator import Memory
 from nextchar.stepper import Stepper
 from nextchar.text import END, START
 
+MEMORY_SHARE = 8  # with a byte bound on the caches, the memory's remembered predictions get 1/8
 TYPO_VARIANTS = 3  # corrected texts completed (the likeliest; one that extends another is skipped)
 TYPO_OPTIONS = 2  # substitutions/insertions tried per position (without a lexicon)
 
@@ -90,6 +92,15 @@ class Suggestion:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def suggestions_bytes(suggestions: list[Suggestion]) -> int:
+    """What a kept list of suggestions costs: the list, each Suggestion, its strings and floats."""
+    each = (
+        sys.getsizeof(s) + sys.getsizeof(s.__dict__) + sys.getsizeof(s.text) + sys.getsizeof(s.completion) + 48
+        for s in suggestions
+    )
+    return sys.getsizeof(suggestions) + sum(each)
 
 
 class Completer:
@@ -140,7 +151,10 @@ class Completer:
         if lexicon is not None:
             self.settings.lexicon_max_chars = lexicon.max_len
         self.lock = threading.RLock()
-        self.states: StateCache[list[Suggestion]] = StateCache(c.cache_size, c.max_context)
+        self.states: StateCache[list[Suggestion]] = StateCache(
+            c.cache_size, c.max_context, memo_bytes=suggestions_bytes
+        )
+        self._cache_bytes: int | None = None
 
     def _expired(self) -> None:
         self.search_stats["expired"] += 1
@@ -171,6 +185,29 @@ class Completer:
     def cache_size(self, size: int) -> None:
         self.config = replace(self.config, cache_size=size)
         self.states.capacity = size
+
+    @property
+    def cache_bytes(self) -> int | None:
+        """What this completer's caches across texts may hold, in bytes: the state cache's nodes,
+        search trees and answers, and the memory's remembered predictions (None: bounded by
+        counts, cache_size and the memory's own default). Settable: the service gives each
+        process its share of --cache-mb; the memory then gets 1/MEMORY_SHARE of it."""
+        return self._cache_bytes
+
+    @cache_bytes.setter
+    def cache_bytes(self, cache_bytes: int | None) -> None:
+        self._cache_bytes = cache_bytes
+        memory = getattr(self.forward, "memory", None)
+        if cache_bytes is None:
+            self.states.max_bytes = None
+            return
+        if isinstance(memory, Memory):  # half for its predictions, half for its indexes' intervals
+            share = cache_bytes // MEMORY_SHARE
+            memory.cache_bytes = share // 2
+            for index in memory.indexes:
+                index.memo_bytes = share // (2 * len(memory.indexes))
+            cache_bytes -= share
+        self.states.max_bytes = cache_bytes
 
     @property
     def max_context(self) -> int:

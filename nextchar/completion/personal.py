@@ -17,7 +17,8 @@ states s_t do not depend on it, so nothing learned can make a state wrong. Nothi
 between people but the frozen weights: learning for one never changes another's suggestions,
 nor the shared model's. Memory is bounded: at most `max_users` people are kept (least
 recently used first out), each with their output layer, its last good copy (for rollback)
-and a small state cache of `cache_size` entries.
+and a small state cache of `cache_size` entries and PERSON_CACHE_BYTES; `person_bytes` is
+what one person may hold at most, so that a service can budget for all of them.
 
 With a memory (the checkpoint's index of its training text, nextchar.completion.recall), each
 person's memory also holds what they taught, after they taught it: the last MEMORY_CHARS
@@ -55,7 +56,14 @@ from nextchar.text import END, START
 PERSONAL_DEFAULTS = AdaptConfig(rule="sgd", lr=0.3, window=256, decay=1e-3, params="output")
 MAX_LEARN_CHARS = 4096  # a paste longer than this teaches only its last this many characters
 MEMORY_CHARS = 65_536  # a person's memory keeps the last this many symbols they taught
-MEMORY_CACHE_BYTES = 1 << 20  # … and its searches keep at most this many bytes of p_mem
+MEMORY_CACHE_BYTES = 1 << 20  # … and its searches keep at most this many bytes of p_mem …
+MEMORY_MEMO_BYTES = 256 << 10  # … and of its online index's intervals
+ONLINE_SYMBOL_BYTES = 16  # a taught symbol: in its piece (≤ 4), the index's tokens (≤ 4), its suffix (≤ 8)
+PERSON_CACHE_BYTES = 2 << 20  # each person's state cache (nodes, search trees, answers) …
+PERSON_TREES_FRACTION = 0.75  # … mostly for the last search's tree (the default model's: about 1 MB)
+# What a person costs beyond their weights, memory and caches: the view's module objects, the
+# adapter's bookkeeping, the completer and its stepper (measured by tests/service/test_cache_bytes.py)
+PERSON_OVERHEAD = 128 << 10
 
 
 def personal_view(model: CharModel, names: Iterable[str]) -> CharModel:
@@ -98,6 +106,16 @@ class LearnReport:
     rolled_back: bool  # a divergence was caught and undone
 
 
+def person_bytes(model: CharModel, memory: bool, config: AdaptConfig = PERSONAL_DEFAULTS) -> int:
+    """An upper bound on the bytes one person holds over a shared `model` (with a memory or not):
+    their adapted weights three times (the weights, the rollback copy, the gradient), their
+    memory at its limit with its caches, their state cache, and PERSON_OVERHEAD."""
+    params = dict(model.named_parameters())
+    weights = sum(params[name].numel() * params[name].element_size() for name in adapted_names(model, config.params))
+    remembered = MEMORY_CHARS * ONLINE_SYMBOL_BYTES + MEMORY_CACHE_BYTES + MEMORY_MEMO_BYTES if memory else 0
+    return 3 * weights + remembered + PERSON_CACHE_BYTES + PERSON_OVERHEAD
+
+
 class PersonalCompleter:
     """One person's suggestions: the shared model with their own adapted output layer."""
 
@@ -111,6 +129,8 @@ class PersonalCompleter:
         self.config = config
         self.model = personal_view(base.ckpt.model, adapted_names(base.ckpt.model, config.params))  # fp32
         self.completer = base.with_model(self.model, cache_size=cache_size)
+        self.completer.states.trees_fraction = PERSON_TREES_FRACTION
+        self.completer.states.max_bytes = PERSON_CACHE_BYTES
         self.adapter = Adapter(self.model, config, stats)
         self.learned_chars = 0
         self.learn_seconds = 0.0
@@ -118,7 +138,9 @@ class PersonalCompleter:
         forward = self.completer.forward
         self.memory: OnlineMemory | None = None
         if isinstance(forward, MixedForward):
-            self.memory = OnlineMemory(forward.memory, limit=MEMORY_CHARS, cache_bytes=MEMORY_CACHE_BYTES)
+            self.memory = OnlineMemory(
+                forward.memory, limit=MEMORY_CHARS, cache_bytes=MEMORY_CACHE_BYTES, memo_bytes=MEMORY_MEMO_BYTES
+            )
             forward.memory = self.memory.memory
 
     def _windows(self, text: str) -> list[tuple[list[int], list[int]]]:

@@ -44,7 +44,10 @@ TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
 MEMO_WIDTH = 32  # intervals wider than this are narrowed and counted once, then remembered
 SMALL = 32  # intervals this narrow are read element by element
-MEMO_ENTRIES = 1 << 16  # at most this many remembered of each (then they start again)
+MEMO_ENTRIES = 1 << 16  # at most this many remembered of each (then they start again) …
+# … what one remembered pair costs at most: a narrowed interval (its key tuple, the Interval, their
+# ints) and a followers entry (its key, two small arrays); sys.getsizeof, tests/service/test_cache_bytes.py
+MEMO_ENTRY_BYTES = 1400
 _SUFFIX_DTYPES: dict[str, np.dtype[Any]] = {"<i4": np.dtype("<i4"), "<i8": np.dtype("<i8")}
 _TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
 _MAX_LENGTH = 1 << 40  # symbols: far above any corpus, far below what would overflow a size
@@ -89,6 +92,7 @@ class MemoryIndex:
         # of short strings (wider than MEMO_WIDTH) are few and asked for at nearly every symbol.
         self._narrowed: dict[tuple[int, int, int, int], Interval] = {}
         self._followers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.memo_entries = MEMO_ENTRIES  # of each: set through memo_bytes to bound them in bytes
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> MemoryIndex:
@@ -102,6 +106,19 @@ class MemoryIndex:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def memo_bytes(self) -> int:
+        """What the remembered intervals and followers may cost together, at most; settable."""
+        return self.memo_entries * MEMO_ENTRY_BYTES
+
+    @memo_bytes.setter
+    def memo_bytes(self, memo_bytes: int) -> None:
+        self.memo_entries = max(0, memo_bytes // MEMO_ENTRY_BYTES)
+        if len(self._narrowed) > self.memo_entries:
+            self._narrowed.clear()
+        if len(self._followers) > self.memo_entries:
+            self._followers.clear()
 
     def root(self) -> Interval:
         """The empty string's interval: every suffix."""
@@ -119,9 +136,11 @@ class MemoryIndex:
         key = (interval.lo, interval.hi, interval.depth, symbol)
         found = self._narrowed.get(key)
         if found is None:
-            if len(self._narrowed) >= MEMO_ENTRIES:
+            found = self._narrow(interval, symbol)
+            if len(self._narrowed) >= self.memo_entries:
                 self._narrowed.clear()
-            found = self._narrowed[key] = self._narrow(interval, symbol)
+            if self.memo_entries:
+                self._narrowed[key] = found
         return found
 
     def _narrow(self, interval: Interval, symbol: int) -> Interval:
@@ -163,9 +182,11 @@ class MemoryIndex:
         key = (interval.lo, interval.hi, interval.depth)
         found = self._followers.get(key)
         if found is None:
-            if len(self._followers) >= MEMO_ENTRIES:
+            found = self._followers_of(interval)
+            if len(self._followers) >= self.memo_entries:
                 self._followers.clear()
-            found = self._followers[key] = self._followers_of(interval)
+            if self.memo_entries:
+                self._followers[key] = found
         return found
 
     def _followers_of(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,9 @@ ESTIMATORS = ("wb", "ppm", "interpolated")
 ESTIMATOR = "wb"
 DISCOUNT = 0.75  # the interpolated estimator's absolute discount
 PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers and of p_k
+# What one remembered entry costs beyond its array's data (the array object, its key and stats
+# tuples, the ints in them, the dict slot; sys.getsizeof, tests/service/test_cache_bytes.py)
+PREDICTED_OVERHEAD = 700
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,25 @@ class Memory:
         # predict's answers by the longest suffix found in each index: that one string decides
         # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
-        self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
-        # entries of each: an answer is V float32, a p_k V float64; both together stay in cache_bytes
-        self._predicted_limit = max(64, self.cache_bytes // (12 * max(vocab_size, 1)))
         # p_k (and the stats of its top level) by context k's interval (Memory._witten_bell_chain)
         self._chain: OrderedDict[tuple[int, int, int], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
+        self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
+
+    @property
+    def cache_bytes(self) -> int:
+        """What `predict` may keep, in bytes; settable (the oldest answers go at the next one)."""
+        return self._cache_bytes
+
+    @cache_bytes.setter
+    def cache_bytes(self, cache_bytes: int) -> None:
+        # entries of each: an answer is V float32, a p_k V float64, each with its key, its stats
+        # and their objects (PREDICTED_OVERHEAD); both together stay in cache_bytes
+        self._cache_bytes = cache_bytes
+        entry = 12 * max(self.vocab_size, 1) + 2 * PREDICTED_OVERHEAD
+        self._predicted_limit = max(0, cache_bytes // entry)
+        for cache in (self._predicted, self._chain):
+            while len(cache) > self._predicted_limit:
+                cache.popitem(last=False)
 
     def __len__(self) -> int:
         """Symbols remembered, over every index."""
@@ -173,7 +190,7 @@ class Memory:
             p, stats = self.distribution(levels, estimator), match_stats(levels)
         found = np.log(p).astype(np.float32), stats
         self._predicted[key] = found
-        if len(self._predicted) > self._predicted_limit:
+        while len(self._predicted) > self._predicted_limit:
             self._predicted.popitem(last=False)
         return found
 
@@ -199,7 +216,7 @@ class Memory:
                 level = Level(interval.depth, symbols, counts)
                 p, stats = _witten_bell_step(p, level), match_stats([level])
             self._chain[(interval.lo, interval.hi, interval.depth)] = (p, stats)
-            if len(self._chain) > self._predicted_limit:
+            while len(self._chain) > self._predicted_limit:
                 self._chain.popitem(last=False)
         return p, stats
 

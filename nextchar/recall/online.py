@@ -19,6 +19,7 @@ gives a context its online match again, from the last symbols it read (`history`
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,15 +32,22 @@ from nextchar.text import START
 class OnlineMemory:
     """The static indexes of `memory`, and one more index of the pieces added since."""
 
-    def __init__(self, memory: Memory, limit: int | None = None, cache_bytes: int | None = None):
-        """`cache_bytes`: what each rebuilt memory's `predict` may keep (Memory)."""
+    def __init__(
+        self, memory: Memory, limit: int | None = None, cache_bytes: int | None = None, memo_bytes: int | None = None
+    ):
+        """`cache_bytes`: what each rebuilt memory's `predict` may keep (Memory); `memo_bytes`:
+        what the online index may remember of its intervals (MemoryIndex.memo_bytes)."""
         self.static = memory
         self.limit = limit
         self.cache_bytes = cache_bytes
-        self.pieces: list[list[int]] = []
+        self.memo_bytes = memo_bytes
+        self._typecode = "H" if memory.vocab_size <= 1 << 16 else "I"  # 2 or 4 bytes a symbol
+        self.pieces: list[array[int]] = []
         self.memory = self._memory(MemoryIndex.build(np.zeros(0, dtype="<u2")))
 
     def _memory(self, online: MemoryIndex) -> Memory:
+        if self.memo_bytes is not None:
+            online.memo_bytes = self.memo_bytes
         static = self.static
         return Memory((*static.indexes, online), static.vocab_size, static.max_order, self.cache_bytes)
 
@@ -52,7 +60,7 @@ class OnlineMemory:
 
     def piece(self) -> int:
         """A new, empty piece (a stream's row); its number, for `extend`."""
-        self.pieces.append([])
+        self.pieces.append(array(self._typecode))
         return len(self.pieces) - 1
 
     def extend(self, piece: int, symbols: Sequence[int]) -> None:
@@ -64,12 +72,14 @@ class OnlineMemory:
         if self.limit is not None:
             while self.pieces and self.online_symbols > self.limit:
                 self.pieces.pop(0)
-        tokens: list[int] = []
+        tokens = array(self._typecode)
         for piece in self.pieces:
             if piece:
-                tokens += [START, *piece] if piece[0] != START else piece
-        dtype = "<u2" if self.memory.vocab_size <= 1 << 16 else "<u4"
-        self.memory = self._memory(MemoryIndex.build(np.asarray(tokens, dtype=dtype)))
+                if piece[0] != START:
+                    tokens.append(START)
+                tokens.extend(piece)
+        dtype = "<u2" if self._typecode == "H" else "<u4"
+        self.memory = self._memory(MemoryIndex.build(np.frombuffer(tokens, dtype=dtype).copy()))
 
     def forget(self) -> None:
         """Empty the online part: the memory is the static one again."""
@@ -77,9 +87,10 @@ class OnlineMemory:
         self.rebuild()
 
     def owned_bytes(self) -> int:
-        """Bytes of the online part: its pieces (one list slot per symbol) and its index."""
+        """Bytes of the online part: its pieces (2 or 4 bytes a symbol) and its index."""
         index = self.memory.indexes[-1]
-        return 8 * self.online_symbols + index.tokens.nbytes + index.suffixes.nbytes
+        pieces = sum(piece.itemsize * len(piece) for piece in self.pieces)
+        return pieces + index.tokens.nbytes + index.suffixes.nbytes
 
     def rematch(self, context: Context, history: Sequence[int]) -> Context:
         """`context` with its online match recomputed from `history` (the symbols it read, last

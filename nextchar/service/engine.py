@@ -3,11 +3,14 @@
 Why HTTP being stateless costs nothing: the Completer keeps an LRU cache of recurrent states
 keyed by text, so a request for "wha" after one for "wh" costs one model step, whichever
 connection or person sent them. Finished responses are cached too (a search box's traffic
-repeats: everyone types "the" on the way to "the return statement"). Both caches together
-stay under `cache_mb`: the responses get 1/RESPONSE_SHARE of it, the states the rest, and
-the state cache's capacity is that budget over `state_entry_bytes`, an upper bound on one
-entry. Nothing else is kept between requests, so several processes or machines behind any
-load balancer just work; each has its own caches.
+repeats: everyone types "the" on the way to "the return statement"). Everything kept between
+requests stays under `cache_mb`, counted in bytes (`plan_caches`): the responses get
+1/RESPONSE_SHARE of it; the people of the personal routes, if any, their bound each
+(completion.personal.person_bytes); the shared completer the rest, for its states, its search
+trees, its answers and its memory's caches (Completer.cache_bytes). A test sums the bytes
+reachable from every cache under load and holds them to the bound. Nothing else is kept
+between requests, so several processes or machines behind any load balancer just work; each
+has its own caches.
 
 Why one model thread: the Completer serialises its calls (its caches are shared), and a
 keystroke's small batches run fastest on one core; the event loop stays free to parse
@@ -32,18 +35,23 @@ import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nextchar.checkpoint import BUNDLED_DIR, Checkpoint, load_checkpoint
 from nextchar.completion.completer import Completer
 from nextchar.completion.lexicon import Lexicon
+from nextchar.completion.personal import person_bytes
+from nextchar.errors import UserError
+from nextchar.models import CharModel
 from nextchar.service.schemas import complete_json
 from nextchar.service.settings import ServiceSettings
 
 PER_TENSOR_OVERHEAD = 512  # bytes a cached tensor costs beyond its data (TensorImpl, storage, Python object)
 PER_ENTRY_OVERHEAD = 400  # bytes an LRU entry costs beyond its key and tensors (dict slot, Node, tuple)
-RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states the rest
+RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states the rest …
+MIN_SHARED = 8  # … at least 1/8 of it, whatever the personal routes' people take
 
 CacheKey = tuple[object, ...]  # what a response is cached under: the route and its parameters
 Answer = tuple[bytes, str]  # a response body and how its text's state was found (its cache outcome)
@@ -96,6 +104,33 @@ def state_entry_bytes(completer: Completer, max_key_chars: int) -> int:
     return data + PER_TENSOR_OVERHEAD * len(tensors) + sys.getsizeof("\U00010000" * key_chars) + PER_ENTRY_OVERHEAD
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """How one process's --cache-mb is shared out, in bytes."""
+
+    responses: int  # finished response bodies (1/RESPONSE_SHARE)
+    personal: int  # every person's own weights, memory and caches, at their bound
+    shared: int  # the shared completer's states, search trees, answers and memory caches: the rest
+
+
+def plan_caches(settings: ServiceSettings, model: CharModel, memory: bool) -> CachePlan:
+    """Share out settings.cache_mb (see CachePlan), or a UserError when the people it must hold
+    leave the shared caches less than 1/MIN_SHARED of it."""
+    budget = int(settings.cache_mb * 2**20)
+    responses = budget // RESPONSE_SHARE
+    each = person_bytes(model, memory and settings.memory) if settings.personal_users else 0
+    personal = settings.personal_users * each
+    shared = budget - responses - personal
+    if shared < budget // MIN_SHARED:
+        needed = (personal + responses) / 2**20 / (1 - 1 / MIN_SHARED)
+        raise UserError(
+            f"--personal-users {settings.personal_users}: each person may hold {each / 2**20:.1f} MB, all of them "
+            f"{personal / 2**20:.0f} MB of the {settings.cache_mb:g} MB of --cache-mb; give --cache-mb "
+            f"{math.ceil(needed)} or more, or fewer --personal-users"
+        )
+    return CachePlan(responses, personal, shared)
+
+
 class Overloaded(Exception):
     """The model queue is full."""
 
@@ -108,11 +143,14 @@ class Engine:
         self.settings = settings
         self.name = name  # what /healthz calls the model
         self.default_mode = settings.default_mode or ("line" if completer.format == "lines" else "phrase")
-        budget = int(settings.cache_mb * 2**20)
-        self.responses = ResponseCache(budget // RESPONSE_SHARE)
-        per_entry = state_entry_bytes(completer, settings.max_query)
-        completer.cache_size = max(1, (budget - self.responses.max_bytes) // per_entry)
-        self.state_budget = completer.cache_size * per_entry
+        plan = plan_caches(settings, completer.model, completer.recall is not None)
+        self.responses = ResponseCache(plan.responses)
+        self.personal_budget = plan.personal
+        completer.cache_bytes = plan.shared  # its nodes, search trees and answers, and the memory's caches
+        self.state_budget = plan.shared
+        # The node count its share would hold at most (what /healthz shows); the bytes bound them first.
+        nodes = completer.states.budgets["nodes"] or plan.shared
+        completer.cache_size = max(1, nodes // state_entry_bytes(completer, settings.max_query))
         # The Completer's own counts of how it found each state (hit, step, read): they tell a
         # job's cache outcome. Absent on a stand-in completer: every outcome is then "hit".
         self._stats: dict[str, int] | None = getattr(completer, "cache_stats", None)

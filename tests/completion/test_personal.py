@@ -262,7 +262,10 @@ def personal_app(lines_model_dir, **settings):
     from nextchar.service.app import create_app
     from nextchar.service.settings import ServiceSettings
 
-    chosen = {"cache_mb": 2, "personal_users": 2, "max_chars": 12, "beam_width": 4, "precision": "fp32", **settings}
+    people = settings.get("personal_users", 2)
+    cache_mb = 4 + 3 * people  # what each person may hold (person_bytes: ~2.1 MB here) and the shared caches
+    chosen = {"cache_mb": cache_mb, "personal_users": 2, "max_chars": 12, "beam_width": 4, "precision": "fp32"}
+    chosen.update(settings)
     return create_app(ckpt=load_checkpoint(lines_model_dir), settings=ServiceSettings(**chosen))
 
 
@@ -399,7 +402,7 @@ def personal_schema(lines_model_dir):
     from nextchar.service.app import create_app
     from nextchar.service.settings import ServiceSettings
 
-    settings = ServiceSettings(cache_mb=2, personal_users=3, max_chars=8, beam_width=2, allowed_hosts=["testserver"])
+    settings = ServiceSettings(cache_mb=16, personal_users=3, max_chars=8, beam_width=2, allowed_hosts=["testserver"])
     app = create_app(ckpt=load_checkpoint(lines_model_dir), settings=settings)
     _, token, _ = app.state.personal.identities.create()  # the fuzzed calls come from a known person
     return schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/api/personal/"), token

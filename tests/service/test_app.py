@@ -611,6 +611,7 @@ def test_serve_defaults_to_the_bundled_model() -> None:
         (["--host", "no.such.host.invalid"], "not an address"),
         (["--host", "0.0.0.0", "--personal-users", "2"], "anyone who can reach the port could create people"),
         (["--personal-users", "2", "--personal-issuer-secret", "/no/such/secret"], "cannot be read"),
+        (["--personal-users", "100", "--cache-mb", "64"], "each person may hold"),  # every byte is budgeted
     ],
 )
 def test_serve_mistakes_are_one_line(
