@@ -124,6 +124,14 @@ def _add_server_options(g: argparse._ArgumentGroup) -> None:
         help=f"model jobs queued per process before new ones get 503 (default {SERVED.max_pending})",
     )
     g.add_argument(
+        "--max-pending-per-client",
+        type=_int,
+        default=SERVED.max_pending_per_client,
+        metavar="N",
+        help="model jobs one client (address, or person on the personal routes) may have queued before "
+        f"its next get 429; the queue serves clients in turn (default {SERVED.max_pending_per_client})",
+    )
+    g.add_argument(
         "--limit-concurrency",
         type=_int,
         default=1024,
@@ -226,6 +234,7 @@ def _check(args: argparse.Namespace) -> None:
         "threads",
         "max_query",
         "max_pending",
+        "max_pending_per_client",
         "limit_concurrency",
         "default_k",
         "beam",
@@ -265,6 +274,7 @@ def _settings(args: argparse.Namespace) -> ServiceSettings:
         cache_mb=args.cache_mb,
         max_query=args.max_query,
         max_pending=args.max_pending,
+        max_pending_per_client=args.max_pending_per_client,
         default_k=args.default_k,
         default_mode=args.mode,
         beam_width=args.beam,

@@ -51,7 +51,8 @@ from nextchar.checkpoint import Checkpoint
 from nextchar.completion.completer import Completer
 from nextchar.completion.config import K_MAX, Mode
 from nextchar.errors import UserError
-from nextchar.service.engine import CacheKey, Job, LazyEngine, Overloaded, build_engine
+from nextchar.service.engine import CacheKey, LazyEngine, build_engine
+from nextchar.service.fairness import ClientOverloaded, Job, Overloaded
 from nextchar.service.guard import GuardMiddleware
 from nextchar.service.identity import Identities
 from nextchar.service.metrics import Metrics, MetricsMiddleware
@@ -167,15 +168,20 @@ def _base_url(request: Request, settings: ServiceSettings) -> str:
     return (settings.public_url or str(request.base_url)).rstrip("/") + "/"
 
 
+def client_of(request: Request) -> str:
+    """Whom the model queue's fairness counts a request against (nextchar.service.fairness)."""
+    return request.client.host if request.client is not None else ""
+
+
 async def _answer(
-    engine: LazyEngine, metrics: Metrics, key: CacheKey, job: Job, *args: Any, media_type: str
+    request: Request, engine: LazyEngine, metrics: Metrics, key: CacheKey, job: Job, *args: Any, media_type: str
 ) -> Response:
     """The engine's answer to a suggestion request as a response; its failures as JSON errors."""
     try:
-        body, outcome = await engine().answer(key, job, *args)
-    except Overloaded:
+        body, outcome = await engine().answer(key, job, *args, client=client_of(request))
+    except Overloaded as exc:
         metrics.count_shed()
-        return overloaded_response()
+        return overloaded_response(client=isinstance(exc, ClientOverloaded))
     except UserError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=400)
     except Exception:  # never let one request take the server down; say so in the log
@@ -210,7 +216,7 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
                 "description": "[q, [texts…], [descriptions…], [urls…]]",
                 "content": {SUGGESTIONS_TYPE: {"schema": OPENSEARCH_SCHEMA}},
             },
-            **error_responses(400, 413, 500, 503),
+            **error_responses(400, 413, 429, 500, 503),
         },
         summary="OpenSearch suggestions (what browsers and Wikipedia's search box use)",
     )
@@ -219,21 +225,24 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
         k = k or settings.default_k
         url = _base_url(request, settings)
         key = ("suggest", q, k, url)
-        return await _answer(engine, metrics, key, engine().suggest_job, q, k, url, media_type=SUGGESTIONS_TYPE)
+        job = engine().suggest_job
+        return await _answer(request, engine, metrics, key, job, q, k, url, media_type=SUGGESTIONS_TYPE)
 
     @router.get(
         "/api/complete",
         response_model=CompleteBody,
-        responses=error_responses(400, 413, 500, 503),
+        responses=error_responses(400, 413, 429, 500, 503),
         summary="Completions with scores and correction flags, and the next-character distribution",
     )
-    async def complete(q: Q, k: K = None, mode: ModeQuery = None, typos: Typos = False, chars: Chars = 10) -> Response:
+    async def complete(
+        request: Request, q: Q, k: K = None, mode: ModeQuery = None, typos: Typos = False, chars: Chars = 10
+    ) -> Response:
         eng = engine()
         k = k or settings.default_k
         chosen_mode = mode or eng.default_mode
         key = ("complete", q, k, chosen_mode, typos, chars)
         args = (q, k, chosen_mode, typos, chars)
-        return await _answer(engine, metrics, key, eng.complete_job, *args, media_type="application/json")
+        return await _answer(request, engine, metrics, key, eng.complete_job, *args, media_type="application/json")
 
     return router
 

@@ -19,7 +19,9 @@ Requests that queue up while the model thread is busy are taken together: their 
 searches run in lockstep and share one model call per step, and the rest of each round's
 tensor work (beam.drive_together), which on a CPU costs less than one call per request
 (python -m bench.step, python -m bench.search). Past `max_pending` queued jobs a request is refused
-(Overloaded, a 503) rather than left to wait behind everyone else.
+(Overloaded, a 503) rather than left to wait behind everyone else; past
+`max_pending_per_client` of one client's, that client's request is (ClientOverloaded, a 429),
+and the model thread takes the clients' jobs in turn (nextchar.service.fairness).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.personal import person_bytes
 from nextchar.errors import UserError
 from nextchar.models import CharModel
+from nextchar.service.fairness import FairQueue, Job
 from nextchar.service.schemas import complete_json
 from nextchar.service.settings import ServiceSettings
 
@@ -55,8 +58,6 @@ MIN_SHARED = 8  # … at least 1/8 of it, whatever the personal routes' people t
 
 CacheKey = tuple[object, ...]  # what a response is cached under: the route and its parameters
 Answer = tuple[bytes, str]  # a response body and how its text's state was found (its cache outcome)
-Job = Callable[..., Any]  # a function, or a generator function built on Completer.suggest_steps
-Queued = tuple[Job, tuple[Any, ...], Future[Any], float]  # a job, its arguments, where its result goes, when queued
 
 
 class ResponseCache:
@@ -131,10 +132,6 @@ def plan_caches(settings: ServiceSettings, model: CharModel, memory: bool) -> Ca
     return CachePlan(responses, personal, shared)
 
 
-class Overloaded(Exception):
-    """The model queue is full."""
-
-
 class Engine:
     """The model, its thread, and both caches: everything a request needs beyond its parameters."""
 
@@ -155,8 +152,8 @@ class Engine:
         # job's cache outcome. Absent on a stand-in completer: every outcome is then "hit".
         self._stats: dict[str, int] | None = getattr(completer, "cache_stats", None)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextchar-model")
-        self._queue: deque[Queued] = deque()  # jobs for the model thread
-        self.pending = 0  # model jobs queued or running
+        # jobs for the model thread, fair between clients (nextchar.service.fairness)
+        self._queue = FairQueue(settings.max_pending, settings.max_pending_per_client)
         self._inflight: dict[CacheKey, asyncio.Future[Answer]] = {}
         self.started = time.time()
         self.batch_started: float | None = None  # monotonic time the model thread's batch began
@@ -172,7 +169,7 @@ class Engine:
     def health(self) -> tuple[list[str], float, float]:
         """(what is wrong, or nothing; the oldest queued job's wait in s; the running batch's time in s)."""
         now = time.monotonic()
-        waited = now - self._queue[0][3] if self._queue else 0.0
+        waited = self._queue.oldest_wait()
         running = now - self.batch_started if self.batch_started is not None else 0.0
         wait_limit, batch_limit = self.settings.queue_wait_limit_s, self.settings.batch_time_limit_s
         problems = []
@@ -190,9 +187,15 @@ class Engine:
                 return result
         return "hit"
 
-    async def answer(self, key: CacheKey, job: Job, *args: Any) -> Answer:
+    @property
+    def pending(self) -> int:
+        """Model jobs queued or running, of every client."""
+        return self._queue.pending
+
+    async def answer(self, key: CacheKey, job: Job, *args: Any, client: str = "") -> Answer:
         """(body, cache outcome) for `key`: from the response cache, shared with an identical
-        request already in flight (popular prefixes arrive together), or computed by job(*args)."""
+        request already in flight (popular prefixes arrive together), or computed by job(*args)
+        as `client`'s job (see `run`)."""
         cached = self.responses.get(key)
         if cached is not None:
             return cached, "response"
@@ -204,7 +207,7 @@ class Engine:
         shared.add_done_callback(_retrieve)
         self._inflight[key] = shared
         try:
-            body, outcome = await self.run(job, *args)
+            body, outcome = await self.run(job, *args, client=client)
         except asyncio.CancelledError:
             shared.cancel()
             raise
@@ -217,25 +220,25 @@ class Engine:
         self.responses.put(key, body)
         return body, outcome
 
-    async def run(self, job: Job, *args: Any) -> Any:
-        """job(*args) on the model thread; refuse when too many are queued (Overloaded).
+    async def run(self, job: Job, *args: Any, client: str = "") -> Any:
+        """job(*args) on the model thread, as `client`'s job: refused when that client has
+        max_pending_per_client jobs pending (ClientOverloaded) or everyone together max_pending
+        (Overloaded); taken round-robin between clients (nextchar.service.fairness).
 
         A job is a function, or a generator function built on Completer.suggest_steps: the
         generators that are queued together run together (their model calls batched).
         """
-        if self.pending >= self.settings.max_pending:
-            raise Overloaded
-        self.pending += 1
+        self._queue.admit(client)
         try:
             ticket: Future[Any] = Future()
-            self._queue.append((job, args, ticket, time.monotonic()))
+            self._queue.put(client, job, args, ticket)
             self._pool.submit(self._drain)
             return await asyncio.wrap_future(ticket)
         finally:
-            self.pending -= 1
+            self._queue.release(client)
 
     def _drain(self) -> None:
-        """On the model thread: the jobs queued by now, oldest first, as one batch of at most
+        """On the model thread: the jobs queued by now, round-robin by client, as one batch of at most
         max_batch searches (often none: an earlier drain took them; the rest wait for the next,
         as every queued job submitted a drain of its own)."""
         self.batch_started = time.monotonic()
@@ -246,8 +249,11 @@ class Engine:
 
     def _run_batch(self) -> None:
         batch: list[tuple[Job, tuple[Any, ...], Future[Any]]] = []
-        while self._queue and len(batch) < self.settings.max_batch:
-            job, args, ticket, _ = self._queue.popleft()
+        while len(batch) < self.settings.max_batch:
+            queued = self._queue.take()
+            if queued is None:
+                break
+            job, args, ticket, _ = queued
             if ticket.set_running_or_notify_cancel():  # False: its client went away while it waited
                 batch.append((job, args, ticket))
         searches: list[tuple[Generator[Any, Any, Any], Future[Any]]] = []

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from nextchar.completion.config import K_MAX, Mode
 from nextchar.completion.personal import MAX_LEARN_CHARS, PersonalCompleters
 from nextchar.errors import UserError
-from nextchar.service.engine import Engine, Overloaded
+from nextchar.service.engine import Engine
+from nextchar.service.fairness import ClientOverloaded, Overloaded
 from nextchar.service.identity import Identities, Refused
 from nextchar.service.schemas import OVERLOADED, CompleteBody, complete_json, error_responses, overloaded_response
 from nextchar.service.settings import ServiceSettings
@@ -37,7 +38,8 @@ MAX_LEARN_BODY = 4 * MAX_LEARN_CHARS  # characters accepted in one learn request
 MEANINGS = {
     400: "bad input",
     401: "no token, or not one this service issued (POST /api/personal/people gives one)",
-    429: "people are being created too fast, or every place is held by someone active",
+    429: "people are being created too fast, or every place is held by someone active; or this person "
+    "has their share of the model queue waiting already",
     503: OVERLOADED,
 }
 
@@ -95,15 +97,15 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
     the query limits and defaults of the service's other routes."""
     router = APIRouter()
 
-    async def on_model_thread(job: Callable[[], dict[str, Any]]) -> Response:
-        try:
-            return JSONResponse(await engine().run(job))
-        except Overloaded:
-            return overloaded_response()
+    async def on_model_thread(user: str, job: Callable[[], dict[str, Any]]) -> Response:
+        try:  # a person's jobs are counted against them (nextchar.service.fairness)
+            return JSONResponse(await engine().run(job, client="person:" + user))
+        except Overloaded as exc:
+            return overloaded_response(client=isinstance(exc, ClientOverloaded))
         except UserError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    errors = error_responses(400, 401, 503, meanings=MEANINGS)
+    errors = error_responses(400, 401, 429, 503, meanings=MEANINGS)
     User = Annotated[str, Depends(_caller(people))]
     _add_people_route(router, people, engine)
     Q = Annotated[str, Query(max_length=settings.max_query, description="the text typed so far")]
@@ -131,7 +133,7 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
             suggestions = completer.suggest(q, k=k_, mode=mode_, typos=typos)
             return complete_json(q, mode_, k_, typos, suggestions, next_chars)
 
-        return await on_model_thread(job)
+        return await on_model_thread(user, job)
 
     @router.post(
         "/api/personal/learn",
@@ -150,7 +152,7 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
                 "rolled_back": report.rolled_back,
             }
 
-        return await on_model_thread(job)
+        return await on_model_thread(user, job)
 
     @router.post(
         "/api/personal/reset",
@@ -159,7 +161,7 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
         summary="Forget everything learned for this user",
     )
     async def personal_reset(user: User, body: ResetRequest) -> Response:
-        return await on_model_thread(lambda: {"user": user, "known": people().reset(user)})
+        return await on_model_thread(user, lambda: {"user": user, "known": people().reset(user)})
 
     return router
 

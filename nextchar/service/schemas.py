@@ -19,9 +19,11 @@ SUGGESTIONS_TYPE = "application/x-suggestions+json"
 OPENSEARCH_TYPE = "application/opensearchdescription+xml"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OVERLOADED = "too many requests are queued; retry shortly"
+CLIENT_OVERLOADED = "this client has its share of the queue waiting already; retry once those are answered"
 ERROR_MEANINGS = {
     400: "the query string is not valid percent-encoded UTF-8 (or the request is otherwise bad)",
     413: "the query string is too long",
+    429: CLIENT_OVERLOADED,
     503: OVERLOADED,
     500: "an unexpected error (never for bad input)",
 }
@@ -109,8 +111,11 @@ def error_responses(*codes: int, meanings: dict[int, str] | None = None) -> dict
     }
 
 
-def overloaded_response() -> JSONResponse:
-    """The 503 of a full model queue: try again in a second."""
+def overloaded_response(client: bool = False) -> JSONResponse:
+    """The 503 of a full model queue, or (`client`) the 429 of a client with its share of it
+    queued already: try again in a second."""
+    if client:
+        return JSONResponse({"detail": CLIENT_OVERLOADED}, status_code=429, headers={"Retry-After": "1"})
     return JSONResponse({"detail": OVERLOADED}, status_code=503, headers={"Retry-After": "1"})
 
 

@@ -33,6 +33,7 @@ class ServiceSettings:
     max_query_bytes: int = 16384  # longest raw query string in bytes (longer: 413), before any decoding
     max_body_bytes: int = 262144  # longest request body in bytes (longer: 413), refused before it is read
     max_pending: int = 64  # model jobs queued at once; more are refused with 503 (load shedding)
+    max_pending_per_client: int = 16  # … of one client (address); more of theirs get 429 (nextchar.service.fairness)
     default_k: int = DEFAULT_K  # suggestions when k is not given
     default_mode: str | None = None  # None: "line" for `lines` models (whole entries), "phrase" for `text`
     beam_width: int = DEFAULTS.beam_width  # Completer settings (see nextchar.completion.config)

@@ -315,11 +315,11 @@ def test_overload_is_a_503(text_model_dir: Path) -> None:
     app = create_app(ckpt=load_checkpoint(text_model_dir), settings=settings)
     with TestClient(app) as c:
         engine = app.state.engine()
-        engine.pending = 2  # as if two model jobs were queued
+        engine._queue.pending = 2  # as if two model jobs were queued
         r = c.get("/suggest", params={"q": "x"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "detail" in r.json()
         assert c.get("/healthz").status_code == 200  # the rest still answers
-        engine.pending = 0
+        engine._queue.pending = 0
         assert c.get("/suggest", params={"q": "x"}).status_code == 200
         assert "nextchar_load_shed_total 1" in c.get("/metrics").text
 

@@ -128,6 +128,7 @@ def test_every_cached_byte_counts_against_cache_mb_under_load_with_many_people(t
     cache = engine.completer.states
     assert cache._trees.evicted > 0 and states > 0 and cache.bytes <= cache.max_bytes
 
+
 @pytest.mark.parametrize("model", ["bundled", "remembering"])
 def test_a_person_holds_at_most_person_bytes_however_much_they_type_and_teach(tmp_path, model):
     """The bundled model's search trees are ~1 MB each; the remembering model's person fills
