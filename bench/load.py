@@ -361,6 +361,10 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         "4096",
         "--max-pending",
         "1024",
+        # Every simulated typist connects from 127.0.0.1, one client to the queue's fairness
+        # (nextchar.service.fairness): let that one client have the whole queue.
+        "--max-pending-per-client",
+        "1024",
         "--precision",
         args.precision,
         "--max-batch",
