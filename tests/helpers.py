@@ -6,7 +6,10 @@ Nothing here needs the corpora in /work/shared/data: every test writes its own f
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -125,3 +128,39 @@ TINY_TRAIN_FLAGS = [
     "cpu",
     "--quiet",
 ]
+
+
+class Bounded:
+    """Fuzzing's bounds: each example within `seconds` of wall time, and the process's peak
+    resident memory within `mb` of what it was when this was made (a file or request that
+    made the code allocate for what it declares, or loop on it, fails here).
+
+        bound = Bounded(seconds=5, mb=200)
+        with bound.example(): ...        # each example
+        bound.check()                    # after them all
+    """
+
+    def __init__(self, seconds: float, mb: float) -> None:
+        self.seconds, self.mb = seconds, mb
+        self.peak_before = _peak_rss_mb()
+        self.slowest = 0.0
+        self.examples = 0
+
+    @contextmanager
+    def example(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            self.examples += 1
+
+    def check(self) -> None:
+        grown = _peak_rss_mb() - self.peak_before
+        assert self.examples > 0
+        assert self.slowest <= self.seconds, f"an example took {self.slowest:.1f} s (bound {self.seconds:g})"
+        assert grown <= self.mb, f"peak memory grew by {grown:.0f} MB over {self.examples} examples (bound {self.mb:g})"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -16,7 +16,7 @@ from nextchar.completion.personal import PERSONAL_DEFAULTS, PersonalCompleter, P
 from nextchar.errors import UserError
 from nextchar.models import ModelConfig, build_model
 from nextchar.text import END, START
-from tests.helpers import NAMES
+from tests.helpers import NAMES, Bounded
 
 NEW_NAME = "prospero"  # letters the names model knows, a name it has never seen
 
@@ -422,15 +422,18 @@ def test_service_personal_routes_fuzzed(personal_schema):
         "/api/personal/people",
         "/api/personal/reset",
     ]
+    bound = Bounded(seconds=10, mb=300)
     for operation in operations:
         strategy = operation.as_strategy()
 
         @given(case=strategy)
         @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
         def check(case) -> None:  # type: ignore[no-untyped-def]
-            case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
+            with bound.example():
+                case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
 
         check()
+    bound.check()
 
 
 def test_learn_bodies_are_bounded_before_they_are_read_and_lone_surrogates_are_a_422(personal_client):
