@@ -53,6 +53,7 @@ class LearnRequest(BaseModel):
 class LearnBody(BaseModel):
     user: str
     chars: int = Field(description="characters learned from")
+    learned: int = Field(description="characters this person has taught in all, since they were created or reset")
     steps: int = Field(description="updates applied")
     ms: float = Field(description="time taken, milliseconds")
     rolled_back: bool = Field(description="a divergent update was detected and undone")
@@ -143,10 +144,12 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
     )
     async def personal_learn(user: User, body: LearnRequest) -> Response:
         def job() -> dict[str, Any]:
-            report = people().get(user).learn(body.text)
+            person = people().get(user)
+            report = person.learn(body.text)
             return {
                 "user": user,
                 "chars": report.chars,
+                "learned": person.learned_chars,
                 "steps": report.steps,
                 "ms": report.seconds * 1e3,
                 "rolled_back": report.rolled_back,

@@ -306,11 +306,12 @@ def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_
     shared_before = client.get("/api/complete", params={"q": "prosp", "k": 3}).json()["suggestions"]
     start = personal_texts(client, alice)
     assert start == personal_texts(client, bob) == [s["text"] for s in shared_before]
-    for _ in range(6):
+    for i in range(6):
         response = client.post("/api/personal/learn", headers=alice, json={"text": NEW_NAME + "\n"})
         assert response.status_code == 200
         body = response.json()
         assert body["chars"] == len(NEW_NAME) + 1 and body["steps"] == 1
+        assert body["learned"] == (i + 1) * (len(NEW_NAME) + 1)  # all alice taught: what a client checks
         assert not body["rolled_back"] and body["ms"] >= 0
     assert personal_texts(client, alice) != start  # alice's own weights have moved …
     assert personal_texts(client, bob) == start  # … bob's have not …
@@ -319,6 +320,8 @@ def test_service_personal_routes_learn_isolate_and_reset(personal_client, lines_
     reset = client.post("/api/personal/reset", headers=alice, json={})
     assert reset.status_code == 200 and reset.json()["known"] is True
     assert personal_texts(client, alice) == start
+    again = client.post("/api/personal/learn", headers=alice, json={"text": NEW_NAME + "\n"}).json()
+    assert again["learned"] == len(NEW_NAME) + 1  # the reset forgot what was taught
     assert client.post("/api/personal/reset", headers=new_person(client), json={}).json()["known"] is False
     # Off by default: the service then keeps no per-user state and has no such routes.
     with TestClient(create_app(ckpt=load_checkpoint(lines_model_dir), settings=ServiceSettings(cache_mb=2))) as plain:
