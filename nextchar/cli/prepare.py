@@ -144,20 +144,33 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    import time
-
-    from nextchar.checkpoint import BUNDLED_DIR, load_checkpoint
-    from nextchar.data.batches import split_validation
+    from nextchar.checkpoint import BUNDLED_DIR
     from nextchar.data.prepared import is_prepared
     from nextchar.errors import UserError
-    from nextchar.text import embedded_corpus, read_corpus
-    from nextchar.training.memory import remember
+    from nextchar.training.rundir import one_writer
 
     directory = Path(args.model)
     if directory.resolve() == BUNDLED_DIR.resolve():
         raise UserError(f"{directory} is the bundled model, part of the installed package; copy it and index the copy")
     if is_prepared(directory):
         raise UserError(f"{directory} is a prepared corpus, not a model; give -m the directory `train` wrote")
+    if not directory.is_dir():
+        from nextchar.checkpoint import load_checkpoint
+
+        load_checkpoint(directory)  # one line saying what is wrong with the path (the lock would make it)
+    with one_writer(directory):  # not while a `train` (or another `index`) writes the directory
+        return _index(args, directory)
+
+
+def _index(args: argparse.Namespace, directory: Path) -> int:
+    import time
+
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.data.batches import split_validation
+    from nextchar.data.prepared import is_prepared
+    from nextchar.text import embedded_corpus, read_corpus
+    from nextchar.training.memory import remember
+
     ckpt = load_checkpoint(directory)  # a whole checkpoint, or one line saying what is wrong with it
     source = ckpt.meta.get("training", {}).get("source", {})
     fraction = args.val_fraction if args.val_fraction is not None else source.get("val_fraction") or 0.1

@@ -42,6 +42,7 @@ from nextchar.training.config import TrainConfig, TrainResult
 from nextchar.training.loop import train as train_loop
 from nextchar.training.memory import remember, remember_prepared
 from nextchar.training.resume import RESUME_DIR, STATE_NAME
+from nextchar.training.rundir import one_writer
 
 EMBEDDED = "embedded:pydoc_data.topics"  # the source a run on the embedded corpus records
 GIVEN_TEXT = "text:python"  # … and one on `text`, which has no path to be read again from
@@ -149,10 +150,11 @@ def train_on(
         return result
     if config.memory and (data.train_text or data.prepared is not None) and distributed.rank() == 0:
         started = time.perf_counter()
-        if data.prepared is not None:
-            done = remember_prepared(data.out, data.prepared)
-        else:
-            done = remember(data.out, data.train_text, data.val_text)
+        with one_writer(Path(data.out)):  # nobody else writes the checkpoint while its memory is added
+            if data.prepared is not None:
+                done = remember_prepared(data.out, data.prepared)
+            else:
+                done = remember(data.out, data.train_text, data.val_text)
         seconds = time.perf_counter() - started
         result = replace(
             result, memory_symbols=done.symbols, mixer_positions=done.mixer.positions, memory_seconds=seconds

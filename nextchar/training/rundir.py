@@ -30,13 +30,13 @@ LOCK_NAME = "train.lock"  # held by the run writing the directory (nextchar.file
 
 
 def one_writer(out: Path) -> AbstractContextManager[None]:
-    """The run's lock on `out` (rank 0 writes it; the other ranks only read): a second run into
-    the same directory is refused while this one lives, instead of both writing it."""
+    """The run's lock on `out` (rank 0 writes it; the other ranks only read): a second run, or
+    an `index` of the same directory, is refused while this one lives, instead of both writing it."""
     if distributed.rank() != 0:
         return nullcontext()
     return exclusive_lock(
         out / LOCK_NAME,
-        f"out={out} is being written by another training run (it holds {out / LOCK_NAME}); wait for it to "
+        f"{out} is being written by another `train` or `index` (it holds {out / LOCK_NAME}); wait for it to "
         "end, or name another directory",
     )
 

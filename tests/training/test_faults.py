@@ -126,9 +126,11 @@ def test_a_second_run_into_the_same_directory_is_refused_while_the_first_lives(t
     try:
         wait_for(out / "resume" / "state.json", proc)
         line = one_line_error(capsys, ["train", str(corpus), "--out", str(out), "--overwrite", *flags(3, 3)])
-        assert "is being written by another training run" in line
+        assert "is being written by another `train` or `index`" in line
         line = one_line_error(capsys, ["train", "--resume", str(out), "--steps", "3", "--quiet"])
-        assert "is being written by another training run" in line
+        assert "is being written by another `train` or `index`" in line
+        line = one_line_error(capsys, ["index", str(corpus), "-m", str(out)])  # adding a memory: the same lock
+        assert "is being written by another `train` or `index`" in line
     finally:
         kill(proc)
     # The lock goes with the process, however it ended.
