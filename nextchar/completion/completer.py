@@ -61,7 +61,7 @@ from nextchar.checkpoint import Checkpoint, load_checkpoint, read_memory
 from nextchar.completion.config import BEAM_MAX, DEFAULTS, CompleterConfig, ConfigOverrides, check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.lockstep import Forward, Request, drive, drive_together
-from nextchar.completion.recall import MixedForward, continuations
+from nextchar.completion.recall import MixedForward, continuations, infix_matches
 from nextchar.completion.search import Candidate, SearchSettings, SymbolTable, beam_steps, word_start
 from nextchar.completion.session import TypingSession
 from nextchar.completion.states import Node, StateCache, Tree, subtree, symbol_logprobs
@@ -70,7 +70,7 @@ from nextchar.errors import UserError
 from nextchar.models import CharModel, State, stack_states
 from nextchar.recall.estimator import Memory
 from nextchar.stepper import Stepper
-from nextchar.text import END, START
+from nextchar.text import END, START, UNK
 
 MEMORY_SHARE = 8  # with a byte bound on the caches, the memory's remembered predictions get 1/8
 TYPO_VARIANTS = 3  # corrected texts completed (the likeliest; one that extends another is skipped)
@@ -89,6 +89,19 @@ class Suggestion:
     logprob: float  # ln p(completion | prefix), summed over its symbols, the end event included
     score: float  # the ranking score (length-normalised; typo penalty applied)
     corrected: bool = False  # True when it completes a correction of the typed text
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InfixMatch:
+    """An entry of the memory's text that holds the typed fragment at the start of a word inside
+    it (`Completer.infix`): not a completion of what was typed, and listed as such."""
+
+    text: str  # the whole entry (a line of the training text)
+    at: int  # where the fragment starts in it (characters), for highlighting
+    count: int  # how often the entry holds it there in the training text
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +287,24 @@ class Completer:
         """The k best suggestions after `text`, best first (see the module docstring for the scores)."""
         with self.lock:
             return drive(self.forward, self.suggest_steps(text, k, mode, typos))
+
+    def infix(self, text: str, k: int = 5) -> list[InfixMatch]:
+        """The k entries of the memory's text (its lines) that hold `text` at the start of a word
+        inside them, most often first ("jone" → "bob jones"; recall.infix_matches). Only for
+        `lines` models with a memory (the lines are the entries); otherwise none."""
+        k = check_k(k)
+        forward = self.forward
+        if not isinstance(forward, MixedForward) or not self.table.lines:
+            return []
+        prepared = self.prepare(text)
+        symbols = self.table.encode(prepared)
+        if not symbols or UNK in symbols or any(self.table.boundary[s] for s in symbols[:1]):
+            return []  # nothing typed, a character the memory never saw, or no word start
+        boundaries = [i for i, is_boundary in enumerate(self.table.boundary) if is_boundary]
+        with self.lock:
+            found = infix_matches(forward.memory, symbols, boundaries, k)
+        chars = self.table.chars
+        return [InfixMatch("".join(chars[s] for s in entry), at, count) for entry, at, count in found]
 
     def suggest_many(self, queries: Sequence[tuple[str, int, str, bool]]) -> list[list[Suggestion] | Exception]:
         """suggest(text, k, mode, typos) for each query, their beams batched into shared model calls.

@@ -18,6 +18,13 @@ end of the line in `line` mode). The search keeps them among its hypotheses (sea
 `extras`), so they are scored by the same mixture as every other one and ranked with them: no
 prefix seen in training loses a completion that a frequency trie would offer.
 
+Infix matches (`infix_matches`): the entries (lines) of the memory's text that hold a typed
+fragment at the start of a word inside them, "jone" → "bob jones", for the drop-down of a
+search box over names or titles, where people type the part they remember. The index finds
+them as the occurrences of boundary + fragment (one interval per boundary symbol: a space, a
+hyphen, …), each read back to its line's start and on to its end. Not a continuation of the
+typed text, so they are listed apart from the suggestions, as such, most frequent first.
+
 The memory alone as a suggester (`recalled`, eval-complete's "memory alone" row): the
 continuations after the longest suffix of the typed text it holds, then, while fewer than k are
 found, after ever shorter suffixes (only the lengths whose count grows: a suffix found as often
@@ -26,7 +33,7 @@ as the longer one before it is found at the same places, and goes on the same wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +43,7 @@ from nextchar.data.memory import Interval, Match
 from nextchar.models import State
 from nextchar.recall.estimator import Context, Memory
 from nextchar.recall.mixer import Mixer
+from nextchar.text import END, START
 
 Forward = Callable[[Tensor, State], tuple[Tensor, State]]
 
@@ -140,3 +148,43 @@ def recalled(
         if len(out) >= k:
             break
     return out[:k]
+
+
+INFIX_SCANNED = 1024  # occurrences read per boundary symbol (evenly spaced over a wider interval)
+MAX_ENTRY = 256  # symbols read back and on from an occurrence, at most, to its line's ends
+
+
+def infix_matches(
+    memory: Memory, fragment: Sequence[int], boundaries: Sequence[int], k: int
+) -> list[tuple[list[int], int, int]]:
+    """The k entries (lines) of the memory's text holding `fragment` at the start of a word inside
+    them — right after one of the `boundaries` symbols, not at the line's own start (that is a
+    prefix, which the search completes) — as (the entry's symbols, where the fragment starts in
+    it, occurrences), commonest first; ties in the vocabulary's order."""
+    counts: dict[tuple[int, ...], list[int]] = {}
+    for index in memory.indexes:
+        tokens, n = index.tokens, len(index.tokens)
+        for boundary in boundaries:
+            interval = index.root()
+            for symbol in (boundary, *fragment):
+                interval = index.narrow(interval, symbol)
+                if interval.count == 0:
+                    break
+            if interval.count == 0:
+                continue
+            step = max(1, interval.count // INFIX_SCANNED)
+            for row in range(interval.lo, interval.hi, step):
+                at = int(index.suffixes[row]) + 1  # where the fragment begins
+                before = tokens[max(0, at - MAX_ENTRY) : at]
+                starts = np.flatnonzero((before == START) | (before == END))
+                if not len(starts):
+                    continue  # a line longer than MAX_ENTRY: not an entry of a drop-down
+                start = at - len(before) + int(starts[-1]) + 1
+                after = tokens[at : min(n, at + MAX_ENTRY)]
+                ends = np.flatnonzero((after == END) | (after == START))
+                end = at + (int(ends[0]) if len(ends) else len(after))
+                entry = tuple(int(t) for t in tokens[start:end])
+                found = counts.setdefault(entry, [at - start, 0])
+                found[1] += step
+    ranked = sorted(counts.items(), key=lambda item: (-item[1][1], item[0]))[:k]
+    return [(list(entry), offset, count) for entry, (offset, count) in ranked]

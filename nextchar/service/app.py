@@ -206,6 +206,13 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
     ]
     Typos = Annotated[bool, Query(description="also complete texts one edit away (typo tolerance)")]
     Chars = Annotated[int, Query(ge=1, le=K_MAX, description="next characters to list")]
+    Infix = Annotated[
+        bool,
+        Query(
+            description="also list entries that hold q at the start of a word inside them "
+            "(line-list models with a memory)"
+        ),
+    ]
 
     @router.get(
         "/suggest",
@@ -235,13 +242,19 @@ def suggestion_router(engine: LazyEngine, settings: ServiceSettings, metrics: Me
         summary="Completions with scores and correction flags, and the next-character distribution",
     )
     async def complete(
-        request: Request, q: Q, k: K = None, mode: ModeQuery = None, typos: Typos = False, chars: Chars = 10
+        request: Request,
+        q: Q,
+        k: K = None,
+        mode: ModeQuery = None,
+        typos: Typos = False,
+        chars: Chars = 10,
+        infix: Infix = False,
     ) -> Response:
         eng = engine()
         k = k or settings.default_k
         chosen_mode = mode or eng.default_mode
-        key = ("complete", q, k, chosen_mode, typos, chars)
-        args = (q, k, chosen_mode, typos, chars)
+        key = ("complete", q, k, chosen_mode, typos, chars, infix)
+        args = (q, k, chosen_mode, typos, chars, infix)
         return await _answer(request, engine, metrics, key, eng.complete_job, *args, media_type="application/json")
 
     return router

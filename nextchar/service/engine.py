@@ -279,12 +279,15 @@ class Engine:
 
     # The jobs (generators, run on the model thread): each returns (body, cache outcome).
 
-    def complete_job(self, q: str, k: int, mode: str, typos: bool, chars: int) -> Generator[Any, Any, Answer]:
+    def complete_job(
+        self, q: str, k: int, mode: str, typos: bool, chars: int, infix: bool = False
+    ) -> Generator[Any, Any, Answer]:
         before = dict(self._stats) if self._stats is not None else None
         next_chars = self.completer.next_chars(q, chars)  # the first lookup of q's state: it tells the outcome
         outcome = self._outcome(before)
         suggestions = yield from self.completer.suggest_steps(q, k, mode, typos)
-        return _dumps(complete_json(q, mode, k, typos, suggestions, next_chars)), outcome
+        inside = self.completer.infix(q, k) if infix else None
+        return _dumps(complete_json(q, mode, k, typos, suggestions, next_chars, inside)), outcome
 
     def suggest_job(self, q: str, k: int, base_url: str) -> Generator[Any, Any, Answer]:
         before = dict(self._stats) if self._stats is not None else None

@@ -125,6 +125,7 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
         mode: Annotated[Mode | None, Query(description="as /api/complete")] = None,
         typos: Annotated[bool, Query(description="as /api/complete")] = False,
         chars: Annotated[int, Query(ge=1, le=K_MAX, description="next characters to list")] = 10,
+        infix: Annotated[bool, Query(description="as /api/complete, over what this person taught too")] = False,
     ) -> Response:
         k_, mode_ = k or settings.default_k, mode or engine().default_mode
 
@@ -132,7 +133,8 @@ def personal_router(people: People, engine: Callable[[], Engine], settings: Serv
             completer = people().get(user).completer
             next_chars = completer.next_chars(q, chars)
             suggestions = completer.suggest(q, k=k_, mode=mode_, typos=typos)
-            return complete_json(q, mode_, k_, typos, suggestions, next_chars)
+            inside = completer.infix(q, k_) if infix else None
+            return complete_json(q, mode_, k_, typos, suggestions, next_chars, inside)
 
         return await on_model_thread(user, job)
 

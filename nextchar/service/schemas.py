@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from nextchar.completion.completer import Suggestion
+from nextchar.completion.completer import InfixMatch, Suggestion
 from nextchar.completion.config import Mode
 
 SUGGESTIONS_TYPE = "application/x-suggestions+json"
@@ -46,6 +46,12 @@ class NextCharBody(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
+class InfixBody(BaseModel):
+    text: str = Field(description="an entry of the training text holding q at the start of a word inside it")
+    at: int = Field(description="where q starts in it (characters)")
+    count: int = Field(description="how often the training text holds it there")
+
+
 class CompleteBody(BaseModel):
     q: str
     mode: Mode
@@ -53,6 +59,11 @@ class CompleteBody(BaseModel):
     typos: bool
     suggestions: list[SuggestionBody] = Field(description="best first")
     next_chars: list[NextCharBody] = Field(description="the likeliest next characters, likeliest first")
+    infix: list[InfixBody] | None = Field(
+        default=None,
+        description="with infix=true: entries holding q inside them, most often first (line-list models with a "
+        "memory; otherwise empty); not completions of q",
+    )
 
 
 class HealthBody(BaseModel):
@@ -131,9 +142,10 @@ def complete_json(
     typos: bool,
     suggestions: Sequence[Suggestion],
     next_chars: Sequence[tuple[str, float]],
+    infix: Sequence[InfixMatch] | None = None,
 ) -> dict[str, Any]:
     """A CompleteBody as plain JSON data (what /api/complete and /api/personal/complete send)."""
-    return {
+    body = {
         "q": q,
         "mode": mode,
         "k": k,
@@ -141,3 +153,6 @@ def complete_json(
         "suggestions": [{**s.to_json(), "logprob": finite(s.logprob), "score": finite(s.score)} for s in suggestions],
         "next_chars": [{"char": ch, "probability": p} for ch, p in next_chars],
     }
+    if infix is not None:
+        body["infix"] = [match.to_json() for match in infix]
+    return body

@@ -154,3 +154,48 @@ def test_the_memory_alone_backs_off_to_shorter_suffixes_by_hand():
     assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 5)] == ["at", "ang"]
     assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 1)] == ["at"]
     assert [vocab.decode(f) for f in recalled(memory, context, stops, 10, 5, min_depth=8)] == ["at"]
+
+
+NAMES_INSIDE = "bob jones\nmary jones\nbob jones\nann smith-jonestown\njonas jones\nalice\n"
+
+
+def lines_memory_checkpoint(tmp_path):
+    vocab = Vocabulary.from_text(NAMES_INSIDE + "z")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path, build_model(model_config("lstm", vocab_size=len(vocab))), vocab, "lines")
+    remember(tmp_path, NAMES_INSIDE * 2)
+    return load_checkpoint(tmp_path)
+
+
+def test_infix_matches_find_a_fragment_at_any_word_start_inside_an_entry_by_hand(tmp_path):
+    completer = Completer(lines_memory_checkpoint(tmp_path))
+    found = [(m.text, m.at, m.count) for m in completer.infix("jone", 5)]
+    # Counted by hand over the text held twice: " jone" after a space or a hyphen, never at a
+    # line's start ("jonas" is a prefix: the search completes it, infix does not list it).
+    assert found == [("bob jones", 4, 4), ("ann smith-jonestown", 10, 2), ("jonas jones", 6, 2), ("mary jones", 5, 2)]
+    assert all(m.text[m.at :].startswith("jone") for m in completer.infix("jone", 5))
+    assert [m.text for m in completer.infix("jone", 1)] == ["bob jones"]  # k bounds them
+    assert completer.infix("smi", 5)[0].text == "ann smith-jonestown"
+    # Nothing typed, a character the text never had, a fragment starting at a boundary: none.
+    assert completer.infix("", 5) == completer.infix("z", 5) == completer.infix(" jo", 5) == []
+    assert Completer(completer.ckpt, memory=False).infix("jone", 5) == []  # no memory: none
+
+
+def test_infix_over_a_persons_memory_and_the_service(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from nextchar.completion.personal import PersonalCompleters
+    from nextchar.service.app import create_app
+    from nextchar.service.settings import ServiceSettings
+
+    ckpt = lines_memory_checkpoint(tmp_path)
+    people = PersonalCompleters(Completer(ckpt), max_users=2)
+    alice = people.get("alice")
+    assert [m.text for m in alice.completer.infix("smi", 5)] == ["ann smith-jonestown"]
+    alice.learn("mary smith\n")  # what alice taught is found inside too, after she taught it
+    assert "mary smith" in [m.text for m in alice.completer.infix("smi", 5)]
+    assert "mary smith" not in [m.text for m in people.get("bob").completer.infix("smi", 5)]
+    with TestClient(create_app(ckpt=ckpt, settings=ServiceSettings(cache_mb=4))) as client:
+        body = client.get("/api/complete", params={"q": "jone", "infix": "true"}).json()
+        assert body["infix"][0] == {"text": "bob jones", "at": 4, "count": 4}
+        assert "infix" not in client.get("/api/complete", params={"q": "jone"}).json()  # only when asked
