@@ -47,7 +47,6 @@ correction (by more than typo_penalty nats, 4 by default: 55×) — "teh" become
 from __future__ import annotations
 
 import math
-import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
@@ -61,10 +60,10 @@ from nextchar.checkpoint import Checkpoint, load_checkpoint, read_memory
 from nextchar.completion.config import BEAM_MAX, DEFAULTS, CompleterConfig, ConfigOverrides, check_k, check_mode
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.lockstep import Forward, Request, drive, drive_together
-from nextchar.completion.recall import MixedForward, continuations, infix_matches
+from nextchar.completion.recall import InfixMatch, MixedForward, continuations, infix_matches
 from nextchar.completion.search import Candidate, SearchSettings, SymbolTable, beam_steps, word_start
 from nextchar.completion.session import TypingSession
-from nextchar.completion.states import Node, StateCache, Tree, subtree, symbol_logprobs
+from nextchar.completion.states import Node, StateCache, Tree, answers_bytes, subtree, symbol_logprobs
 from nextchar.completion.typos import Edit, ranked_edits
 from nextchar.errors import UserError
 from nextchar.models import CharModel, State, stack_states
@@ -92,28 +91,6 @@ class Suggestion:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class InfixMatch:
-    """An entry of the memory's text that holds the typed fragment at the start of a word inside
-    it (`Completer.infix`): not a completion of what was typed, and listed as such."""
-
-    text: str  # the whole entry (a line of the training text)
-    at: int  # where the fragment starts in it (characters), for highlighting
-    count: int  # how often the entry holds it there in the training text
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def suggestions_bytes(suggestions: list[Suggestion]) -> int:
-    """What a kept list of suggestions costs: the list, each Suggestion, its strings and floats."""
-    each = (
-        sys.getsizeof(s) + sys.getsizeof(s.__dict__) + sys.getsizeof(s.text) + sys.getsizeof(s.completion) + 48
-        for s in suggestions
-    )
-    return sys.getsizeof(suggestions) + sum(each)
 
 
 class Completer:
@@ -164,9 +141,7 @@ class Completer:
         if lexicon is not None:
             self.settings.lexicon_max_chars = lexicon.max_len
         self.lock = threading.RLock()
-        self.states: StateCache[list[Suggestion]] = StateCache(
-            c.cache_size, c.max_context, memo_bytes=suggestions_bytes
-        )
+        self.states: StateCache[list[Suggestion]] = StateCache(c.cache_size, c.max_context, memo_bytes=answers_bytes)
         self._cache_bytes: int | None = None
 
     def _expired(self) -> None:

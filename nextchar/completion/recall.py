@@ -34,6 +34,8 @@ as the longer one before it is found at the same places, and goes on the same wa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +48,19 @@ from nextchar.recall.mixer import Mixer
 from nextchar.text import END, START
 
 Forward = Callable[[Tensor, State], tuple[Tensor, State]]
+
+
+@dataclass(frozen=True)
+class InfixMatch:
+    """An entry of the memory's text that holds the typed fragment at the start of a word inside
+    it (`Completer.infix`): not a completion of what was typed, and listed as such."""
+
+    text: str  # the whole entry (a line of the training text)
+    at: int  # where the fragment starts in it (characters), for highlighting
+    count: int  # how often the entry holds it there in the training text
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class MixedForward:

@@ -22,7 +22,7 @@ import math
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -146,6 +146,16 @@ def tree_bytes(tree: Tree) -> int:
 
 def str_bytes(text: str) -> int:
     return sys.getsizeof(text)
+
+
+def answers_bytes(answers: list[Any]) -> int:
+    """What a kept list of suggestions costs: the list, each object, its `text` and `completion`
+    strings and two floats (nextchar.completion.completer.Suggestion)."""
+    each = (
+        sys.getsizeof(a) + sys.getsizeof(a.__dict__) + sys.getsizeof(a.text) + sys.getsizeof(a.completion) + 48
+        for a in answers
+    )
+    return sys.getsizeof(answers) + sum(each)
 
 
 def memo_key_bytes(key: MemoKey) -> int:

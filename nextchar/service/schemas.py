@@ -12,8 +12,9 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from nextchar.completion.completer import InfixMatch, Suggestion
+from nextchar.completion.completer import Suggestion
 from nextchar.completion.config import Mode
+from nextchar.completion.recall import InfixMatch
 
 SUGGESTIONS_TYPE = "application/x-suggestions+json"
 OPENSEARCH_TYPE = "application/opensearchdescription+xml"
