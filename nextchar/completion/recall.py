@@ -125,10 +125,10 @@ def continuations(
         longest = chosen[0]
         step = max(1, longest.count // SCANNED)
         for row in range(longest.lo, longest.hi, step):
-            at = int(index.suffixes[row]) + longest.depth
+            at = index.suffixes.item(row) + longest.depth
             found: list[int] = []
             while at < len(index.tokens) and len(found) < max_len:
-                symbol = int(index.tokens[at])
+                symbol = index.tokens.item(at)
                 if stops(symbol):
                     break
                 found.append(symbol)
