@@ -11,9 +11,13 @@ The cache is an LRU of at most `capacity` nodes, keyed by the last `max_context`
 of the prepared text (the model never reads further back). Beside the nodes it keeps, for
 the next keystroke, the search tree of each recent search (completion → node: when the next
 character continues a hypothesis, its node is there, `subtree`) and the suggestion lists of
-recent queries, both bounded LRUs too. `stats` counts hits, steps and reads (the service's
-/metrics reads them); `clear` forgets everything and bumps `generation`, which tells
-typing sessions that their own states are stale (the weights changed).
+recent queries, both bounded LRUs too. With `max_bytes` the three are bounded in bytes as
+well (`BoundedLRU`): each entry is charged what it keeps alive — a node its tensors' storages,
+a tree every batch its rows belong to (a search's rows are slices of one batch per step),
+an answer its strings — each storage once per entry, so what is shared is over-counted, never
+under. `stats` counts hits, steps and reads (the service's /metrics reads them); `clear`
+forgets everything and bumps `generation`, which tells typing sessions that their own states
+are stale (the weights changed).
 """
 
 from __future__ import annotations
