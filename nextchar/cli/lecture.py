@@ -5,6 +5,8 @@ weights                  the fixed W^sx, W^ss of that machine for a small alphab
 gradcheck                hand-written BPTT vs finite differences and vs PyTorch autograd
 train                    SGD on the lecture's three lines until they are reproduced
 load -m DIR TEXT         a nextchar rnn (or window) checkpoint run by the NumPy engine
+serve                    the lecture you can watch (/lecture) over the NumPy engine
+plot VIEW TEXT --out F   one of the page's four views as a PNG
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nextchar.errors import UserError
 
 if TYPE_CHECKING:
     from nextchar.lecture.sgd import ExampleResult
+    from nextchar.service.lecture import LectureSource
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.set_defaults(run=lambda args: _no_step(p))
     steps = p.add_subparsers(dest="lecture_step", metavar="STEP", parser_class=type(p))
-    for add in (_add_table, _add_weights, _add_gradcheck, _add_train, _add_load):
+    for add in (_add_table, _add_weights, _add_gradcheck, _add_train, _add_load, _add_serve, _add_plot):
         add(steps)
 
 
@@ -135,6 +138,52 @@ def _add_load(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_model_option(q)
     q.add_argument("-k", type=positive_int, default=5, help="how many characters (default 5)")
     q.set_defaults(run=_run_load)
+
+
+def _add_source_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "-m",
+        "--model",
+        metavar="DIR",
+        help="a nextchar checkpoint: rnn or window (run by the NumPy engine), lstm or gru (by PyTorch); "
+        "default: the lecture's RNN, trained on its three lines at start (NumPy, under a second)",
+    )
+    q.add_argument("--hidden", type=positive_int, default=64, help="m of the lecture's RNN (default 64, at most 256)")
+
+
+def _add_serve(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    q = steps.add_parser(
+        "serve",
+        help="the lecture you can watch: a page over the NumPy engine",
+        description="Serve the page of `nextchar serve`'s /lecture alone: the state machine, the RNN's state "
+        "s_t, p_t and backpropagation through time, live as you type, computed by nextchar.lecture. "
+        "Needs the [serve] extra. Binds to 127.0.0.1 unless told otherwise.",
+    )
+    _add_source_options(q)
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    q.add_argument("--port", type=int, default=8001, help="port (default 8001; 0 picks a free one)")
+    q.set_defaults(run=_run_serve)
+
+
+def _add_plot(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from nextchar.lecture.figures import FIGURES
+
+    q = steps.add_parser(
+        "plot",
+        help="one of the lecture page's views as a PNG",
+        description="Draw one of the four views of the lecture page (/lecture) for TEXT as a PNG: machine "
+        "(the last-m-characters machine), state (s_t as a heatmap), distribution (p_t, L_seq, BPC), "
+        "bptt (gradient norms back through time).",
+    )
+    q.add_argument("view", choices=FIGURES, metavar="VIEW", help=f"one of {', '.join(FIGURES)}")
+    q.add_argument("text", metavar="TEXT", help='the text, e.g. "what happens" (at most 200 characters)')
+    q.add_argument("--out", metavar="FILE", required=True, help="the PNG to write")
+    _add_source_options(q)
+    q.add_argument("-c", "--context", type=positive_int, default=3, help="machine: characters of context m (default 3)")
+    q.add_argument("--unit", type=int, help="state: the unit to colour the text by (default: the most correlated)")
+    q.add_argument("--f1", choices=("tanh", "relu"), default="tanh", help="bptt: the nonlinearity (default tanh)")
+    q.add_argument("--scale", type=positive_float, default=1.0, help="bptt: the factor α on W^ss (default 1)")
+    q.set_defaults(run=_run_plot)
 
 
 def _no_step(parser: argparse.ArgumentParser) -> int:
@@ -359,4 +408,79 @@ def _run_load(args: argparse.Namespace) -> int:
         print(f"  {show(symbol) if symbol != ' ' else '_':>3}  {p_engine[-1, i]:6.3f}")
     diff = float(np.abs(p_engine - p_torch).max())
     print(f"largest |p_t(engine) − p_t(PyTorch)| over the {len(indices)} steps: {diff:.1e}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ serve, plot
+
+
+def _source(args: argparse.Namespace) -> LectureSource:
+    """The model the views run: the lecture's RNN, or a checkpoint (rnn/window: NumPy; lstm/gru: PyTorch)."""
+    from nextchar.lecture.bptt import MAX_BPTT_UNITS, LectureModels, LectureRNN
+    from nextchar.service.lecture import ModelSource, NumpySource
+
+    if args.hidden > MAX_BPTT_UNITS:
+        raise UserError(f"--hidden must be at most {MAX_BPTT_UNITS}, not {args.hidden}")
+    models = LectureModels(hidden=args.hidden)
+    if args.model is None:
+        return NumpySource(models.get("tanh"), "the lecture's RNN", lecture_models=models)
+    from nextchar.checkpoint import load_checkpoint
+    from nextchar.lecture.convert import from_checkpoint, window_from_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    kind = ckpt.model.config.kind
+    if kind in ("rnn", "window"):
+        got = window_from_checkpoint(args.model) if kind == "window" else from_checkpoint(args.model)
+        described = f"{args.model} ({kind}, m = {got.params.m}, f1 = {got.f1})"
+        model = LectureRNN(got.params, got.f1, got.vocab, described)
+        return NumpySource(model, str(args.model), kind, got.s0, lecture_models=models)
+    return ModelSource(ckpt.model.eval(), ckpt.vocab, str(args.model), lecture_models=models)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    from nextchar.cli.options import require_extra
+
+    require_extra("serve", "fastapi", "uvicorn", command="lecture serve")
+    import uvicorn
+
+    from nextchar.service.lecture import create_lecture_app
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0 … 65535, not {args.port}")
+    app = create_lecture_app(_source(args))
+    try:
+        sock = socket.create_server((args.host, args.port), reuse_port=False)
+    except (OSError, OverflowError) as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc}); pick another --port or --host") from None
+    host, port = sock.getsockname()[:2]
+    print(f"nextchar: the lecture you can watch at http://{host}:{port}/lecture; Ctrl-C stops", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from nextchar.lecture.bptt import bptt_view
+    from nextchar.lecture.figures import PLOTTERS, plot_state
+    from nextchar.lecture.views import check_text, distribution_view, machine_view, state_view
+
+    check_text(args.text)
+    if args.view == "machine":
+        view = machine_view(args.text, args.context)
+    elif args.view == "bptt":
+        source = _source(args)
+        view = bptt_view(source.lecture_rnn(args.f1), args.text, args.f1, args.scale)
+    else:
+        trace = asyncio.run(_source(args).trace(args.text, ""))
+        view = state_view(trace) if args.view == "state" else distribution_view(trace)
+    if args.view == "state":
+        if args.unit is not None and not 0 <= args.unit < view["units_shown"]:
+            raise UserError(f"--unit must be 0 … {view['units_shown'] - 1}, not {args.unit}")
+        plot_state(view, args.out, args.unit)
+    else:
+        PLOTTERS[args.view](view, args.out)
+    print(f"plot: {args.out}")
     return 0

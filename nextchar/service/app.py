@@ -10,6 +10,8 @@ Routes (docs/service.md has examples):
     GET /suggest?q=&k=     OpenSearch suggestions: [q, [texts], [descriptions], [urls]]
     GET /api/complete      suggestions with scores and correction flags + the next-character
                            distribution
+    GET /lecture, /api/lecture/…   the lecture you can watch: the state machine, s_t, p_t and
+                           BPTT as you type (nextchar.service.lecture)
     GET /opensearch.xml    lets a browser add nextchar as a search engine with suggestions
     GET /healthz, /metrics (Prometheus text), /openapi.json, /docs (an offline API page)
     /api/personal/…        per-user adapted suggestions, when settings.personal_users > 0
@@ -55,6 +57,7 @@ from nextchar.service.engine import CacheKey, LazyEngine, build_engine
 from nextchar.service.fairness import ClientOverloaded, Job, Overloaded
 from nextchar.service.guard import GuardMiddleware
 from nextchar.service.identity import Identities
+from nextchar.service.lecture import EngineSource, lecture_router
 from nextchar.service.metrics import Metrics, MetricsMiddleware
 from nextchar.service.personal import People, personal_router
 from nextchar.service.schemas import (
@@ -106,6 +109,7 @@ def create_app(
     app.include_router(suggestion_router(engine, chosen, metrics))
     app.include_router(info_router(engine, chosen, metrics))
     app.include_router(page_router())
+    app.include_router(lecture_router(EngineSource(engine)))  # /lecture: the lecture you can watch
     if chosen.personal_users > 0:  # per-user adapted suggestions; off by default: no per-user state
         identities = Identities(chosen.personal_users, issuer_sha256=chosen.personal_issuer_sha256)
         people = People(engine, chosen.personal_users, identities)
