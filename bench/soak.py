@@ -59,7 +59,8 @@ class Window:
 
     latencies: list[float] = field(default_factory=list)
     five_xx: int = 0
-    errors: int = 0  # refused or broken connections, timeouts, 4xx other than the expected
+    refused: int = 0  # 429s: people created faster than the service allows, or a client's queue share
+    errors: int = 0  # broken connections, timeouts, 4xx other than 401s and 429s
     down: int = 0  # connections refused by the victim while it is down (expected)
 
 
@@ -213,6 +214,8 @@ def _count(soak: Soak, r: httpx.Response, seconds: float) -> None:
         window = soak.window
         if r.status_code >= 500:
             window.five_xx += 1
+        elif r.status_code == 429:
+            window.refused += 1
         elif r.status_code >= 400:
             window.errors += 1
         elif seconds:
@@ -283,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     samples = []
     started = time.monotonic()
     print(
-        f"{'t s':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'5xx':>4} {'errors':>6} {'down':>5} "
+        f"{'t s':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'5xx':>4} {'429':>4} {'errors':>6} {'down':>5} "
         + " ".join(f"{'rss' + str(i) + ' MB':>9}" for i in range(len(workers))),
         flush=True,
     )
@@ -299,6 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 "p50_ms": 1000 * quantile(window.latencies, 0.5),
                 "p99_ms": 1000 * quantile(window.latencies, 0.99),
                 "five_xx": window.five_xx,
+                "refused": window.refused,
                 "errors": window.errors,
                 "down": window.down,
                 "rss_mb": [w.rss_mb() for w in workers],
@@ -306,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             samples.append(sample)
             print(
                 f"{sample['t_s']:6.0f} {sample['rps']:7.1f} {sample['p50_ms']:7.1f} {sample['p99_ms']:7.1f} "
-                f"{sample['five_xx']:4d} {sample['errors']:6d} {sample['down']:5d} "
+                f"{sample['five_xx']:4d} {sample['refused']:4d} {sample['errors']:6d} {sample['down']:5d} "
                 + " ".join(f"{r:9.1f}" for r in sample["rss_mb"]),
                 flush=True,
             )
@@ -328,6 +332,7 @@ def summarise(soak: Soak, samples: list[dict[str, Any]], args: argparse.Namespac
     summary = {
         "requests": sum(s["requests"] for s in samples),
         "five_xx": sum(s["five_xx"] for s in samples),
+        "refused": sum(s["refused"] for s in samples),
         "errors": sum(s["errors"] for s in samples),
         "down": sum(s["down"] for s in samples),
         "lost_personal_state": soak.lost,
@@ -339,7 +344,8 @@ def summarise(soak: Soak, samples: list[dict[str, Any]], args: argparse.Namespac
     }
     flat = all(g <= 0.10 for g in growth) and bool(growth)
     print(
-        f"\n{summary['requests']:,} requests, {summary['five_xx']} 5xx, {summary['errors']} other errors, "
+        f"\n{summary['requests']:,} requests, {summary['five_xx']} 5xx, {summary['refused']} 429s, "
+        f"{summary['errors']} other errors, "
         f"{summary['down']} refused while the victim was down; {soak.lost} lost personal states on survivors, "
         f"{soak.recreated} people created again on the victim, {soak.learned_ok} learns checked, "
         f"{soak.cut_off} tricklers cut off; median window p99 {summary['median_window_p99_ms']:.1f} ms; "
@@ -367,7 +373,9 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills of worker 0 (default 60)")
     parser.add_argument("--tricklers", type=int, default=8, help="slow clients at once (default 8)")
     parser.add_argument("--head-timeout", type=float, default=5.0, help="the servers' --head-timeout (default 5)")
-    parser.add_argument("--cache-mb", type=float, default=512.0, help="each server's --cache-mb (default 512)")
+    parser.add_argument(
+        "--cache-mb", type=float, default=160.0, help="each server's --cache-mb (default 160: full within the warm-up)"
+    )
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds per sample (default 10)")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="RSS is compared after this (default 60)")
     parser.add_argument("--json", default=None, help="where the record goes (default bench/results/)")
