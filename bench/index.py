@@ -1,0 +1,156 @@
+"""Benchmark: the memory index at scale — build rate, bytes per symbol on disk and resident,
+and the cost per keystroke of following a typed context and of p_mem after it.
+
+The index of a prepared corpus is built in shards of `--shard-symbols` (what `nextchar index
+DIR` and `train` on a prepared directory do: nextchar.training.memory.remember_prepared), each
+with pydivsufsort, saved as raw arrays, and memory-mapped back, as a checkpoint loads it. The
+corpus: `--size-mb` of symbols made from the embedded corpus, Tiny Shakespeare and the names
+list (what ../shared/data holds), as windows of `--window` symbols taken at random offsets and
+joined — text with real local statistics, repeated at the large scale far more than a real
+corpus of that size would be (no offline corpus of 1 GB exists here; say so beside the figure).
+`--size-mb 0`: the sources once, as they are.
+
+    python -m bench.index --size-mb 1024          # ~1 GB in 16 shards of 64 M symbols
+    python -m bench.index --size-mb 0             # the sources alone (~6 MB)
+
+Peak memory is the process's (ru_maxrss), building one shard at a time. Resident: what the
+process gained from mapping the shards and typing the keystrokes (only the pages read). The
+keystrokes: lines of the names list and of Shakespeare, typed one symbol at a time from a
+fresh context per line. The results go to bench/results/ (or --json FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.record import write_result
+from nextchar.data.batches import encode_corpus
+from nextchar.data.memory import MemoryIndex, memory_tokens
+from nextchar.recall.estimator import Memory
+from nextchar.text import Vocabulary, embedded_corpus
+from nextchar.training.memory import SHARD_SYMBOLS
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sources() -> list[str]:
+    texts = [embedded_corpus()]
+    for name in ("tinyshakespeare.txt", "names.txt"):
+        if (DATA / name).is_file():
+            texts.append((DATA / name).read_text(encoding="utf-8"))
+    return texts
+
+
+def corpus_tokens(vocab: Vocabulary, texts: list[str], size_mb: float, window: int, seed: int) -> np.ndarray:
+    encoded = np.concatenate([memory_tokens(encode_corpus(t, vocab, "text"), len(vocab)) for t in texts])
+    if size_mb <= 0:
+        return encoded
+    n = int(size_mb * 2**20 / encoded.dtype.itemsize)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(encoded) - window, size=(n + window - 1) // window)
+    return np.concatenate([encoded[s : s + window] for s in starts])[:n]
+
+
+def typed_lines(texts: list[str], count: int, seed: int) -> list[str]:
+    lines = [line for text in texts[1:] or texts for line in text.splitlines() if 3 <= len(line) <= 60]
+    rng = np.random.default_rng(seed)
+    return [lines[i] for i in rng.choice(len(lines), size=min(count, len(lines)), replace=False)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mb", type=float, default=1024.0, help="symbols to index, in MB of tokens (default 1024)")
+    p.add_argument("--shard-symbols", type=int, default=SHARD_SYMBOLS, help=f"per shard (default {SHARD_SYMBOLS:,})")
+    p.add_argument("--window", type=int, default=4096, help="symbols per window of the made corpus (default 4096)")
+    p.add_argument("--lines", type=int, default=300, help="lines typed for the per-keystroke cost (default 300)")
+    p.add_argument("--work", default=None, help="where the shards are written (default: a temporary directory)")
+    p.add_argument("--json", default=None, help="write the results here instead of bench/results/")
+    args = p.parse_args()
+
+    texts = sources()
+    vocab = Vocabulary.from_text("".join(texts))
+    tokens = corpus_tokens(vocab, texts, args.size_mb, args.window, seed=0)
+    n = len(tokens)
+    print(f"{n:,} symbols ({tokens.nbytes / 2**20:,.0f} MB of {tokens.dtype}), shards of {args.shard_symbols:,}")
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        directory = Path(work)
+        described, build_s, disk = [], 0.0, 0
+        for lo in range(0, n, args.shard_symbols):
+            shard = np.ascontiguousarray(tokens[lo : lo + args.shard_symbols])
+            started = time.perf_counter()
+            index = MemoryIndex.build(shard)
+            build_s += time.perf_counter() - started
+            described.append(index.save(directory))
+            disk += index.tokens.nbytes + index.suffixes.nbytes
+            del index
+        del tokens
+        peak_build = peak_mb()
+        before = rss_mb()
+        indexes = [MemoryIndex.load(directory, meta, len(vocab)) for meta in described]
+        memory = Memory(indexes, len(vocab))
+        pushes, predicts = [], []
+        for line in typed_lines(texts, args.lines, seed=1):
+            context = memory.start()
+            for symbol in vocab.encode(line):
+                started = time.perf_counter()
+                context = memory.push(context, symbol)
+                pushed = time.perf_counter()
+                memory.predict(context)
+                predicts.append(time.perf_counter() - pushed)
+                pushes.append(pushed - started)
+        resident = rss_mb() - before
+    results = {
+        "symbols": n,
+        "shards": len(described),
+        "build_s": build_s,
+        "build_mb_per_s": n * 2 / 2**20 / build_s,  # MB of 2-byte symbols a second, as the goal counts a character
+        "bytes_per_symbol_disk": disk / n,
+        "resident_mb_after_typing": resident,
+        "resident_bytes_per_symbol": resident * 2**20 / n,
+        "peak_build_mb": peak_build,
+        "keystrokes": len(pushes),
+        "push_us_median": statistics.median(pushes) * 1e6,
+        "push_us_p99": sorted(pushes)[int(0.99 * (len(pushes) - 1))] * 1e6,
+        "predict_us_median": statistics.median(predicts) * 1e6,
+        "predict_us_p99": sorted(predicts)[int(0.99 * (len(predicts) - 1))] * 1e6,
+    }
+    print(
+        f"{'symbols':>14} {'shards':>6} {'build MB/s':>10} {'B/sym disk':>10} {'resident MB':>11} "
+        f"{'peak MB':>8} {'push µs p50/p99':>16} {'p_mem µs p50/p99':>17}"
+    )
+    r = results
+    print(
+        f"{r['symbols']:>14,} {r['shards']:>6} {r['build_mb_per_s']:>10.1f} {r['bytes_per_symbol_disk']:>10.2f} "
+        f"{r['resident_mb_after_typing']:>11.1f} {r['peak_build_mb']:>8.0f} "
+        f"{r['push_us_median']:>7.1f}/{r['push_us_p99']:<8.1f} "
+        f"{r['predict_us_median']:>8.1f}/{r['predict_us_p99']:<8.1f}"
+    )
+    print(
+        f"goals: ≤ 6 bytes/character {'met' if r['bytes_per_symbol_disk'] <= 6 else 'NOT met'}; "
+        f"build ≥ 5 MB/s {'met' if r['build_mb_per_s'] >= 5 else 'NOT met'}; ≤ 50 µs per keystroke (push + p_mem, "
+        f"median) {'met' if r['push_us_median'] + r['predict_us_median'] <= 50 else 'NOT met'}"
+    )
+    path = write_result("index", {"settings": vars(args), "results": results}, args.json)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
