@@ -8,6 +8,8 @@ as long as the slowest round so far? If so it stops there and offers what it has
 10 ms model call and a 25 ms deadline that is two rounds (20 ms), where checking after each
 would have run three (30 ms).
 
+A search that has nothing to offer yet goes on past the deadline until it has (a cold process's
+first model call can take longer than the whole deadline: stopping then would answer nothing).
 A lexicon's walk has no deadline: its entries are what it offers.
 """
 
@@ -26,14 +28,16 @@ class Deadline:
         self.started = self.last = time.perf_counter()
         self.slowest = 0.0
 
-    def next_round_would_overrun(self) -> bool:
+    def next_round_would_overrun(self, may_stop: bool = True) -> bool:
         """Whether the round about to begin, as slow as the slowest yet, would end past the
-        deadline (see the module docstring); if so `on_expired` is told."""
+        deadline (see the module docstring); if so `on_expired` is told. `may_stop` False: the
+        search has nothing to offer yet, so it goes on whatever the clock says (the round is
+        still timed)."""
         if not self.seconds:
             return False
         now = time.perf_counter()
         self.slowest, self.last = max(self.slowest, now - self.last), now
-        if now - self.started + self.slowest <= self.seconds:
+        if not may_stop or now - self.started + self.slowest <= self.seconds:
             return False
         if self.on_expired is not None:
             self.on_expired()

@@ -261,7 +261,7 @@ def beam_steps(
         else:
             kinds = _free_finish(beam, masses, mode, settings, finish, rows, allow_empty)
             allow_empty = False
-            if deadline.next_round_would_overrun():
+            if deadline.next_round_would_overrun(may_stop=finished.would_offer(beam.texts)):
                 _offer_as_they_stand(beam, finish)
                 break
             values, indices = yield TopKRequest(beam.batch, beam.lo, beam.hi, beam.lps, kinds, width, table.masks)
@@ -333,6 +333,21 @@ class _Finished:
             self.floor = sorted([c.score for c in self.best.values()], reverse=True)[self.top - 1]
             if len(self.best) > self.top:
                 self.best = {key: c for key, c in self.best.items() if c.score >= self.floor}
+
+    def would_offer(self, texts: list[str]) -> bool:
+        """Whether stopping now would offer anything: a finished suggestion, or one of `texts`
+        (live hypotheses) as it stands (`_offer_as_they_stand`)."""
+        if self.best:
+            return True
+        for raw in texts:
+            text = raw.rstrip("\n").replace("\n", " ") if self.wrap else raw
+            if (
+                raw
+                and not needs_continuation(raw)
+                and (self.min_chars is None or offered(text, self.min_chars, self.closing))
+            ):
+                return True
+        return False
 
     def kth(self, k: int) -> float:
         """The k-th best score (−inf while there are fewer than k)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nextchar.checkpoint import load_checkpoint, read_memory, save_checkpoint
@@ -87,6 +88,25 @@ def test_the_deadline_returns_the_best_so_far_within_its_bound(tmp_path):
     started = time.perf_counter()
     exact.suggest("It was the", 3, "line")
     assert time.perf_counter() - started > 0.5 and exact.search_stats == {"searches": 1, "expired": 0}
+
+
+@pytest.mark.parametrize("mode", ["word", "line", "phrase"])
+def test_a_search_past_its_deadline_with_nothing_to_offer_goes_on_until_it_has(tmp_path, mode):
+    """A cold process's first model call can take longer than the whole deadline: the search
+    still answers, stopping as soon as it has something (it used to stop with nothing)."""
+    import time
+
+    completer = Completer(remembering_checkpoint(tmp_path), memory=False, deadline_ms=1)
+    fast = completer.forward
+
+    def slowed(idx, state):  # every call alone is past the deadline
+        time.sleep(0.005)
+        return fast(idx, state)
+
+    completer.forward = slowed
+    found = completer.suggest("It was the", 3, mode)
+    assert found and all(s.completion.strip() for s in found), found
+    assert completer.search_stats == {"searches": 1, "expired": 1}
 
 
 def test_a_persons_memory_holds_what_they_taught_and_no_one_elses(tmp_path):
