@@ -44,6 +44,7 @@ TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
 MEMO_WIDTH = 32  # intervals wider than this are narrowed and counted once, then remembered
 SMALL = 32  # intervals this narrow are read element by element
+SEARCH_WIDTH = 8192  # intervals wider than this have their followers found by search, not read whole
 MEMO_ENTRIES = 1 << 16  # at most this many remembered of each (then they start again) …
 # … what one remembered pair costs at most: a narrowed interval (its key tuple, the Interval, their
 # ints) and a followers entry (its key, two small arrays); sys.getsizeof, tests/service/test_cache_bytes.py
@@ -94,6 +95,7 @@ class MemoryIndex:
         self._narrowed: dict[tuple[int, int, int, int], Interval] = {}
         self._followers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.memo_entries = MEMO_ENTRIES  # of each: set through memo_bytes to bound them in bytes
+        self.search_width = SEARCH_WIDTH  # see _followers_by_search
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> MemoryIndex:
@@ -202,6 +204,8 @@ class MemoryIndex:
             return np.fromiter(runs, dtype=np.int64, count=len(runs)), np.fromiter(
                 runs.values(), dtype=np.int64, count=len(runs)
             )
+        if interval.count > self.search_width:
+            return self._followers_by_search(interval)
         starts = np.asarray(self.suffixes[interval.lo : interval.hi], dtype=np.int64) + interval.depth
         starts = starts[starts < len(self.tokens)]
         if len(starts) == 0:
@@ -210,6 +214,30 @@ class MemoryIndex:
         cuts = np.flatnonzero(following[1:] != following[:-1]) + 1
         firsts = np.concatenate(([0], cuts))
         return following[firsts], np.diff(np.concatenate((firsts, [len(following)])))
+
+    def _followers_by_search(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
+        """`_followers_of` by binary search: the interval's rows are sorted by the symbol at its
+        depth, so each distinct symbol is one run, and a run's end is the first row whose symbol
+        is greater — about σ·log2(count) reads instead of count. The short contexts of a large
+        corpus have intervals of millions of rows; reading them whole is what made p_mem cost
+        milliseconds there (bench/index.py)."""
+        d, row, hi = interval.depth, interval.lo, interval.hi
+        symbols: list[int] = []
+        counts: list[int] = []
+        while row < hi:
+            symbol = self._symbol(row, d)
+            lo_, hi_ = row + 1, hi
+            while lo_ < hi_:  # the first row past the run of `symbol`
+                mid = (lo_ + hi_) // 2
+                if self._symbol(mid, d) <= symbol:
+                    lo_ = mid + 1
+                else:
+                    hi_ = mid
+            if symbol >= 0:  # −1: the text ended there (sorted first)
+                symbols.append(symbol)
+                counts.append(lo_ - row)
+            row = lo_
+        return np.asarray(symbols, dtype=np.int64), np.asarray(counts, dtype=np.int64)
 
     # ---------------------------------------------------------------------------- files
 
