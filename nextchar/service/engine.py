@@ -45,14 +45,14 @@ from nextchar.checkpoint import BUNDLED_DIR, Checkpoint, load_checkpoint
 from nextchar.completion.completer import Completer
 from nextchar.completion.lexicon import Lexicon
 from nextchar.completion.personal import person_bytes
+from nextchar.completion.states import Node, node_bytes, str_bytes
 from nextchar.errors import UserError
 from nextchar.models import CharModel
 from nextchar.service.fairness import FairQueue, Job
 from nextchar.service.schemas import complete_json
 from nextchar.service.settings import ServiceSettings
 
-PER_TENSOR_OVERHEAD = 512  # bytes a cached tensor costs beyond its data (TensorImpl, storage, Python object)
-PER_ENTRY_OVERHEAD = 400  # bytes an LRU entry costs beyond its key and tensors (dict slot, Node, tuple)
+PER_ENTRY_OVERHEAD = 400  # bytes a response-cache entry costs beyond its key and body (dict slot, link, tuple)
 RESPONSE_SHARE = 8  # finished responses get 1/8 of --cache-mb, recurrent states the rest …
 MIN_SHARED = 8  # … at least 1/8 of it, whatever the personal routes' people take
 
@@ -93,16 +93,12 @@ class ResponseCache:
 
 
 def state_entry_bytes(completer: Completer, max_key_chars: int) -> int:
-    """An upper bound on what one state-cache entry costs: its tensors, its key, its slot.
-
-    The key is counted as the longest a query may produce, in 4-byte characters (CPython's
-    widest string layout), so the bound holds whatever people type.
-    """
+    """What one state-cache entry is charged at most (states.node_bytes and its key, as the
+    cache charges it): the key counted as the longest a query may produce, in 4-byte
+    characters (CPython's widest string layout), so the bound holds whatever people type."""
     state, logprobs = completer.state_after("")
-    tensors = [*state, logprobs]
-    data = sum(t.untyped_storage().nbytes() for t in tensors)
     key_chars = min(max_key_chars, completer.max_context)
-    return data + PER_TENSOR_OVERHEAD * len(tensors) + sys.getsizeof("\U00010000" * key_chars) + PER_ENTRY_OVERHEAD
+    return node_bytes(Node(state, logprobs)) + str_bytes("\U00010000" * key_chars)
 
 
 @dataclass(frozen=True)
