@@ -35,7 +35,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -63,7 +62,9 @@ from nextchar.service.personal import People, personal_router
 from nextchar.service.schemas import (
     OPENSEARCH_SCHEMA,
     OPENSEARCH_TYPE,
+    PAGE_HEADERS,
     PROMETHEUS_TYPE,
+    STATIC_DIR,
     SUGGESTIONS_TYPE,
     CompleteBody,
     HealthBody,
@@ -74,14 +75,6 @@ from nextchar.service.schemas import (
 )
 from nextchar.service.settings import ENV_SETTINGS, ServiceSettings, check_cors_origins
 
-STATIC_DIR = Path(__file__).parent / "static"
-# Nothing on the page comes from elsewhere; the browser enforces it too.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 CORS_PATHS = frozenset({"/suggest", "/api/complete"})  # what other origins' pages may read, given --cors-origin
 
 log = logging.getLogger("nextchar.service.app")

@@ -22,7 +22,6 @@ and sent. Two sources of models:
 # No `from __future__ import annotations`: FastAPI reads the route signatures at run time.
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
@@ -46,16 +45,8 @@ from nextchar.lecture.views import (
     symbol_names,
 )
 from nextchar.service.fairness import ClientOverloaded, Overloaded
+from nextchar.service.schemas import PAGE_HEADERS, STATIC_DIR
 from nextchar.text import START, Vocabulary
-
-STATIC_DIR = Path(__file__).parent / "static"
-# The same as the main page's (app.PAGE_HEADERS, a test holds them equal): nothing comes from elsewhere.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 
 
 class LectureSource(Protocol):

@@ -7,6 +7,7 @@ The bodies describe what the routes send; the routes themselves send bytes built
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, Response
@@ -16,6 +17,14 @@ from nextchar.completion.completer import Suggestion
 from nextchar.completion.config import Mode
 from nextchar.completion.recall import InfixMatch
 
+STATIC_DIR = Path(__file__).parent / "static"  # the pages (/, /docs, /lecture) and their scripts
+# Nothing on a page comes from elsewhere; the browser enforces it too.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 SUGGESTIONS_TYPE = "application/x-suggestions+json"
 OPENSEARCH_TYPE = "application/opensearchdescription+xml"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
