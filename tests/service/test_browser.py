@@ -61,16 +61,6 @@ def server(text_model_dir: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
 def page(browser, server: str) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """A fresh page at the server's /; fails the test on any script error or off-server request."""

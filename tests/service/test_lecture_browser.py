@@ -26,21 +26,11 @@ from nextchar.text import START
 from nextchar.training.loop import train
 from tests.helpers import NAMES, model_config, train_config
 from tests.live_server import live_server
-from tests.service.test_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark, sync_api  # noqa: F401
+from tests.service.test_browser import ARTIFACTS, pytestmark, sync_api  # noqa: F401
 
 TEXT = "what happens"
 DOCS = Path(__file__).parents[2] / "docs"
 expect = sync_api.expect
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module", params=["bundled", "rnn"])
