@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.memory import keystroke_costs
 from bench.record import write_result
 from nextchar.data.batches import encode_corpus
 from nextchar.data.memory import MemoryIndex, memory_tokens
@@ -106,16 +106,7 @@ def main() -> None:
         before = rss_mb()
         indexes = [MemoryIndex.load(directory, meta, len(vocab)) for meta in described]
         memory = Memory(indexes, len(vocab))
-        pushes, predicts = [], []
-        for line in typed_lines(texts, args.lines, seed=1):
-            context = memory.start()
-            for symbol in vocab.encode(line):
-                started = time.perf_counter()
-                context = memory.push(context, symbol)
-                pushed = time.perf_counter()
-                memory.predict(context)
-                predicts.append(time.perf_counter() - pushed)
-                pushes.append(pushed - started)
+        costs = keystroke_costs(memory, [vocab.encode(line) for line in typed_lines(texts, args.lines, seed=1)])
         resident = rss_mb() - before
     results = {
         "symbols": n,
@@ -126,11 +117,7 @@ def main() -> None:
         "resident_mb_after_typing": resident,
         "resident_bytes_per_symbol": resident * 2**20 / n,
         "peak_build_mb": peak_build,
-        "keystrokes": len(pushes),
-        "push_us_median": statistics.median(pushes) * 1e6,
-        "push_us_p99": sorted(pushes)[int(0.99 * (len(pushes) - 1))] * 1e6,
-        "predict_us_median": statistics.median(predicts) * 1e6,
-        "predict_us_p99": sorted(predicts)[int(0.99 * (len(predicts) - 1))] * 1e6,
+        **costs,
     }
     print(
         f"{'symbols':>14} {'shards':>6} {'build MB/s':>10} {'B/sym disk':>10} {'resident MB':>11} "

@@ -29,6 +29,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Sequence
 
 from bench.compressors import compressors, conditional_bpc
 from bench.record import write_result
@@ -63,21 +64,31 @@ def index_costs(memory: Memory, train_tokens, typed: list[int]) -> dict[str, flo
     index = MemoryIndex.build(train_tokens)
     build = time.perf_counter() - started
     fresh = Memory([index], memory.vocab_size)
-    pushes, predicts = [], []
-    context = fresh.start()
-    for symbol in typed:
-        started = time.perf_counter()
-        context = fresh.push(context, symbol)
-        pushed = time.perf_counter()
-        fresh.predict(context)
-        predicts.append(time.perf_counter() - pushed)
-        pushes.append(pushed - started)
     n = len(train_tokens)
     return {
         "symbols": n,
         "build_s": build,
         "build_mb_per_s": n * train_tokens.dtype.itemsize / 1e6 / build,
         "bytes_per_symbol": (index.tokens.nbytes + index.suffixes.nbytes) / max(n, 1),
+        **keystroke_costs(fresh, [typed]),
+    }
+
+
+def keystroke_costs(memory: Memory, lines: Iterable[Sequence[int]]) -> dict[str, float]:
+    """µs per keystroke, median and p99, of Memory.push and of a cold predict after it, typing
+    each line a symbol at a time from a fresh context."""
+    pushes, predicts = [], []
+    for line in lines:
+        context = memory.start()
+        for symbol in line:
+            started = time.perf_counter()
+            context = memory.push(context, symbol)
+            pushed = time.perf_counter()
+            memory.predict(context)
+            predicts.append(time.perf_counter() - pushed)
+            pushes.append(pushed - started)
+    return {
+        "keystrokes": len(pushes),
         "push_us_median": statistics.median(pushes) * 1e6,
         "predict_us_median": statistics.median(predicts) * 1e6,
         "push_us_p99": sorted(pushes)[int(0.99 * (len(pushes) - 1))] * 1e6,
