@@ -188,6 +188,7 @@ def dynamic_evaluate(
     record: bool = False,
     progress: bool = False,
     recall: tuple[Memory, Mixer] | None = None,
+    learn_mixer: bool = True,
 ) -> DynamicEvalResult:
     """Evaluate `encoded` (a `text` stream or a list of lines) with dynamic evaluation.
 
@@ -198,7 +199,9 @@ def dynamic_evaluate(
     ln p of every target in reading order (text: streams × positions, row-major by window).
     `recall` (a memory and its mixer): each window is also scored by the mixture of the adapted
     model and the memory, and then added to the memory (nextchar.evaluation.mixture.OnlineScorer):
-    score first, learn after, for both.
+    score first, learn after, for both. The mixture is then an online mixer learning from each
+    window once it is scored (`learn_mixer`, nextchar.recall.mixer.OnlineMixer), or the
+    checkpoint's fixed one.
     """
     config = config or AdaptConfig()
     static_result, static_seconds = _static(model, encoded, config.streams) if static else (None, 0.0)
@@ -215,7 +218,7 @@ def dynamic_evaluate(
     state: State | None = None
     windows, score_seconds, adapt_seconds = 0, 0.0, 0.0
     bar = _progress_bar(encoded) if progress else None
-    scorer = OnlineScorer(*recall, record=record) if recall is not None else None
+    scorer = OnlineScorer(*recall, record=record, learn_mixer=learn_mixer) if recall is not None else None
     for x, y, carry in iter_windows(encoded, config):
         started = time.perf_counter()
         x, y = x.to(device), y.to(device)

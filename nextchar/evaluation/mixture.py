@@ -31,8 +31,8 @@ from torch import Tensor
 from nextchar.data.batches import IGNORE, Encoded, count_targets, frame_lines, stream_eval_layout
 from nextchar.evaluation.bpc import EvalResult, Tally
 from nextchar.models import CharModel
-from nextchar.recall.estimator import ESTIMATOR, Context, Memory, match_stats
-from nextchar.recall.mixer import Mixer, fit
+from nextchar.recall.estimator import DEPTHS, ESTIMATOR, STATS, Context, Memory, match_stats
+from nextchar.recall.mixer import ONLINE_INPUTS, ONLINE_STATS, Mixer, OnlineMixer, fit
 from nextchar.recall.online import OnlineMemory
 
 FIT_POSITIONS = 40_000  # positions the mixer learns from (at most)
@@ -51,7 +51,8 @@ class MixtureResult:
 
 @dataclass
 class Scored:
-    """One block of scored positions: log p_rnn, log p_mem (n, V), match stats (n, 3), targets (n,)."""
+    """One block of scored positions: log p_rnn (n, V), log p_mem (n, DEPTHS, V), match stats
+    (n, STATS), targets (n,)."""
 
     rnn: Tensor
     memory: Tensor
@@ -60,18 +61,29 @@ class Scored:
 
 
 def memory_columns(
-    memory: Memory, x: Tensor, y: Tensor, contexts: list[Context], estimator: str, loo: bool = False
+    memory: Memory,
+    x: Tensor,
+    y: Tensor,
+    contexts: list[Context],
+    estimator: str,
+    loo: bool = False,
+    parts: tuple[Memory, Memory] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """log p_mem (B, T, V) and match stats (B, T, 3) of a block read row by row; `contexts` (one
-    per row, updated in place) are those before the block. Padding (y = IGNORE) gets uniform, 0s."""
+    """log p_mem (B, T, DEPTHS, V) and match stats (B, T, STATS) of a block read row by row;
+    `contexts` (one per row, updated in place) are those before the block. Padding (y = IGNORE)
+    gets uniform, 0s. `parts`, the memory's training-text indexes and its online one as two
+    memories (nextchar.recall.online.OnlineMemory.parts): each position also gets p_mem of each
+    part alone and the online part's top stats, the OnlineMixer's ONLINE_INPUTS and ONLINE_STATS."""
     rows, columns = x.shape
     V = memory.vocab_size
-    logp = torch.full((rows, columns, V), -math.log(V), dtype=torch.float32)
-    stats = torch.zeros((rows, columns, 3), dtype=torch.long)
+    depth, width = (ONLINE_INPUTS, ONLINE_STATS) if parts is not None else (DEPTHS, STATS)
+    logp = torch.full((rows, columns, depth, V), -math.log(V), dtype=torch.float32)
+    stats = torch.zeros((rows, columns, width), dtype=torch.long)
     xs, ys = x.tolist(), y.tolist()
     for r in range(rows):
         context = contexts[r]
-        out = np.empty((columns, V), dtype=np.float32)
+        out = np.empty((columns, depth, V), dtype=np.float32)
+        found_stats = np.zeros((columns, width), dtype=np.int64)
         filled = []
         for j in range(columns):
             target = ys[r][j]
@@ -80,14 +92,21 @@ def memory_columns(
             context = memory.push(context, xs[r][j], loo)
             if loo:
                 levels = memory.levels(context, own=target)
-                out[j], found = np.log(memory.distribution(levels, estimator)), match_stats(levels)
+                out[j], found = np.log(memory.distributions(levels, estimator)), match_stats(levels)
             else:
-                out[j], found = memory.predict(context, estimator)
-            stats[r, j] = torch.tensor(found)
+                out[j, :DEPTHS], found = memory.predict(context, estimator)
+            found_stats[j, :STATS] = found
+            if parts is not None:
+                static, online = parts
+                split = len(static.indexes)
+                out[j, DEPTHS] = static.predict(Context(context.matches[:split]), estimator)[0][0]
+                online_logp, online_stats = online.predict(Context(context.matches[split:]), estimator)
+                out[j, DEPTHS + 1], found_stats[j, STATS:] = online_logp[0], online_stats[:3]
             filled.append(j)
         contexts[r] = context
         if filled:
             logp[r, filled] = torch.from_numpy(out[filled])
+            stats[r, filled] = torch.from_numpy(found_stats[filled])
     return logp, stats
 
 
@@ -120,7 +139,8 @@ def _flat(logits: Tensor, memory_logp: Tensor, stats: Tensor, y: Tensor) -> Scor
     keep = y.reshape(-1) != IGNORE
     V = logits.shape[-1]
     rnn = torch.log_softmax(logits.float().reshape(-1, V), dim=-1).cpu()[keep]
-    return Scored(rnn, memory_logp.reshape(-1, V)[keep], stats.reshape(-1, 3)[keep], y.reshape(-1)[keep])
+    memory, stats = memory_logp.reshape(-1, *memory_logp.shape[2:])[keep], stats.reshape(-1, stats.shape[-1])[keep]
+    return Scored(rnn, memory, stats, y.reshape(-1)[keep])
 
 
 def scored_blocks(
@@ -151,7 +171,7 @@ def evaluate_mixture(model: CharModel, encoded: Encoded, memory: Memory, mixer: 
     tallies = Tally(), Tally(), Tally()
     for block in scored_blocks(model, encoded, memory, mixer.estimator):
         mixed = mixer.mix(block.rnn, block.memory, block.stats)
-        for tally, logp in zip(tallies, (block.rnn, block.memory, mixed), strict=True):
+        for tally, logp in zip(tallies, (block.rnn, block.memory[:, 0], mixed), strict=True):
             tally.add(logp, block.targets)
     rnn, mem, mixture = (t.result() for t in tallies)
     return MixtureResult(rnn, mem, mixture)
@@ -207,11 +227,14 @@ def _pieces(train: Encoded, positions: int, pieces: int = 16) -> list[Encoded]:
 class OnlineScorer:
     """The memory's side of dynamic evaluation (nextchar.evaluation.dynamic): each window scored
     by the mixture with the memory as it stands, then added to the online memory
-    (nextchar.recall.online), rows' contexts carried as the RNN's states are."""
+    (nextchar.recall.online), rows' contexts carried as the RNN's states are. `learn_mixer`: the
+    mixture is an OnlineMixer learning from each window once it is scored, as the weights and
+    the memory do; otherwise `mixer`, fixed."""
 
-    def __init__(self, memory: Memory, mixer: Mixer, record: bool = False) -> None:
+    def __init__(self, memory: Memory, mixer: Mixer, record: bool = False, learn_mixer: bool = True) -> None:
         self.online = OnlineMemory(memory)
         self.mixer = mixer
+        self.online_mixer = OnlineMixer() if learn_mixer else None
         self.recorded: list[Tensor] | None = [] if record else None  # log q of each target, reading order
         self.contexts: list[Context] = []
         self.histories: list[list[int]] = []
@@ -223,17 +246,24 @@ class OnlineScorer:
         x, y = x.cpu(), y.cpu()
         if not carry or not self.contexts:
             self.start_rows(x)
-        memory_logp, stats = memory_columns(self.online.memory, x, y, self.contexts, self.mixer.estimator)
+        parts = self.online.parts() if self.online_mixer is not None else None
+        memory_logp, stats = memory_columns(self.online.memory, x, y, self.contexts, self.mixer.estimator, parts=parts)
         flat_y = y.reshape(-1)
         keep = flat_y != IGNORE
         V = rnn_logits.shape[-1]
         rnn_logp = torch.log_softmax(rnn_logits.detach().float().reshape(-1, V), dim=-1).cpu()[keep]
-        memory_logp, stats = memory_logp.reshape(-1, V)[keep], stats.reshape(-1, 3)[keep]
-        mixed = self.mixer.mix(rnn_logp, memory_logp, stats)
-        self.tallies[0].add(memory_logp, flat_y[keep])
-        self.tallies[1].add(mixed, flat_y[keep])
+        memory_logp = memory_logp.reshape(-1, *memory_logp.shape[2:])[keep]
+        stats, targets = stats.reshape(-1, stats.shape[-1])[keep], flat_y[keep]
+        if self.online_mixer is not None:
+            mixed = self.online_mixer.mix(rnn_logp, memory_logp, stats)
+        else:
+            mixed = self.mixer.mix(rnn_logp, memory_logp, stats)
+        self.tallies[0].add(memory_logp[:, 0], targets)
+        self.tallies[1].add(mixed, targets)
         if self.recorded is not None:
-            self.recorded.append(mixed.gather(1, flat_y[keep, None]).squeeze(1))
+            self.recorded.append(mixed.gather(1, targets[:, None]).squeeze(1))
+        if self.online_mixer is not None and len(targets):
+            self.online_mixer.learn(targets)  # scored: now the gate may learn from it
         self.learn(x, y, carry)
 
     def start_rows(self, x: Tensor) -> None:

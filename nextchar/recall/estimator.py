@@ -14,7 +14,9 @@ unbounded order). From uniform, the contexts from the shortest to the longest ea
     p_{−1}(c) = 1 / V
     p_k(c)    = (n_k(c) + d_k · p_{k′}(c)) / (N_k + d_k)        k′ the next shorter distinct context
 
-and p_mem = p_K for the longest K. A context that was followed by many different symbols (d_k
+and p_mem = p_K for the longest K. `Memory.predict` gives p_{K′} beside it, the same from every
+distinct context but the longest (DEPTHS = 2 rows): the mixer (mixer.py) weighs how much the
+longest context itself adds, which this one escape rule judges worst. A context that was followed by many different symbols (d_k
 large against N_k) hands much of its mass to the shorter ones; one always followed by the same
 symbol keeps most of it. The sum is exactly 1 and every symbol of the vocabulary gets > 0.
 
@@ -59,6 +61,10 @@ PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers an
 # What one remembered entry costs beyond its array's data (the array object, its key and stats
 # tuples, the ints in them, the dict slot; sys.getsizeof, tests/service/test_cache_bytes.py)
 PREDICTED_OVERHEAD = 700
+DEPTHS = 2  # distributions predict gives per context (Memory.distributions)
+STATS = 6  # numbers match_stats gives per context
+
+Chained = tuple[np.ndarray, tuple[int, ...]]  # p_k and the stats of level k (depth, count, distinct)
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,10 @@ class Memory:
         self.max_order = max_order
         # predict's answers by the longest suffix found in each index: that one string decides
         # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
-        self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
-        # p_k (and the stats of its top level) by context k's interval (Memory._witten_bell_chain)
-        self._chain: OrderedDict[tuple[int, int, int], tuple[np.ndarray, tuple[int, int, int]]] = OrderedDict()
+        self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
+        # p_k and the stats of its top level, and the same of the level below, by context k's
+        # interval (Memory._witten_bell_chain)
+        self._chain: OrderedDict[tuple[int, int, int], tuple[Chained, Chained | None]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
 
     @property
@@ -109,10 +116,11 @@ class Memory:
 
     @cache_bytes.setter
     def cache_bytes(self, cache_bytes: int) -> None:
-        # entries of each: an answer is V float32, a p_k V float64, each with its key, its stats
+        # entries of each: an answer is DEPTHS × V float32, a chain entry two p_k of V float64
+        # (the second shared with the entry below, counted anyway), each with its key, its stats
         # and their objects (PREDICTED_OVERHEAD); both together stay in cache_bytes
         self._cache_bytes = cache_bytes
-        entry = 12 * max(self.vocab_size, 1) + 2 * PREDICTED_OVERHEAD
+        entry = (4 * DEPTHS + 16) * max(self.vocab_size, 1) + 2 * PREDICTED_OVERHEAD
         self._predicted_limit = max(0, cache_bytes // entry)
         for cache in (self._predicted, self._chain):
             while len(cache) > self._predicted_limit:
@@ -176,49 +184,65 @@ class Memory:
         keep = counts > 0
         return (symbols, counts) if keep.all() else (symbols[keep], counts[keep])
 
-    def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """(log p_mem as float32 (V,), match_stats) after `context`, remembered (see __init__)."""
+    def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(log p_mem as float32 (DEPTHS, V), match_stats) after `context`, remembered (see
+        __init__): row 0 from every distinct context, row 1 from all but the longest
+        (`distributions`)."""
         key = (estimator, *((m.longest.lo, m.longest.hi, m.longest.depth) for m in context.matches))
         found = self._predicted.get(key)
         if found is not None:
             self._predicted.move_to_end(key)
             return found
         if estimator == "wb" and len(self.indexes) == 1:
-            p, stats = self._witten_bell_chain(context.matches[0])
+            top, below = self._witten_bell_chain(context.matches[0])
+            p = np.stack([top[0], below[0] if below is not None else top[0]])
+            stats = (*top[1], *(below[1] if below is not None else (0, 0, 0)))
         else:
             levels = self.levels(context)
-            p, stats = self.distribution(levels, estimator), match_stats(levels)
+            p, stats = self.distributions(levels, estimator), match_stats(levels)
         found = np.log(p).astype(np.float32), stats
         self._predicted[key] = found
         while len(self._predicted) > self._predicted_limit:
             self._predicted.popitem(last=False)
         return found
 
-    def _witten_bell_chain(self, match: Match) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """witten_bell(levels) and match_stats(levels) of a one-index memory, from the longest
-        shorter context whose p_k is remembered. p_k is decided by context k's own string (its
-        interval), so contexts that share a suffix share the interpolation below it, and a new
-        one costs the followers of a context or two, not of all of them."""
+    def _witten_bell_chain(self, match: Match) -> tuple[Chained, Chained | None]:
+        """witten_bell over the levels of a one-index memory, from the longest shorter context
+        whose p_k is remembered: (p_K, the top level's stats) and the same for the level below
+        it (None when there is none). p_k is decided by context k's own string (its interval),
+        so contexts that share a suffix share the interpolation below it, and a new one costs
+        the followers of a context or two, not of all of them."""
         index = self.indexes[0]
         intervals: list[Interval] = []
         for interval in match.intervals:  # the distinct contexts, as `levels` keeps them
             if not intervals or interval.count != intervals[-1].count:
                 intervals.append(interval)
-        start, p, stats = len(intervals), np.full(self.vocab_size, 1.0 / self.vocab_size), (0, 0, 0)
+        start: int = len(intervals)
+        entry: tuple[Chained, Chained | None] = ((np.full(self.vocab_size, 1.0 / self.vocab_size), (0, 0, 0)), None)
         for i, interval in enumerate(intervals):
             found = self._chain.get((interval.lo, interval.hi, interval.depth))
             if found is not None:
-                start, (p, stats) = i, found
+                start, entry = i, found
                 break
+        uniform = entry[0][1] == (0, 0, 0)  # no level yet: p is the uniform start
         for interval in reversed(intervals[:start]):
             symbols, counts = index.followers(interval)
             if len(symbols):
                 level = Level(interval.depth, symbols, counts)
-                p, stats = _witten_bell_step(p, level), match_stats([level])
-            self._chain[(interval.lo, interval.hi, interval.depth)] = (p, stats)
+                top = (_witten_bell_step(entry[0][0], level), match_stats([level])[:3])
+                entry = (top, None if uniform else entry[0])
+                uniform = False
+            self._chain[(interval.lo, interval.hi, interval.depth)] = entry
             while len(self._chain) > self._predicted_limit:
                 self._chain.popitem(last=False)
-        return p, stats
+        return entry
+
+    def distributions(self, levels: Sequence[Level], estimator: str = ESTIMATOR) -> np.ndarray:
+        """(DEPTHS, V): p_mem from every level, and from all but the longest (the same when there
+        is only one). The mixer weighs the two: how much the longest context adds is what the
+        estimator's one escape rule judges worst."""
+        top = self.distribution(levels, estimator)
+        return np.stack([top, self.distribution(levels[1:], estimator) if len(levels) > 1 else top])
 
     def distribution(self, levels: Sequence[Level], estimator: str = ESTIMATOR) -> np.ndarray:
         """p_mem over the vocabulary (float64, sums to 1, every entry > 0)."""
@@ -231,13 +255,14 @@ class Memory:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
 
 
-def match_stats(levels: Sequence[Level]) -> tuple[int, int, int]:
+def match_stats(levels: Sequence[Level]) -> tuple[int, ...]:
     """What the mixer reads of a position's match: the longest distinct context's depth, its
-    count and its number of distinct followers (0s where the memory holds none)."""
-    if not levels:
-        return 0, 0, 0
-    top = levels[0]
-    return top.depth, top.total, len(top.symbols)
+    count and its number of distinct followers, then the same of the next shorter one (STATS
+    numbers; 0s where the memory holds no such level)."""
+    out: list[int] = []
+    for level in levels[:2]:
+        out += [level.depth, level.total, len(level.symbols)]
+    return (*out, *[0] * (STATS - len(out)))
 
 
 def witten_bell(levels: Sequence[Level], vocab_size: int) -> np.ndarray:

@@ -116,7 +116,7 @@ def test_leave_one_out_never_counts_the_occurrence_it_predicts():
 
     def memory_bpc(encoded, loo):
         blocks = list(scored_blocks(model, encoded, memory, loo=loo))
-        nats = -sum(float(b.memory.gather(1, b.targets[:, None]).sum()) for b in blocks)
+        nats = -sum(float(b.memory[:, 0].gather(1, b.targets[:, None]).sum()) for b in blocks)
         return nats / sum(len(b.targets) for b in blocks) / math.log(2)
 
     honest, counted = memory_bpc(own, loo=True), memory_bpc(own, loo=False)
@@ -157,14 +157,17 @@ class LeakyScorer(OnlineScorer):
 def product_mixer() -> Mixer:
     mixer = Mixer.rnn_only()
     with torch.no_grad():
-        mixer.gate[2].bias.copy_(torch.tensor([1.0, 1.0]))  # q ∝ p_rnn · p_mem, everywhere
+        mixer.gate[2].bias.copy_(torch.tensor([1.0, 1.0, 0.0]))  # q ∝ p_rnn · p_mem, everywhere
     mixer._freeze()
     return mixer
 
 
-def test_online_memory_learns_only_after_scoring(vocab, monkeypatch):
+@pytest.mark.parametrize("learn_mixer", [False, True], ids=["fixed mixer", "online mixer"])
+def test_online_memory_learns_only_after_scoring(vocab, monkeypatch, learn_mixer):
     import nextchar.evaluation.dynamic as dynamic
+    import nextchar.recall.mixer as mixers
 
+    monkeypatch.setattr(mixers, "ONLINE_EVERY", 64)  # the gate learns several times in 600 symbols
     model = tiny(vocab)
     memory = memory_of(PROSE[:100], vocab)
     config = AdaptConfig(rule="sgd", lr=1e-3, window=16)
@@ -180,6 +183,7 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch):
             static=False,
             record=True,
             recall=(memory, product_mixer()),
+            learn_mixer=learn_mixer,
         )
         return result
 
@@ -213,5 +217,5 @@ def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(voca
             context = memory.push(context, symbol)
             logp, stats = memory.predict(context)
             levels = fresh.levels(context)
-            assert np.allclose(logp, np.log(fresh.distribution(levels)), atol=1e-5)
+            assert np.allclose(logp, np.log(fresh.distributions(levels)), atol=1e-5)
             assert stats == match_stats(levels)
