@@ -40,7 +40,8 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         "--adapt",
         action="store_true",
         help="also report BPC with dynamic evaluation: after each window has been scored, one "
-        "gradient step on it before the next window is predicted",
+        "gradient step on it before the next window is predicted (with a memory, the memory "
+        "also adds the window and the mixture's gate learns from it)",
     )
     g.add_argument("--adapt-lr", type=_float, default=d.lr, metavar="ETA", help=f"step size η (default {d.lr:g})")
     g.add_argument(
@@ -165,7 +166,7 @@ def run_adapted_eval(args: argparse.Namespace, ckpt: Checkpoint, encoded: Encode
     if static_mixture is not None and result.mixture is not None and result.memory is not None:
         print(
             f"with the memory: the mixture {static_mixture.mixture.bpc:.4f} static, {result.mixture.bpc:.4f} adapted "
-            f"(the model adapted, the memory learning each window once scored); the memory alone "
+            f"(the model adapted, the memory and the mixer learning each window once scored); the memory alone "
             f"{static_mixture.memory.bpc:.4f} static, {result.memory.bpc:.4f} online (--no-memory: the model alone)"
         )
     if stats is not None:
