@@ -197,11 +197,8 @@ def dynamic_evaluate(
     is scored by weights that depend only on windows < w. `static=True` also evaluates the
     unadapted model in the same layout (and times it) for comparison. `record=True` keeps the
     ln p of every target in reading order (text: streams × positions, row-major by window).
-    `recall` (a memory and its mixer): each window is also scored by the mixture of the adapted
-    model and the memory, and then added to the memory (nextchar.evaluation.mixture.OnlineScorer):
-    score first, learn after, for both. The mixture is then an online mixer learning from each
-    window once it is scored (`learn_mixer`, nextchar.recall.mixer.OnlineMixer), or the
-    checkpoint's fixed one.
+    `recall` (a memory and its mixer): each window is also scored by the mixture, then added to
+    the memory and learned by the mixture's gate (`learn_mixer`; else the checkpoint's, fixed).
     """
     config = config or AdaptConfig()
     static_result, static_seconds = _static(model, encoded, config.streams) if static else (None, 0.0)
