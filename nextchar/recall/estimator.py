@@ -14,11 +14,12 @@ unbounded order). From uniform, the contexts from the shortest to the longest ea
     p_{−1}(c) = 1 / V
     p_k(c)    = (n_k(c) + d_k · p_{k′}(c)) / (N_k + d_k)        k′ the next shorter distinct context
 
-and p_mem = p_K for the longest K. `Memory.predict` gives p_{K′} beside it, the same from every
-distinct context but the longest (DEPTHS = 2 rows): the mixer (mixer.py) weighs how much the
-longest context itself adds, which this one escape rule judges worst. A context that was followed by many different symbols (d_k
+and p_mem = p_K for the longest K. A context that was followed by many different symbols (d_k
 large against N_k) hands much of its mass to the shorter ones; one always followed by the same
 symbol keeps most of it. The sum is exactly 1 and every symbol of the vocabulary gets > 0.
+`Memory.predict` gives p_{K′} beside p_K, the same from every distinct context but the longest
+(DEPTHS = 2 rows): the mixer (mixer.py) weighs how much the longest context itself adds, which
+this one escape rule judges worst.
 
 Two others are kept for comparison (`ESTIMATORS`): `ppm`, PPM with method D escapes and
 exclusion (p(c) = m·(2n′(c) − 1)/(2N′) over the symbols c not seen in longer contexts, escape
