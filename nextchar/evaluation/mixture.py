@@ -80,6 +80,8 @@ def memory_columns(
     logp = torch.full((rows, columns, depth, V), -math.log(V), dtype=torch.float32)
     stats = torch.zeros((rows, columns, width), dtype=torch.long)
     xs, ys = x.tolist(), y.tolist()
+    static, online = parts if parts is not None else (None, None)
+    split = len(static.indexes) if static is not None else 0
     for r in range(rows):
         context = contexts[r]
         out = np.empty((columns, depth, V), dtype=np.float32)
@@ -96,9 +98,7 @@ def memory_columns(
             else:
                 out[j, :DEPTHS], found = memory.predict(context, estimator)
             found_stats[j, :STATS] = found
-            if parts is not None:
-                static, online = parts
-                split = len(static.indexes)
+            if static is not None and online is not None:
                 out[j, DEPTHS] = static.predict(Context(context.matches[:split]), estimator)[0][0]
                 online_logp, online_stats = online.predict(Context(context.matches[split:]), estimator)
                 out[j, DEPTHS + 1], found_stats[j, STATS:] = online_logp[0], online_stats[:3]

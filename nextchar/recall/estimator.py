@@ -225,14 +225,13 @@ class Memory:
             if found is not None:
                 start, entry = i, found
                 break
-        uniform = entry[0][1] == (0, 0, 0)  # no level yet: p is the uniform start
         for interval in reversed(intervals[:start]):
             symbols, counts = index.followers(interval)
             if len(symbols):
                 level = Level(interval.depth, symbols, counts)
                 top = (_witten_bell_step(entry[0][0], level), match_stats([level])[:3])
-                entry = (top, None if uniform else entry[0])
-                uniform = False
+                below = None if entry[0][1] == (0, 0, 0) else entry[0]  # (0, 0, 0): the uniform start
+                entry = (top, below)
             self._chain[(interval.lo, interval.hi, interval.depth)] = entry
             while len(self._chain) > self._predicted_limit:
                 self._chain.popitem(last=False)

@@ -295,10 +295,10 @@ class OnlineMixer:
     def mix(self, rnn_logp: Tensor, memory_logp: Tensor, stats: Tensor) -> Tensor:
         """log q (N, V) from log p_rnn (N, V), log p_mem (N, ONLINE_INPUTS, V), stats (N, ONLINE_STATS)."""
         rnn, mem = rnn_logp.detach().float(), memory_logp.detach().float()
-        inputs = torch.from_numpy(features(stats.numpy(), rnn.numpy(), mem.numpy()))
+        inputs, held = torch.from_numpy(features(stats.numpy(), rnn.numpy(), mem.numpy())), stats[:, 1] > 0
         with torch.no_grad():
-            logq = _mixed(self.gate(inputs), rnn, mem, stats[:, 1] > 0)
-        self._last = (inputs, rnn, mem, stats[:, 1] > 0)
+            logq = _mixed(self.gate(inputs), rnn, mem, held)
+        self._last = (inputs, rnn, mem, held)
         return logq
 
     def learn(self, targets: Tensor) -> None:

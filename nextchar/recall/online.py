@@ -43,7 +43,6 @@ class OnlineMemory:
         self.memo_bytes = memo_bytes
         self._typecode = "H" if memory.vocab_size <= 1 << 16 else "I"  # 2 or 4 bytes a symbol
         self.pieces: list[array[int]] = []
-        self._parts: tuple[Memory, Memory] | None = None
         self.memory = self._memory(MemoryIndex.build(np.zeros(0, dtype="<u2")))
 
     def _memory(self, online: MemoryIndex) -> Memory:
@@ -55,10 +54,8 @@ class OnlineMemory:
     def parts(self) -> tuple[Memory, Memory]:
         """The training text's indexes and the online one, each as a memory of its own (the
         online mixer weighs them apart; nextchar.recall.mixer.OnlineMixer)."""
-        if self._parts is None or self._parts[1].indexes[0] is not self.memory.indexes[-1]:
-            online = Memory(self.memory.indexes[-1:], self.static.vocab_size, self.static.max_order, self.cache_bytes)
-            self._parts = (self.static, online)
-        return self._parts
+        online = Memory(self.memory.indexes[-1:], self.static.vocab_size, self.static.max_order, self.cache_bytes)
+        return self.static, online
 
     @property
     def online_symbols(self) -> int:
