@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.memory import keystroke_costs
+from bench.memory import keystroke_costs, load_compiled
 from bench.record import write_result
 from nextchar.data.batches import encode_corpus
 from nextchar.data.memory import MemoryIndex, memory_tokens
@@ -89,6 +89,7 @@ def main() -> None:
     vocab = Vocabulary.from_text("".join(texts))
     tokens = corpus_tokens(vocab, texts, args.size_mb, args.window, seed=0)
     n = len(tokens)
+    load_compiled(MemoryIndex.build(tokens[:64].copy()))  # numba's import and code: neither build nor resident
     print(f"{n:,} symbols ({tokens.nbytes / 2**20:,.0f} MB of {tokens.dtype}), shards of {args.shard_symbols:,}")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         directory = Path(work)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nextchar.data.memory import Interval, Match
+from nextchar.data.memory import Match
 from nextchar.models import State
 from nextchar.recall.estimator import Context, Memory
 from nextchar.recall.mixer import Mixer
@@ -79,7 +79,7 @@ class MixedForward:
         model_state = state
         if len(state) > self.model_state_size:
             model_state, encoded = state[: self.model_state_size], state[-1]
-            contexts = [self.decode(rows) for rows in encoded.tolist()]
+            contexts = [self.decode(rows) for rows in encoded.numpy()]
         else:
             contexts = [self.memory.start() for _ in range(idx.shape[0])]
         logits, new_state = self.forward(idx, model_state)
@@ -97,15 +97,13 @@ class MixedForward:
         out = np.full((len(contexts), len(self.memory.indexes), self.rows, 3), -1, dtype=np.int64)
         for b, context in enumerate(contexts):
             for i, match in enumerate(context.matches):
-                rows = [(iv.lo, iv.hi, iv.depth) for iv in match.intervals[: self.rows]]
+                rows = match.rows[: self.rows]
                 out[b, i, : len(rows)] = rows
         return torch.from_numpy(out)
 
-    def decode(self, rows: list[list[list[int]]]) -> Context:
-        """One row of `encode`'s tensor (as nested lists) back into its context."""
-        return Context(
-            tuple(Match(tuple(Interval(lo, hi, depth) for lo, hi, depth in match if depth >= 0)) for match in rows)
-        )
+    def decode(self, rows: np.ndarray) -> Context:
+        """One row of `encode`'s tensor, (I, K, 3), back into its context."""
+        return Context(tuple(Match(match[match[:, 2] >= 0].copy()) for match in rows))
 
 
 SCANNED = 1024  # occurrences read per continuation search (evenly spaced over a wider interval)

@@ -18,6 +18,9 @@ them (`Match.push`); a suffix that no longer occurs drops out. The longest survi
 longest suffix of the context found in the corpus. A match is immutable, so backspace is going
 back to the previous one.
 
+The searches are compiled (nextchar.data.suffix_search, numba): a binary search reads one element
+at a time, which costs half a microsecond in Python and nanoseconds compiled.
+
 SA is built by libdivsufsort (pydivsufsort): O(n log n) time, the array itself plus a few
 bytes per symbol of memory. A saved index is two raw little-endian arrays beside a checkpoint.
 `save` returns what describes them (lengths, dtypes, SHA-256), for the checkpoint's config.json.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +46,12 @@ from nextchar.text import END, START
 FORMAT = 1
 TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
-MEMO_WIDTH = 32  # intervals wider than this are narrowed and counted once, then remembered
-SMALL = 32  # intervals this narrow are read element by element
+MEMO_WIDTH = 32  # the followers of intervals wider than this are counted once, then remembered
 SEARCH_WIDTH = 8192  # intervals wider than this have their followers found by search, not read whole
-MEMO_ENTRIES = 1 << 16  # at most this many remembered of each (then they start again) …
-# … what one remembered pair costs at most: a narrowed interval (its key tuple, the Interval, their
-# ints) and a followers entry (its key, two small arrays); sys.getsizeof, tests/service/test_cache_bytes.py
-MEMO_ENTRY_BYTES = 1400
+MEMO_BYTES = 64 << 20  # what the remembered followers may cost (then they start again) …
+# … one entry's beyond its arrays' data: its key tuple and ints, the pair, two array headers, the
+# dict slot (sys.getsizeof; tests/service/test_cache_bytes.py counts every byte)
+MEMO_ENTRY_OVERHEAD = 600
 _SUFFIX_DTYPES: dict[str, np.dtype[Any]] = {"<i4": np.dtype("<i4"), "<i8": np.dtype("<i8")}
 _TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
 _MAX_LENGTH = 1 << 40  # symbols: far above any corpus, far below what would overflow a size
@@ -85,17 +88,23 @@ class MemoryIndex:
     def __init__(self, tokens: np.ndarray, suffixes: np.ndarray):
         if tokens.ndim != 1 or suffixes.shape != tokens.shape:
             raise ValueError("tokens and suffixes must be 1-D arrays of one length")
-        # Plain ndarray views of the (memory-mapped) arrays: a memmap's own indexing costs
-        # several times more per element, and a search reads elements one at a time.
+        # The compiled searches (numba), imported with the first index: a model without a memory
+        # never pays numba's import.
+        from nextchar.data import suffix_search
+
+        self._search = suffix_search
+        # Read-only plain ndarray views, whether the arrays were just built or memory-mapped: one
+        # type for the compiled searches (each type of array is compiled apart), and an index
+        # never changes.
         self.tokens = tokens.view(np.ndarray)
         self.suffixes = suffixes.view(np.ndarray)
-        self._length = len(tokens)
-        # What a wide interval narrows to and what follows it, kept once computed: the intervals
-        # of short strings (wider than MEMO_WIDTH) are few and asked for at nearly every symbol.
-        self._narrowed: dict[tuple[int, int, int, int], Interval] = {}
+        self.tokens.flags.writeable = self.suffixes.flags.writeable = False
+        # What follows a wide interval, kept once counted: the intervals of short strings (wider
+        # than MEMO_WIDTH) are few and asked for at nearly every symbol.
         self._followers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.memo_entries = MEMO_ENTRIES  # of each: set through memo_bytes to bound them in bytes
-        self.search_width = SEARCH_WIDTH  # see _followers_by_search
+        self._followers_bytes = 0  # what they cost, as MEMO_ENTRY_OVERHEAD counts it
+        self.memo_bytes = MEMO_BYTES
+        self.search_width = SEARCH_WIDTH  # see suffix_search.followers
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> MemoryIndex:
@@ -112,62 +121,24 @@ class MemoryIndex:
 
     @property
     def memo_bytes(self) -> int:
-        """What the remembered intervals and followers may cost together, at most; settable."""
-        return self.memo_entries * MEMO_ENTRY_BYTES
+        """What the remembered followers may cost, at most; settable."""
+        return self._memo_bytes
 
     @memo_bytes.setter
     def memo_bytes(self, memo_bytes: int) -> None:
-        self.memo_entries = max(0, memo_bytes // MEMO_ENTRY_BYTES)
-        if len(self._narrowed) > self.memo_entries:
-            self._narrowed.clear()
-        if len(self._followers) > self.memo_entries:
+        self._memo_bytes = max(0, memo_bytes)
+        if self._followers_bytes > self._memo_bytes:
             self._followers.clear()
+            self._followers_bytes = 0
 
     def root(self) -> Interval:
         """The empty string's interval: every suffix."""
         return Interval(0, len(self.tokens), 0)
 
-    def _symbol(self, i: int, depth: int) -> int:
-        """The symbol at offset `depth` of the i-th suffix in SA order (−1 past the end)."""
-        # .item: a Python int straight away, half the cost of indexing and int() (the reads of
-        # a search are one element at a time)
-        at = self.suffixes.item(i) + depth
-        return self.tokens.item(at) if at < self._length else -1
-
     def narrow(self, interval: Interval, symbol: int) -> Interval:
         """The interval of the interval's string followed by `symbol` (empty: count 0)."""
-        if interval.count <= MEMO_WIDTH:
-            return self._narrow(interval, symbol)
-        key = (interval.lo, interval.hi, interval.depth, symbol)
-        found = self._narrowed.get(key)
-        if found is None:
-            found = self._narrow(interval, symbol)
-            if len(self._narrowed) >= self.memo_entries:
-                self._narrowed.clear()
-            if self.memo_entries:
-                self._narrowed[key] = found
-        return found
-
-    def _narrow(self, interval: Interval, symbol: int) -> Interval:
-        d = interval.depth
-        lo, hi = interval.lo, interval.hi
-        if hi - lo <= SMALL:  # a few suffixes: one pass over them (sorted by the symbol at d)
-            found = [i for i in range(lo, hi) if self._symbol(i, d) == symbol]
-            return Interval(found[0], found[-1] + 1, d + 1) if found else Interval(lo, lo, d + 1)
-        while lo < hi:  # first suffix whose symbol at d is ≥ symbol
-            mid = (lo + hi) // 2
-            if self._symbol(mid, d) < symbol:
-                lo = mid + 1
-            else:
-                hi = mid
-        start, hi = lo, interval.hi
-        while lo < hi:  # first suffix whose symbol at d is > symbol
-            mid = (lo + hi) // 2
-            if self._symbol(mid, d) <= symbol:
-                lo = mid + 1
-            else:
-                hi = mid
-        return Interval(start, lo, d + 1)
+        lo, hi = self._search.narrow(self.suffixes, self.tokens, interval.lo, interval.hi, interval.depth, symbol)
+        return Interval(lo, hi, interval.depth + 1)
 
     def find(self, symbols: Sequence[int]) -> Interval:
         """The interval of a whole string (count 0 when it does not occur)."""
@@ -180,64 +151,26 @@ class MemoryIndex:
 
     def followers(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
         """(symbols, counts): the distinct symbols that follow the interval's string, ascending,
-        and how often each does. They are read in one pass over the interval: sorted already
-        (see the module docstring), so runs of one symbol are its count."""
-        if interval.count <= MEMO_WIDTH:
-            return self._followers_of(interval)
-        key = (interval.lo, interval.hi, interval.depth)
+        and how often each does: runs of the interval's rows, sorted already (see the module
+        docstring), read one by one or, past `search_width` rows, found by binary search."""
+        return self.followers_of(interval.lo, interval.hi, interval.depth)
+
+    def followers_of(self, lo: int, hi: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """`followers` of the interval [lo, hi) at `depth`, remembered when it is wider than MEMO_WIDTH."""
+        if hi - lo <= MEMO_WIDTH:
+            return self._search.followers(self.suffixes, self.tokens, lo, hi, depth, self.search_width)
+        key = (lo, hi, depth)
         found = self._followers.get(key)
         if found is None:
-            found = self._followers_of(interval)
-            if len(self._followers) >= self.memo_entries:
+            found = self._search.followers(self.suffixes, self.tokens, lo, hi, depth, self.search_width)
+            cost = MEMO_ENTRY_OVERHEAD + found[0].nbytes + found[1].nbytes
+            if self._followers_bytes + cost > self._memo_bytes:
                 self._followers.clear()
-            if self.memo_entries:
+                self._followers_bytes = 0
+            if cost <= self._memo_bytes:
                 self._followers[key] = found
+                self._followers_bytes += cost
         return found
-
-    def _followers_of(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
-        if interval.count <= SMALL:  # element by element: cheaper than numpy's set-up for a few
-            runs: dict[int, int] = {}
-            for i in range(interval.lo, interval.hi):
-                symbol = self._symbol(i, interval.depth)
-                if symbol >= 0:
-                    runs[symbol] = runs.get(symbol, 0) + 1
-            return np.fromiter(runs, dtype=np.int64, count=len(runs)), np.fromiter(
-                runs.values(), dtype=np.int64, count=len(runs)
-            )
-        if interval.count > self.search_width:
-            return self._followers_by_search(interval)
-        starts = np.asarray(self.suffixes[interval.lo : interval.hi], dtype=np.int64) + interval.depth
-        starts = starts[starts < len(self.tokens)]
-        if len(starts) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        following = np.asarray(self.tokens[starts], dtype=np.int64)
-        cuts = np.flatnonzero(following[1:] != following[:-1]) + 1
-        firsts = np.concatenate(([0], cuts))
-        return following[firsts], np.diff(np.concatenate((firsts, [len(following)])))
-
-    def _followers_by_search(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
-        """`_followers_of` by binary search: the interval's rows are sorted by the symbol at its
-        depth, so each distinct symbol is one run, and a run's end is the first row whose symbol
-        is greater — about σ·log2(count) reads instead of count. The short contexts of a large
-        corpus have intervals of millions of rows; reading them whole is what made p_mem cost
-        milliseconds there (bench/index.py)."""
-        d, row, hi = interval.depth, interval.lo, interval.hi
-        symbols: list[int] = []
-        counts: list[int] = []
-        while row < hi:
-            symbol = self._symbol(row, d)
-            lo_, hi_ = row + 1, hi
-            while lo_ < hi_:  # the first row past the run of `symbol`
-                mid = (lo_ + hi_) // 2
-                if self._symbol(mid, d) <= symbol:
-                    lo_ = mid + 1
-                else:
-                    hi_ = mid
-            if symbol >= 0:  # −1: the text ended there (sorted first)
-                symbols.append(symbol)
-                counts.append(lo_ - row)
-            row = lo_
-        return np.asarray(symbols, dtype=np.int64), np.asarray(counts, dtype=np.int64)
 
     # ---------------------------------------------------------------------------- files
 
@@ -302,39 +235,43 @@ def _mapped(directory: Path, entry: Any, dtypes: dict[str, np.dtype[Any]], lengt
     return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Match:
     """The intervals of a context's suffixes found in the corpus, longest first (the empty
-    suffix, the root, always last). `push` returns the match of the context one symbol longer."""
+    suffix, the root, always last), as `rows`: a read-only (K, 3) int64 array of (lo, hi, depth),
+    what the compiled searches read and write. `push` returns the match of the context one symbol
+    longer."""
 
-    intervals: tuple[Interval, ...]
+    rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.rows.flags.writeable = False
 
     @classmethod
     def start(cls, index: MemoryIndex) -> Match:
-        return cls((index.root(),))
+        return cls(np.array([[0, len(index), 0]], dtype=np.int64))
+
+    @cached_property
+    def intervals(self) -> tuple[Interval, ...]:
+        """The rows as Intervals (made when first asked for: the searches need only the rows)."""
+        return tuple(Interval(lo, hi, depth) for lo, hi, depth in self.rows.tolist())
 
     @property
     def longest(self) -> Interval:
         """The interval of the longest suffix of the context found in the corpus."""
-        return self.intervals[0]
+        lo, hi, depth = self.rows[0].tolist()
+        return Interval(lo, hi, depth)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Match) and np.array_equal(self.rows, other.rows)
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, never a key
 
     def push(self, index: MemoryIndex, symbol: int, max_order: int = MAX_ORDER, min_count: int = 1) -> Match:
-        """`min_count` 2 keeps only the suffixes found twice: what leave-one-out asks for when the
-        context is the indexed text itself (its own occurrence is one of the count)."""
-        intervals = self.intervals
-        found: list[Interval] = []
-        once = 0
-        if min_count <= 1:
-            # The longest suffixes found once each all end where one occurrence does (an
-            # occurrence of a longer suffix ends in one of the shorter): what follows it decides
-            # them all, and each stays the one row of SA it was.
-            while once < len(intervals) and intervals[once].count == 1:
-                once += 1
-            if once and index._symbol(intervals[0].lo, intervals[0].depth) == symbol:
-                found = [Interval(iv.lo, iv.hi, iv.depth + 1) for iv in intervals[:once] if iv.depth < max_order]
-        for interval in intervals[once:]:
-            if interval.depth < max_order:
-                narrowed = index.narrow(interval, symbol)
-                if narrowed.count >= min_count:
-                    found.append(narrowed)
-        return Match((*found, index.root()))
+        """Every interval narrowed by `symbol`, those that no longer occur (or, with `min_count`
+        2, occur only once) left out, the root put back last. `min_count` 2 is what leave-one-out
+        asks for when the context is the indexed text itself (its own occurrence is one of the
+        count). The longest intervals found once each all end where one occurrence does (an
+        occurrence of a longer suffix ends in one of the shorter): what follows it decides them
+        all, and each stays the one row of SA it was (nextchar.data.suffix_search.push)."""
+        return Match(index._search.push(index.suffixes, index.tokens, self.rows, symbol, max_order, min_count))

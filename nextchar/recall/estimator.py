@@ -109,6 +109,11 @@ class Memory:
         # interval (Memory._witten_bell_chain)
         self._chain: OrderedDict[tuple[int, int, int], tuple[Chained, Chained | None]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
+        from nextchar.recall import witten_bell  # compiled (numba): imported with the first memory
+
+        self._compiled = witten_bell
+        # the chain's start, below every level: uniform (stats (0, 0, 0)), never changed
+        self._uniform: tuple[Chained, Chained | None] = ((np.full(vocab_size, 1.0 / vocab_size), (0, 0, 0)), None)
 
     @property
     def cache_bytes(self) -> int:
@@ -138,6 +143,8 @@ class Memory:
     def push(self, context: Context, symbol: int, loo: bool = False) -> Context:
         """The context one symbol longer. `loo`: the context is the first index's own text
         (leave-one-out; see the module docstring)."""
+        if len(self.indexes) == 1:  # the common case, without the loop's cost (a keystroke's third)
+            return Context((context.matches[0].push(self.indexes[0], symbol, self.max_order, 2 if loo else 1),))
         return Context(
             tuple(
                 match.push(index, symbol, self.max_order, min_count=2 if loo and i == 0 else 1)
@@ -152,8 +159,8 @@ class Memory:
         same occurrences, so it is skipped before its followers are read."""
         by_depth: dict[int, list[tuple[int, Interval]]] = {}
         for i, match in enumerate(context.matches):
-            for interval in match.intervals:
-                by_depth.setdefault(interval.depth, []).append((i, interval))
+            for lo, hi, depth in match.rows.tolist():
+                by_depth.setdefault(depth, []).append((i, Interval(lo, hi, depth)))
         levels: list[Level] = []
         previous = -1
         for depth in sorted(by_depth, reverse=True):
@@ -189,7 +196,7 @@ class Memory:
         """(log p_mem as float32 (DEPTHS, V), match_stats) after `context`, remembered (see
         __init__): row 0 from every distinct context, row 1 from all but the longest
         (`distributions`)."""
-        key = (estimator, *((m.longest.lo, m.longest.hi, m.longest.depth) for m in context.matches))
+        key = (estimator, *(tuple(m.rows[0].tolist()) for m in context.matches))
         found = self._predicted.get(key)
         if found is not None:
             self._predicted.move_to_end(key)
@@ -214,25 +221,27 @@ class Memory:
         so contexts that share a suffix share the interpolation below it, and a new one costs
         the followers of a context or two, not of all of them."""
         index = self.indexes[0]
-        intervals: list[Interval] = []
-        for interval in match.intervals:  # the distinct contexts, as `levels` keeps them
-            if not intervals or interval.count != intervals[-1].count:
-                intervals.append(interval)
-        start: int = len(intervals)
-        entry: tuple[Chained, Chained | None] = ((np.full(self.vocab_size, 1.0 / self.vocab_size), (0, 0, 0)), None)
-        for i, interval in enumerate(intervals):
-            found = self._chain.get((interval.lo, interval.hi, interval.depth))
-            if found is not None:
-                start, entry = i, found
-                break
-        for interval in reversed(intervals[:start]):
-            symbols, counts = index.followers(interval)
-            if len(symbols):
-                level = Level(interval.depth, symbols, counts)
-                top = (_witten_bell_step(entry[0][0], level), match_stats([level])[:3])
+        intervals: list[tuple[int, int, int]] = []  # (lo, hi, depth), the distinct contexts as `levels` keeps them
+        entry, count = self._uniform, -1
+        for lo, hi, depth in match.rows.tolist():
+            if hi - lo != count:
+                count = hi - lo
+                found = self._chain.get((lo, hi, depth))
+                if found is not None:
+                    entry = found
+                    break
+                intervals.append((lo, hi, depth))
+        if not intervals:
+            return entry
+        todo = intervals[::-1]  # shortest first
+        ps, stats = self._compiled.chain(
+            index.suffixes, index.tokens, np.array(todo, dtype=np.int64), entry[0][0], index.search_width
+        )
+        for interval, p, level in zip(todo, ps, stats.tolist(), strict=True):
+            if level[2]:  # (0, 0, 0): nothing follows this context; it keeps the entry below
                 below = None if entry[0][1] == (0, 0, 0) else entry[0]  # (0, 0, 0): the uniform start
-                entry = (top, below)
-            self._chain[(interval.lo, interval.hi, interval.depth)] = entry
+                entry = ((p.copy(), tuple(level)), below)  # a copy: each entry its own bytes, as counted
+            self._chain[interval] = entry
             while len(self._chain) > self._predicted_limit:
                 self._chain.popitem(last=False)
         return entry
@@ -275,9 +284,9 @@ def witten_bell(levels: Sequence[Level], vocab_size: int) -> np.ndarray:
 
 def _witten_bell_step(lower: np.ndarray, level: Level) -> np.ndarray:
     """p_k from p_{k′} (a new array: the one given may be remembered elsewhere)."""
-    total = float(level.counts.sum()) + len(level.symbols)
-    p = lower * (len(level.symbols) / total)
-    p[level.symbols] += level.counts / total
+    from nextchar.recall import witten_bell
+
+    p: np.ndarray = witten_bell.step(lower, level.symbols, level.counts)
     return p
 
 

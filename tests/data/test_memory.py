@@ -52,17 +52,18 @@ def test_every_string_has_the_count_and_followers_a_scan_finds(corpus):
 
 def test_followers_found_by_search_equal_those_read_whole(corpus):
     """Wide intervals have their followers found by binary search over the sorted runs
-    (`_followers_by_search`): the same symbols and counts as reading every row."""
+    (suffix_search.followers past `search_width` rows): the same symbols and counts as reading
+    every row."""
     tokens, index = corpus
-    searching = MemoryIndex(index.tokens, index.suffixes)
-    searching.search_width = 0  # every interval by search
+    reading, searching = MemoryIndex(index.tokens, index.suffixes), MemoryIndex(index.tokens, index.suffixes)
+    reading.search_width, searching.search_width = len(tokens), 0  # every interval read / by search
     rng = random.Random(3)
     for _ in range(200):
         start, length = rng.randrange(len(tokens)), rng.randrange(0, 6)
         interval = index.find(tokens[start : start + length])
-        by_reading, by_search = index._followers_of(interval), searching._followers_of(interval)
-        if interval.count > 32:  # the one-element path below SMALL is the same in both
-            assert by_search[0].tolist() == by_reading[0].tolist() and by_search[1].tolist() == by_reading[1].tolist()
+        by_reading, by_search = reading.followers(interval), searching.followers(interval)
+        assert by_search[0].tolist() == by_reading[0].tolist() and by_search[1].tolist() == by_reading[1].tolist()
+        assert by_search[1].sum() == interval.count - (int(index.suffixes[interval.lo]) + length == len(tokens))
 
 
 def test_a_match_follows_the_longest_suffix_found_and_backspace_is_the_previous_match(corpus):

@@ -77,7 +77,7 @@ def cached_bytes(app: object) -> tuple[int, int]:
     memory = completer.forward.memory
     people = app.state.personal  # type: ignore[attr-defined]
     caches = [engine.responses, memory._predicted, memory._chain, people()._people, people.identities]
-    caches += [cache for index in memory.indexes for cache in (index._narrowed, index._followers)]
+    caches += [index._followers for index in memory.indexes]
     walker = Reachable()
     shared = [completer, engine.settings]  # fixed and shared (the model, the index, …): never counted below
     walker.walk(shared, count=False, avoid=[completer.states, *caches])

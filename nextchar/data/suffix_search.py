@@ -1,0 +1,103 @@
+"""The suffix array's searches, compiled: narrowing an interval, following a context, counting followers.
+
+These are the loops under nextchar.data.memory (whose docstring has the reasoning): binary searches
+that read one element at a time, which cost about half a microsecond per read in Python and a few
+nanoseconds compiled. numba compiles each for the dtypes it is first called with and keeps the
+machine code in __pycache__ (`cache=True`), so a process after the first only loads it.
+
+The arrays: `suffixes` (SA, int32 or int64) and `tokens` (uint16 or uint32), read-only; `rows`: a
+match's intervals as an (K, 3) int64 array of (lo, hi, depth), longest first, the root last. The
+symbol at offset `depth` of the suffix in SA row i is tokens[SA[i] + depth], or −1 past the end of
+the tokens (an ended suffix sorts first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _symbol(suffixes: np.ndarray, tokens: np.ndarray, row: int, depth: int) -> int:
+    at = suffixes[row] + depth  # int64 (numba widens the int32 of SA)
+    return tokens[at] if at < tokens.shape[0] else -1  # int64 both ways
+
+
+@njit(cache=True, inline="always")
+def _first_above(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, symbol: int) -> int:
+    """The first row of [lo, hi) whose symbol at `depth` is greater than `symbol` (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _symbol(suffixes, tokens, mid, depth) <= symbol:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def narrow(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, symbol: int) -> tuple[int, int]:
+    """[lo′, hi′): the rows of [lo, hi) whose symbol at `depth` is `symbol` (lo′ = hi′ when none)."""
+    start = _first_above(suffixes, tokens, lo, hi, depth, symbol - 1)
+    return start, _first_above(suffixes, tokens, start, hi, depth, symbol)
+
+
+@njit(cache=True)
+def push(
+    suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symbol: int, max_order: int, min_count: int
+) -> np.ndarray:
+    """The rows of the context one symbol longer (memory.Match.push, whose docstring says why)."""
+    n = rows.shape[0]
+    out = np.empty((n + 1, 3), np.int64)
+    k = 0
+    once = 0
+    if min_count <= 1:
+        # the longest suffixes found once each end where one occurrence does: what follows it
+        # decides them all, and each stays the one row it was
+        while once < n and rows[once, 1] - rows[once, 0] == 1:
+            once += 1
+        if once and _symbol(suffixes, tokens, rows[0, 0], rows[0, 2]) == symbol:
+            for i in range(once):
+                if rows[i, 2] < max_order:
+                    out[k, 0], out[k, 1], out[k, 2] = rows[i, 0], rows[i, 1], rows[i, 2] + 1
+                    k += 1
+    for i in range(once, n):
+        if rows[i, 2] < max_order:
+            lo, hi = narrow(suffixes, tokens, rows[i, 0], rows[i, 1], rows[i, 2], symbol)
+            if hi - lo >= min_count:
+                out[k, 0], out[k, 1], out[k, 2] = lo, hi, rows[i, 2] + 1
+                k += 1
+    out[k, 0], out[k, 1], out[k, 2] = 0, tokens.shape[0], 0  # the root, always last
+    return out[: k + 1]
+
+
+@njit(cache=True)
+def followers(
+    suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, search_width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, counts): the distinct symbols at `depth` of the rows [lo, hi), ascending, and how
+    many rows hold each (ended suffixes left out). The rows are sorted by that symbol, so each is one
+    run: up to `search_width` rows they are read one by one; wider, each run's end is found by binary
+    search (about σ·log2(hi − lo) reads instead of hi − lo: the short contexts of a large corpus
+    have intervals of millions of rows)."""
+    size = min(hi - lo, 64) if hi - lo > search_width else hi - lo
+    symbols = np.empty(size, np.int64)
+    counts = np.empty(size, np.int64)
+    k = 0
+    row = lo
+    while row < hi:
+        symbol = _symbol(suffixes, tokens, row, depth)
+        if hi - lo > search_width:
+            end = _first_above(suffixes, tokens, row + 1, hi, depth, symbol)
+        else:
+            end = row + 1
+            while end < hi and _symbol(suffixes, tokens, end, depth) == symbol:
+                end += 1
+        if symbol >= 0:
+            if k == symbols.shape[0]:  # more distinct symbols than room: twice the room
+                symbols = np.concatenate((symbols, np.empty(k, np.int64)))
+                counts = np.concatenate((counts, np.empty(k, np.int64)))
+            symbols[k], counts[k] = symbol, end - row
+            k += 1
+        row = end
+    return symbols[:k].copy(), counts[:k].copy()  # copies: a remembered view would keep all the room
