@@ -48,7 +48,7 @@ Match.push with min_count=2).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +62,7 @@ PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers an
 # What one remembered entry costs beyond its array's data (the array object, its key and stats
 # tuples, the ints in them, the dict slot; sys.getsizeof, tests/service/test_cache_bytes.py)
 PREDICTED_OVERHEAD = 700
+KEY_BYTES_PER_INDEX = 160  # … and for each index of the memory, what its part of the keys adds (4 ints)
 DEPTHS = 2  # distributions predict gives per context (Memory.distributions)
 STATS = 6  # numbers match_stats gives per context
 
@@ -106,12 +107,15 @@ class Memory:
         # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
         # p_k and the stats of its top level, and the same of the level below, by context k's
-        # interval (Memory._witten_bell_chain)
-        self._chain: OrderedDict[tuple[int, int, int], tuple[Chained, Chained | None]] = OrderedDict()
+        # intervals (Memory._witten_bell_chain)
+        self._chain: OrderedDict[tuple[int, ...], tuple[Chained, Chained | None]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
         from nextchar.recall import witten_bell  # compiled (numba): imported with the first memory
 
         self._compiled = witten_bell
+        # every index's arrays, for witten_bell.chain: None when their types differ (it indexes
+        # them by number, so they must be of one type), and p_mem is then `levels`' in numpy
+        self._arrays = self._same_typed_arrays()
         # the chain's start, below every level: uniform (stats (0, 0, 0)), never changed
         self._uniform: tuple[Chained, Chained | None] = ((np.full(vocab_size, 1.0 / vocab_size), (0, 0, 0)), None)
 
@@ -124,13 +128,20 @@ class Memory:
     def cache_bytes(self, cache_bytes: int) -> None:
         # entries of each: an answer is DEPTHS × V float32, a chain entry two p_k of V float64
         # (the second shared with the entry below, counted anyway), each with its key, its stats
-        # and their objects (PREDICTED_OVERHEAD); both together stay in cache_bytes
+        # and their objects (PREDICTED_OVERHEAD, keys longer by a part per index); both together
+        # stay in cache_bytes
         self._cache_bytes = cache_bytes
-        entry = (4 * DEPTHS + 16) * max(self.vocab_size, 1) + 2 * PREDICTED_OVERHEAD
+        overhead = PREDICTED_OVERHEAD + KEY_BYTES_PER_INDEX * len(self.indexes)
+        entry = (4 * DEPTHS + 16) * max(self.vocab_size, 1) + 2 * overhead
         self._predicted_limit = max(0, cache_bytes // entry)
         for cache in (self._predicted, self._chain):
             while len(cache) > self._predicted_limit:
                 cache.popitem(last=False)
+
+    def _same_typed_arrays(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
+        if not self.indexes or len({(ix.tokens.dtype, ix.suffixes.dtype) for ix in self.indexes}) > 1:
+            return None
+        return tuple(ix.suffixes for ix in self.indexes), tuple(ix.tokens for ix in self.indexes)
 
     def __len__(self) -> int:
         """Symbols remembered, over every index."""
@@ -201,8 +212,8 @@ class Memory:
         if found is not None:
             self._predicted.move_to_end(key)
             return found
-        if estimator == "wb" and len(self.indexes) == 1:
-            top, below = self._witten_bell_chain(context.matches[0])
+        if estimator == "wb" and self._arrays is not None:
+            top, below = self._witten_bell_chain(context)
             p = np.stack([top[0], below[0] if below is not None else top[0]])
             stats = (*top[1], *(below[1] if below is not None else (0, 0, 0)))
         else:
@@ -214,34 +225,32 @@ class Memory:
             self._predicted.popitem(last=False)
         return found
 
-    def _witten_bell_chain(self, match: Match) -> tuple[Chained, Chained | None]:
-        """witten_bell over the levels of a one-index memory, from the longest shorter context
-        whose p_k is remembered: (p_K, the top level's stats) and the same for the level below
-        it (None when there is none). p_k is decided by context k's own string (its interval),
-        so contexts that share a suffix share the interpolation below it, and a new one costs
-        the followers of a context or two, not of all of them."""
-        index = self.indexes[0]
-        intervals: list[tuple[int, int, int]] = []  # (lo, hi, depth), the distinct contexts as `levels` keeps them
-        entry, count = self._uniform, -1
-        for lo, hi, depth in match.rows.tolist():
-            if hi - lo != count:
-                count = hi - lo
-                found = self._chain.get((lo, hi, depth))
-                if found is not None:
-                    entry = found
-                    break
-                intervals.append((lo, hi, depth))
-        if not intervals:
+    def _witten_bell_chain(self, context: Context) -> tuple[Chained, Chained | None]:
+        """witten_bell over the distinct contexts, from the longest shorter context whose p_k is
+        remembered: (p_K, the top level's stats) and the same for the level below it (None when
+        there is none). p_k is decided by context k's own string (its intervals), so contexts
+        that share a suffix share the interpolation below it, and a new one costs the followers
+        of a context or two, not of all of them."""
+        todo: list[tuple[int, ...]] = []  # the distinct contexts not remembered, longest first
+        entry = self._uniform
+        for key in _distinct_contexts(context):
+            found = self._chain.get(key)
+            if found is not None:
+                entry = found
+                break
+            todo.append(key)
+        if not todo:
             return entry
-        todo = intervals[::-1]  # shortest first
-        ps, stats = self._compiled.chain(
-            index.suffixes, index.tokens, np.array(todo, dtype=np.int64), entry[0][0], index.search_width
-        )
-        for interval, p, level in zip(todo, ps, stats.tolist(), strict=True):
+        todo.reverse()  # shortest first
+        rows = np.array([part for key in todo for part in key], dtype=np.int64).reshape(-1, 4)
+        assert self._arrays is not None  # predict's test
+        suffixes, tokens = self._arrays
+        ps, stats = self._compiled.chain(suffixes, tokens, rows, entry[0][0], self.indexes[0].search_width)
+        for key, p, level in zip(todo, ps, stats.tolist(), strict=True):
             if level[2]:  # (0, 0, 0): nothing follows this context; it keeps the entry below
                 below = None if entry[0][1] == (0, 0, 0) else entry[0]  # (0, 0, 0): the uniform start
                 entry = ((p.copy(), tuple(level)), below)  # a copy: each entry its own bytes, as counted
-            self._chain[interval] = entry
+            self._chain[key] = entry
             while len(self._chain) > self._predicted_limit:
                 self._chain.popitem(last=False)
         return entry
@@ -262,6 +271,29 @@ class Memory:
         if estimator == "interpolated":
             return interpolated(levels, self.vocab_size)
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+
+
+def _distinct_contexts(context: Context) -> Iterator[tuple[int, ...]]:
+    """The distinct contexts of `context`, longest first, as `levels` keeps them: each as the
+    (index, lo, hi, depth) of every index that holds it, flat (a key of Memory._chain)."""
+    if len(context.matches) == 1:  # the common case, cheaper: the rows are in order already
+        previous = -1
+        for lo, hi, depth in context.matches[0].rows.tolist():
+            if hi - lo != previous:
+                previous = hi - lo
+                yield (0, lo, hi, depth)
+        return
+    by_depth: dict[int, list[int]] = {}
+    for i, match in enumerate(context.matches):
+        for lo, hi, depth in match.rows.tolist():
+            by_depth.setdefault(depth, []).extend((i, lo, hi, depth))
+    previous = -1
+    for depth in sorted(by_depth, reverse=True):
+        parts = by_depth[depth]
+        count = sum(parts[2::4]) - sum(parts[1::4])
+        if count != previous:
+            previous = count
+            yield tuple(parts)
 
 
 def match_stats(levels: Sequence[Level]) -> tuple[int, ...]:

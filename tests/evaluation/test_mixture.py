@@ -7,6 +7,7 @@ learns only after scoring); and where the memory knows the text, the fitted mixt
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -202,12 +203,18 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch, learn_mixer
     assert second < 0.5 * first
 
 
-def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab):
-    """Memory.predict interpolates from the longest shorter context it remembers: the same
-    p_mem and match stats as computing every level again, for contexts that share suffixes."""
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab, pieces):
+    """Memory.predict interpolates from the longest shorter context it remembers (compiled,
+    summing the counts of every index): the same p_mem and match stats as computing every level
+    again in numpy, for contexts that share suffixes, in a memory of one index or of several
+    (the text cut in pieces, as a corpus indexed in shards is)."""
     from nextchar.recall.estimator import match_stats
 
-    memory, fresh = memory_of(PROSE * 2, vocab), memory_of(PROSE * 2, vocab)
+    tokens = memory_tokens(encode_corpus(PROSE * 2, vocab, "text"), len(vocab))
+    cuts = [len(tokens) * i // pieces for i in range(pieces + 1)]
+    indexes = [MemoryIndex.build(tokens[lo:hi].copy()) for lo, hi in itertools.pairwise(cuts)]
+    memory, fresh = Memory(indexes, len(vocab)), Memory(indexes, len(vocab))  # fresh: `levels`, in numpy
     rng = random.Random(0)
     symbols = encode_corpus(PROSE, vocab, "text").tolist()
     for _ in range(60):
