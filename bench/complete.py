@@ -39,6 +39,7 @@ import torch
 
 from bench.record import write_result
 from nextchar.checkpoint import load_checkpoint, read_memory
+from nextchar.collector import tune_for_latency
 from nextchar.completion.completer import Completer
 from nextchar.completion.config import SERVING_DEADLINE_MS
 from nextchar.data.batches import split_validation
@@ -129,6 +130,7 @@ def systems(ckpt_dir: Path, window_dir: Path, train_lines: list[str], mode: str,
             CompleterPredictor(mixed, mode, k, name=f"{kind} + memory"),
             CompleterPredictor(at_deadline, mode, k, name=f"{kind} + memory, {args.deadline_ms:g} ms"),
         ]
+    tune_for_latency()  # the collector as `serve` and eval-complete have it, the models loaded
     return out
 
 

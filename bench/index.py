@@ -8,15 +8,16 @@ corpus: `--size-mb` of symbols made from the embedded corpus, Tiny Shakespeare a
 list (what ../shared/data holds), as windows of `--window` symbols taken at random offsets and
 joined — text with real local statistics, repeated at the large scale far more than a real
 corpus of that size would be (no offline corpus of 1 GB exists here; say so beside the figure).
-`--size-mb 0`: the sources once, as they are.
+`--size-mb 0`: the sources once, as they are; `--source` picks some of them.
 
     python -m bench.index --size-mb 1024          # ~1 GB in 16 shards of 64 M symbols
     python -m bench.index --size-mb 0             # the sources alone (~6 MB)
+    python -m bench.index --size-mb 0 --source tinyshakespeare.txt
 
 Peak memory is the process's (ru_maxrss), building one shard at a time. Resident: what the
 process gained from mapping the shards and typing the keystrokes (only the pages read). The
-keystrokes: lines of the names list and of Shakespeare, typed one symbol at a time from a
-fresh context per line. The results go to bench/results/ (or --json FILE).
+keystrokes: lines of the names list and of Shakespeare (of the one source when there is one),
+typed one symbol at a time from a fresh context per line. The results go to bench/results/ (or --json FILE).
 """
 
 from __future__ import annotations
@@ -51,11 +52,19 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def sources() -> list[str]:
-    texts = [embedded_corpus()]
-    for name in ("tinyshakespeare.txt", "names.txt"):
-        if (DATA / name).is_file():
+SOURCES = ("embedded", "tinyshakespeare.txt", "names.txt")
+
+
+def sources(names: list[str] | None = None) -> list[str]:
+    """The texts of `names` (default: all of SOURCES that exist): "embedded" or a file of ../shared/data."""
+    texts = []
+    for name in names or SOURCES:
+        if name == "embedded":
+            texts.append(embedded_corpus())
+        elif (DATA / name).is_file():
             texts.append((DATA / name).read_text(encoding="utf-8"))
+        elif names:
+            raise SystemExit(f"bench/index.py: {DATA / name} is missing")
     return texts
 
 
@@ -83,9 +92,10 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=300, help="lines typed for the per-keystroke cost (default 300)")
     p.add_argument("--work", default=None, help="where the shards are written (default: a temporary directory)")
     p.add_argument("--json", default=None, help="write the results here instead of bench/results/")
+    p.add_argument("--source", action="append", choices=SOURCES, help="index only these (repeatable; default all)")
     args = p.parse_args()
 
-    texts = sources()
+    texts = sources(args.source)
     vocab = Vocabulary.from_text("".join(texts))
     tokens = corpus_tokens(vocab, texts, args.size_mb, args.window, seed=0)
     n = len(tokens)

@@ -112,12 +112,15 @@ def build_completer(args: argparse.Namespace) -> Completer:
     """A Completer from the common options (loads the model and the lexicon; nextchar.cli.main has
     set the threads)."""
     from nextchar.checkpoint import load_checkpoint
+    from nextchar.collector import tune_for_latency
     from nextchar.completion.completer import Completer
     from nextchar.completion.lexicon import Lexicon
 
     ckpt = load_checkpoint(args.model)
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
-    return Completer(ckpt, lexicon=lexicon, config=completer_config(args), memory=args.memory)
+    completer = Completer(ckpt, lexicon=lexicon, config=completer_config(args), memory=args.memory)
+    tune_for_latency()  # as `serve` does: its latency is what eval-complete measures
+    return completer
 
 
 # ---------------------------------------------------------------------------------- complete

@@ -321,7 +321,8 @@ def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings
 
     import uvicorn
 
-    from nextchar.service.app import create_app, serve_heads_within, tune_gc_for_serving
+    from nextchar.collector import tune_for_latency
+    from nextchar.service.app import create_app, serve_heads_within
     from nextchar.service.metrics import shared_metrics_dir
     from nextchar.service.protocol import HEAD_BYTES
     from nextchar.service.settings import ENV_SETTINGS
@@ -338,7 +339,7 @@ def _serve(args: argparse.Namespace, ckpt: Checkpoint, settings: ServiceSettings
     )
     try:
         if args.workers == 1:
-            tune_gc_for_serving()
+            tune_for_latency()  # after the model loaded (ckpt): it is frozen, out of the collector's way
             serve_heads_within(settings.head_timeout_s)
             config = uvicorn.Config(create_app(ckpt=ckpt, settings=settings), lifespan="on", **common)
             uvicorn.Server(config).run(sockets=[sock])

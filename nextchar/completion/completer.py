@@ -424,7 +424,7 @@ class Completer:
             return []
         context = forward.decode(state[-1][0].numpy())
         stops = self.table.word_stops if mode == "word" else self.table.line_stops
-        found = continuations(forward.memory, context, stops.__getitem__, self.settings.max_chars, k)
+        found = continuations(forward.memory, context, stops, self.settings.max_chars, k)
         return ["".join(self.table.chars[s] for s in symbols) for symbols in found]
 
     def _score(self, cand: Candidate, key: str) -> float:

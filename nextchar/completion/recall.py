@@ -110,35 +110,37 @@ SCANNED = 1024  # occurrences read per continuation search (evenly spaced over a
 
 
 def continuations(
-    memory: Memory, context: Context, stops: Callable[[int], bool], max_len: int, k: int, depth: int | None = None
+    memory: Memory, context: Context, stops: Sequence[bool], max_len: int, k: int, depth: int | None = None
 ) -> list[list[int]]:
     """The k commonest ways the memory's text goes on after the longest suffix of `context` it
-    holds (or the suffix of length `depth`), each read up to (not including) a symbol `stops`
-    accepts, or up to `max_len`; the text's end stops one too. Empty continuations are left out."""
-    counts: dict[tuple[int, ...], int] = {}
-    for index, match in zip(memory.indexes, context.matches, strict=True):
+    holds (or the suffix of length `depth`), each read up to (not including) a symbol that `stops`
+    marks (a bool per symbol), or up to `max_len`; the text's end stops one too. Empty
+    continuations are left out; of two as common, the one met first (in index, then SA order)
+    comes first. The reading is compiled (MemoryIndex.continuations): each continuation comes back
+    as a key, and only the k kept are read as symbols."""
+    marks = np.asarray(stops, dtype=bool)
+    keys, weights, where = [], [], []  # where: (index, start, length) of each continuation kept
+    for i, (index, match) in enumerate(zip(memory.indexes, context.matches, strict=True)):
         chosen = [iv for iv in match.intervals if iv.depth == depth] if depth is not None else [match.longest]
         if not chosen or chosen[0].depth == 0 or chosen[0].count == 0:
             continue
-        longest = chosen[0]
-        step = max(1, longest.count // SCANNED)
-        for row in range(longest.lo, longest.hi, step):
-            at = index.suffixes.item(row) + longest.depth
-            found: list[int] = []
-            while at < len(index.tokens) and len(found) < max_len:
-                symbol = index.tokens.item(at)
-                if stops(symbol):
-                    break
-                found.append(symbol)
-                at += 1
-            if found:
-                counts[tuple(found)] = counts.get(tuple(found), 0) + step
-    ranked = sorted(counts.items(), key=lambda item: -item[1])[:k]
-    return [list(symbols) for symbols, _ in ranked]
+        step = max(1, chosen[0].count // SCANNED)
+        starts, lengths, found = index.continuations(chosen[0], step, marks, max_len)
+        read = lengths > 0
+        keys.append(found[read])
+        weights.append(np.full(int(read.sum()), step))
+        where.append(np.stack([np.full(len(keys[-1]), i), starts[read], lengths[read]], axis=1))
+    if not keys:
+        return []
+    _, first, inverse = np.unique(np.concatenate(keys), return_index=True, return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(weights))
+    ranked = np.lexsort((first, -counts))[:k]  # commonest first, then the first met
+    rows = np.concatenate(where)[first[ranked]]
+    return [memory.indexes[i].tokens[start : start + length].tolist() for i, start, length in rows.tolist()]
 
 
 def recalled(
-    memory: Memory, context: Context, stops: Callable[[int], bool], max_len: int, k: int, min_depth: int = 1
+    memory: Memory, context: Context, stops: Sequence[bool], max_len: int, k: int, min_depth: int = 1
 ) -> list[list[int]]:
     """The memory alone's k suggestions (module docstring): `continuations` after the suffixes of
     `context` of `min_depth` symbols or more, longest first, until k distinct ones are found."""

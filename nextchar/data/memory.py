@@ -172,6 +172,16 @@ class MemoryIndex:
                 self._followers_bytes += cost
         return found
 
+    def continuations(
+        self, interval: Interval, step: int, stops: np.ndarray, max_len: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the text goes on after every `step`-th occurrence of the interval's string:
+        (starts, lengths, keys) — its position in the tokens, its length up to a symbol `stops`
+        (a bool per symbol) marks or `max_len`, and a key equal for equal continuations
+        (suffix_search.continuations)."""
+        rows = np.arange(interval.lo, interval.hi, step, dtype=np.int64)
+        return self._search.continuations(self.suffixes, self.tokens, rows, interval.depth, stops, max_len)
+
     # ---------------------------------------------------------------------------- files
 
     def save(self, directory: Path) -> dict[str, Any]:

@@ -101,3 +101,29 @@ def followers(
             k += 1
         row = end
     return symbols[:k].copy(), counts[:k].copy()  # copies: a remembered view would keep all the room
+
+
+@njit(cache=True)
+def continuations(
+    suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, depth: int, stops: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, keys): for each SA row of `rows`, where the text goes on after its first
+    `depth` symbols (a position in the tokens), how far before a symbol that `stops` marks, the
+    tokens' end or `max_len` symbols, and a 64-bit FNV-1a hash of those symbols and the length:
+    equal continuations have equal keys, two different ones the same with a chance of about 2^−64."""
+    n = rows.shape[0]
+    starts = np.empty(n, np.int64)
+    lengths = np.empty(n, np.int64)
+    keys = np.empty(n, np.uint64)
+    for r in range(n):
+        at = suffixes[rows[r]] + depth
+        key = np.uint64(14695981039346656037)
+        length = 0
+        while at + length < tokens.shape[0] and length < max_len:
+            symbol = tokens[at + length]
+            if stops[symbol]:
+                break
+            key = (key ^ np.uint64(symbol)) * np.uint64(1099511628211)
+            length += 1
+        starts[r], lengths[r], keys[r] = at, length, key ^ np.uint64(length)
+    return starts, lengths, keys

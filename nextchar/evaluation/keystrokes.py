@@ -263,7 +263,7 @@ class MemoryPredictor(Predictor):
             stops, min_depth = self.table.line_stops, 1
         else:
             stops, min_depth = self.table.word_stops, max(1, len(prepared) - word_start(prepared))
-        found = recalled(self.memory, self.context, stops.__getitem__, self.max_len, self.k, min_depth)
+        found = recalled(self.memory, self.context, stops, self.max_len, self.k, min_depth)
         return [typed + "".join(self.table.chars[s] for s in symbols) for symbols in found]
 
 

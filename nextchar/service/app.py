@@ -28,7 +28,6 @@ auto: int8 for LSTM/GRU models on x86) is that of the search's matrix products (
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run time, and
 # their parameter types are local to the router functions.
-import gc
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nextchar import __version__
 from nextchar.checkpoint import Checkpoint
+from nextchar.collector import tune_for_latency
 from nextchar.completion.completer import Completer
 from nextchar.completion.config import K_MAX, Mode
 from nextchar.errors import UserError
@@ -348,18 +348,6 @@ def page_router() -> APIRouter:
     return router
 
 
-def tune_gc_for_serving() -> None:
-    """Run Python's cyclic garbage collector less often in a serving process.
-
-    Why: the caches hold hundreds of thousands of small objects (states, search trees,
-    answers), and with the default thresholds a collection that scans them pauses a request
-    for 80–130 ms now and then (measured: the pauses vanish with the collector off). The
-    objects are freed by reference counting anyway; cycles are rare, so collecting them
-    every 20,000 allocations instead of 700 loses nothing.
-    """
-    gc.set_threshold(20_000, 10, 10)
-
-
 def app_from_env() -> FastAPI:
     """The application for a worker process (`nextchar serve --workers N`): settings from the environment."""
     text = os.environ.get(ENV_SETTINGS)
@@ -368,7 +356,7 @@ def app_from_env() -> FastAPI:
         import torch
 
         torch.set_num_threads(settings.threads)
-    tune_gc_for_serving()
+    tune_for_latency()
     serve_heads_within(settings.head_timeout_s)
     return create_app(settings=settings)
 

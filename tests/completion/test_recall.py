@@ -152,7 +152,7 @@ def test_the_memorys_continuations_by_hand_and_in_the_search(tmp_path):
 
     vocab, memory, context = memory_after("the cat sat. the cat ran. the cow sat. ", "so the c")
     space = vocab.encode(" ")[0]
-    found = continuations(memory, context, lambda s: s == space, 10, 5)
+    found = continuations(memory, context, [s == space for s in range(len(vocab))], 10, 5)
     assert [vocab.decode(f) for f in found] == ["at", "ow"]  # commonest first; "the c" matched, not "so "
     # A search too narrow to find them alone keeps the memory's continuations among its hypotheses.
     ckpt = remembering_checkpoint(tmp_path)
@@ -166,8 +166,7 @@ def test_the_memory_alone_backs_off_to_shorter_suffixes_by_hand():
     vocab, memory, context = memory_after("the cat sat. the cat ran. the dog sat. a cat sang. ", "so the cat s")
     space = vocab.encode(" ")[0]
 
-    def stops(symbol):
-        return symbol == space or symbol == vocab.encode(".")[0]
+    stops = [symbol in (space, vocab.encode(".")[0]) for symbol in range(len(vocab))]
 
     # "the cat s" went on once ("at"); "e cat s" is as rare, so the next suffix read is " cat s"
     # (twice: "at", "ang"); "at" is not offered twice.
