@@ -152,11 +152,9 @@ class MemoryIndex:
     def followers(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
         """(symbols, counts): the distinct symbols that follow the interval's string, ascending,
         and how often each does: runs of the interval's rows, sorted already (see the module
-        docstring), read one by one or, past `search_width` rows, found by binary search."""
-        return self.followers_of(interval.lo, interval.hi, interval.depth)
-
-    def followers_of(self, lo: int, hi: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """`followers` of the interval [lo, hi) at `depth`, remembered when it is wider than MEMO_WIDTH."""
+        docstring), read one by one or, past `search_width` rows, found by binary search.
+        Remembered for intervals wider than MEMO_WIDTH."""
+        lo, hi, depth = interval.lo, interval.hi, interval.depth
         if hi - lo <= MEMO_WIDTH:
             return self._search.followers(self.suffixes, self.tokens, lo, hi, depth, self.search_width)
         key = (lo, hi, depth)
