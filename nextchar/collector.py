@@ -12,8 +12,9 @@ objects after 2,522 keystrokes), so collecting every 20,000 allocations instead 
 reference counting frees the rest. Freezing what is alive once the model and its memory are
 loaded leaves those objects out of every later full collection (230 ms → 31 ms).
 
-`serve` (each worker), `type`, `complete` and `eval-complete` call it once they have loaded the
-model, so that eval-complete's latency is the service's.
+`serve` (each worker), `type` and `eval-complete` call it once they have loaded the model, so
+that eval-complete's latency is the service's. `complete` does not: it answers once and exits,
+and the collection before the freeze would only add to its start-up.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from nextchar.cli.options import (
 )
 from nextchar.cli.options import finite_number as _number
 from nextchar.cli.options import whole_number as _int
+from nextchar.collector import tune_for_latency
 from nextchar.completion.config import DEFAULTS, K_MAX, MODES, SERVING_DEADLINE_MS, CompleterConfig, check_k
 from nextchar.errors import UserError
 
@@ -112,15 +113,12 @@ def build_completer(args: argparse.Namespace) -> Completer:
     """A Completer from the common options (loads the model and the lexicon; nextchar.cli.main has
     set the threads)."""
     from nextchar.checkpoint import load_checkpoint
-    from nextchar.collector import tune_for_latency
     from nextchar.completion.completer import Completer
     from nextchar.completion.lexicon import Lexicon
 
     ckpt = load_checkpoint(args.model)
     lexicon = Lexicon.load(args.lexicon) if args.lexicon else None
-    completer = Completer(ckpt, lexicon=lexicon, config=completer_config(args), memory=args.memory)
-    tune_for_latency()  # as `serve` does: its latency is what eval-complete measures
-    return completer
+    return Completer(ckpt, lexicon=lexicon, config=completer_config(args), memory=args.memory)
 
 
 # ---------------------------------------------------------------------------------- complete
@@ -165,6 +163,7 @@ def _run_type(args: argparse.Namespace) -> int:
 
     check_k(args.k)
     completer = build_completer(args)
+    tune_for_latency()  # a keystroke's latency, as in `serve`
     run_terminal(completer, k=args.k, mode=args.mode, typos=args.typos)
     return 0
 
@@ -200,6 +199,7 @@ def _run_eval_complete(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, not {args.limit}")
     completer = build_completer(args)
+    tune_for_latency()  # as `serve` has it: the latency measured is the service's
     lines = split_lines(completer.vocab.prepare(read_corpus(args.file)))[: args.limit]
     if not lines:
         raise UserError(f"{args.file}: no lines to evaluate")

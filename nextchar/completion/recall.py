@@ -110,7 +110,7 @@ SCANNED = 1024  # occurrences read per continuation search (evenly spaced over a
 
 
 def continuations(
-    memory: Memory, context: Context, stops: Sequence[bool], max_len: int, k: int, depth: int | None = None
+    memory: Memory, context: Context, stops: Sequence[bool] | np.ndarray, max_len: int, k: int, depth: int | None = None
 ) -> list[list[int]]:
     """The k commonest ways the memory's text goes on after the longest suffix of `context` it
     holds (or the suffix of length `depth`), each read up to (not including) a symbol that `stops`
@@ -152,11 +152,12 @@ def recalled(
     out: list[list[int]] = []
     found: set[tuple[int, ...]] = set()
     previous = -1
+    marks = np.asarray(stops, dtype=bool)  # once, not at every depth
     for depth in sorted(depths, reverse=True):
         if depths[depth] == previous:
             continue
         previous = depths[depth]
-        for symbols in continuations(memory, context, stops, max_len, k, depth):
+        for symbols in continuations(memory, context, marks, max_len, k, depth):
             if tuple(symbols) not in found:
                 found.add(tuple(symbols))
                 out.append(symbols)

@@ -168,21 +168,12 @@ class Memory:
         indexes; `own`: take one occurrence of that symbol off the first index's counts
         (leave-one-out). A context that occurs as often as the longer one before it holds the
         same occurrences, so it is skipped before its followers are read."""
-        by_depth: dict[int, list[tuple[int, Interval]]] = {}
-        for i, match in enumerate(context.matches):
-            for lo, hi, depth in match.rows.tolist():
-                by_depth.setdefault(depth, []).append((i, Interval(lo, hi, depth)))
         levels: list[Level] = []
-        previous = -1
-        for depth in sorted(by_depth, reverse=True):
-            parts = by_depth[depth]
-            count = sum(interval.count for _, interval in parts)
-            if count == previous:
-                continue
-            previous = count
+        for key in _distinct_contexts(context):  # (index, lo, hi, depth) of each index holding it
+            parts = [(key[j], Interval(key[j + 1], key[j + 2], key[j + 3])) for j in range(0, len(key), 4)]
             symbols, counts = self._followers(parts, own)
             if len(symbols):
-                levels.append(Level(depth, symbols, counts))
+                levels.append(Level(key[3], symbols, counts))
         return levels
 
     def _followers(self, parts: list[tuple[int, Interval]], own: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -274,8 +265,9 @@ class Memory:
 
 
 def _distinct_contexts(context: Context) -> Iterator[tuple[int, ...]]:
-    """The distinct contexts of `context`, longest first, as `levels` keeps them: each as the
-    (index, lo, hi, depth) of every index that holds it, flat (a key of Memory._chain)."""
+    """The distinct contexts of `context`, longest first (`Memory.levels`): each as the
+    (index, lo, hi, depth) of every index that holds it, flat (a key of Memory._chain too). A
+    context as common as the longer one before it is skipped."""
     if len(context.matches) == 1:  # the common case, cheaper: the rows are in order already
         previous = -1
         for lo, hi, depth in context.matches[0].rows.tolist():
