@@ -74,20 +74,20 @@ def index_costs(memory: Memory, train_tokens, typed: list[int]) -> dict[str, flo
     }
 
 
-def load_compiled(index: MemoryIndex) -> None:
-    """Load the memory's compiled searches for the array types of `index` (numba loads or compiles
-    them at their first call), on a small index of those types: not a keystroke's cost."""
+def load_compiled(index: MemoryIndex, indexes: int = 1) -> None:
+    """Load the memory's compiled searches for the array types of `index` and a memory of
+    `indexes` of them (numba loads or compiles them at their first call), on a small index of
+    those types: not a keystroke's cost."""
     built = MemoryIndex.build(index.tokens[:64].copy())
-    small = Memory(
-        [MemoryIndex(built.tokens, built.suffixes.astype(index.suffixes.dtype))], 1 + int(built.tokens.max())
-    )
-    small.predict(small.push(small.start(), int(built.tokens[0])))
+    small = MemoryIndex(built.tokens, built.suffixes.astype(index.suffixes.dtype))
+    memory = Memory([small] * indexes, 1 + int(built.tokens.max()))
+    memory.predict(memory.push(memory.start(), int(built.tokens[0])))
 
 
 def keystroke_costs(memory: Memory, lines: Iterable[Sequence[int]]) -> dict[str, float]:
     """µs per keystroke, median and p99, of Memory.push and of a cold predict after it, typing
     each line a symbol at a time from a fresh context (the compiled searches loaded first)."""
-    load_compiled(memory.indexes[0])
+    load_compiled(memory.indexes[0], len(memory.indexes))
     pushes, predicts = [], []
     for line in lines:
         context = memory.start()

@@ -422,7 +422,7 @@ class Completer:
         state = root.state
         if len(state) <= forward.model_state_size:
             return []
-        context = forward.decode(state[-1][0].numpy())
+        context = forward.memory.context(state[-1][0].numpy())
         stops = self.table.word_stops if mode == "word" else self.table.line_stops
         found = continuations(forward.memory, context, stops, self.settings.max_chars, k)
         return ["".join(self.table.chars[s] for s in symbols) for symbols in found]

@@ -9,8 +9,10 @@ Where the memory's context lives. A hypothesis is a row of states that the searc
 stacks and caches without looking inside (select_state, stack_states, Node). So the memory's
 context is one more tensor of the state tuple, (B, I, K, 3): for each of the memory's I
 indexes, the intervals (lo, hi, depth) of the context's suffixes found there, longest first,
-padded with depth −1 to K = max_order + 1 rows. The model never sees it: this forward takes it
-off before the model's call and puts the pushed contexts back after.
+padded with depth −1 to K = max_order + 1 rows (Memory.rows). The model never sees it: this
+forward takes it off before the model's call, pushes the symbols read and asks p_mem of the
+batch's contexts in compiled calls (Memory.push_rows, Memory.predict_rows), and puts the pushed
+contexts back after.
 
 What the memory adds to a search's candidates (`continuations`): the commonest ways the
 training text goes on after the typed text (to the next word boundary in `word` mode, to the
@@ -41,7 +43,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nextchar.data.memory import Match
 from nextchar.models import State
 from nextchar.recall.estimator import Context, Memory
 from nextchar.recall.mixer import Mixer
@@ -71,39 +72,24 @@ class MixedForward:
         self.memory = memory
         self.mixer = mixer
         self.model_state_size = model_state_size  # tensors of the model's own state (LSTM 2, GRU 1)
-        self.rows = memory.max_order + 1
 
     def __call__(self, idx: Tensor, state: State) -> tuple[Tensor, State]:
         """`state`: the model's own (a fresh read: the memory's context starts empty), or one this
         call returned (the context is its last tensor)."""
         model_state = state
         if len(state) > self.model_state_size:
-            model_state, encoded = state[: self.model_state_size], state[-1]
-            contexts = [self.decode(rows) for rows in encoded.numpy()]
+            model_state, rows = state[: self.model_state_size], state[-1].numpy()
         else:
-            contexts = [self.memory.start() for _ in range(idx.shape[0])]
+            rows = self.memory.rows([self.memory.start()] * idx.shape[0])
         logits, new_state = self.forward(idx, model_state)
-        for b, symbols in enumerate(idx.tolist()):
-            for symbol in symbols:
-                contexts[b] = self.memory.push(contexts[b], symbol)
-        last = torch.log_softmax(logits[:, -1].float(), dim=-1)
-        mixed = self.mixer.next_logprobs(self.memory, contexts, last)
+        symbols = idx.numpy()
+        for t in range(symbols.shape[1]):
+            rows = self.memory.push_rows(rows, symbols[:, t])
+        memory_logp, stats = self.memory.predict_rows(rows, self.mixer.estimator)
+        last = torch.log_softmax(logits[:, -1].detach().float(), dim=-1).numpy()
         logits = logits.clone()
-        logits[:, -1] = mixed.to(logits.dtype)
-        return logits, (*new_state, self.encode(contexts))
-
-    def encode(self, contexts: list[Context]) -> Tensor:
-        """The contexts as one (B, I, K, 3) tensor (see the module docstring)."""
-        out = np.full((len(contexts), len(self.memory.indexes), self.rows, 3), -1, dtype=np.int64)
-        for b, context in enumerate(contexts):
-            for i, match in enumerate(context.matches):
-                rows = match.rows[: self.rows]
-                out[b, i, : len(rows)] = rows
-        return torch.from_numpy(out)
-
-    def decode(self, rows: np.ndarray) -> Context:
-        """One row of `encode`'s tensor, (I, K, 3), back into its context."""
-        return Context(tuple(Match(match[match[:, 2] >= 0].copy()) for match in rows))
+        logits[:, -1] = torch.from_numpy(self.mixer.mix_arrays(last, memory_logp, stats)).to(logits.dtype)
+        return logits, (*new_state, torch.from_numpy(rows))
 
 
 SCANNED = 1024  # occurrences read per continuation search (evenly spaced over a wider interval)

@@ -3,7 +3,9 @@
 These are the loops under nextchar.data.memory (whose docstring has the reasoning): binary searches
 that read one element at a time, which cost about half a microsecond per read in Python and a few
 nanoseconds compiled. numba compiles each for the dtypes it is first called with and keeps the
-machine code in __pycache__ (`cache=True`), so a process after the first only loads it.
+machine code in __pycache__ (`cache=True`), so a process after the first only loads it. They
+touch no Python object, so they release the GIL (`nogil`): the service's event loop runs
+meanwhile.
 
 The arrays: `suffixes` (SA, int32 or int64) and `tokens` (uint16 or uint32), read-only; `rows`: a
 match's intervals as an (K, 3) int64 array of (lo, hi, depth), longest first, the root last. The
@@ -35,14 +37,14 @@ def _first_above(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, dep
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def narrow(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, symbol: int) -> tuple[int, int]:
     """[lo′, hi′): the rows of [lo, hi) whose symbol at `depth` is `symbol` (lo′ = hi′ when none)."""
     start = _first_above(suffixes, tokens, lo, hi, depth, symbol - 1)
     return start, _first_above(suffixes, tokens, start, hi, depth, symbol)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def push(
     suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symbol: int, max_order: int, min_count: int
 ) -> np.ndarray:
@@ -71,7 +73,29 @@ def push(
     return out[: k + 1]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def push_rows(
+    suffixes: tuple[np.ndarray, ...],
+    tokens: tuple[np.ndarray, ...],
+    rows: np.ndarray,
+    symbols: np.ndarray,
+    max_order: int,
+) -> np.ndarray:
+    """`push` for B contexts of I indexes at once: `rows` (B, I, K, 3), each index's match padded
+    with depth −1 to K = max_order + 1 rows, each context followed by its symbol of `symbols` (B,).
+    `suffixes`, `tokens`: the I indexes' arrays, all of one type."""
+    out = np.full(rows.shape, -1, np.int64)
+    for b in range(rows.shape[0]):
+        for i in range(rows.shape[1]):
+            n = 0
+            while n < rows.shape[2] and rows[b, i, n, 2] >= 0:
+                n += 1
+            pushed = push(suffixes[i], tokens[i], rows[b, i, :n], symbols[b], max_order, 1)
+            out[b, i, : pushed.shape[0]] = pushed  # at most K: no two rows of one depth, none over max_order
+    return out
+
+
+@njit(cache=True, nogil=True)
 def followers(
     suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, search_width: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +127,7 @@ def followers(
     return symbols[:k].copy(), counts[:k].copy()  # copies: a remembered view would keep all the room
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def continuations(
     suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, depth: int, stops: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,25 +48,27 @@ Match.push with min_count=2).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nextchar.data.memory import MAX_ORDER, Interval, Match, MemoryIndex
 
+if TYPE_CHECKING:
+    from nextchar.recall.witten_bell import Remembered
+
 ESTIMATORS = ("wb", "ppm", "interpolated")
 ESTIMATOR = "wb"
 DISCOUNT = 0.75  # the interpolated estimator's absolute discount
-PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers and of p_k
+PREDICTED_BYTES = 32 << 20  # Memory.predict keeps this many bytes of answers (witten_bell.Remembered)
 # What one remembered entry costs beyond its array's data (the array object, its key and stats
 # tuples, the ints in them, the dict slot; sys.getsizeof, tests/service/test_cache_bytes.py)
 PREDICTED_OVERHEAD = 700
 KEY_BYTES_PER_INDEX = 160  # … and for each index of the memory, what its part of the keys adds (4 ints)
 DEPTHS = 2  # distributions predict gives per context (Memory.distributions)
 STATS = 6  # numbers match_stats gives per context
-
-Chained = tuple[np.ndarray, tuple[int, ...]]  # p_k and the stats of level k (depth, count, distinct)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class Context:
 
 
 class Memory:
-    """The indexes a context is matched in, and p_mem from their summed counts."""
+    """The indexes a context is matched in, and p_mem from their summed counts. One thread at a
+    time: its remembered answers are written without a lock (a completer's lock guards it)."""
 
     def __init__(
         self,
@@ -104,20 +107,16 @@ class Memory:
         self.vocab_size = vocab_size
         self.max_order = max_order
         # predict's answers by the longest suffix found in each index: that one string decides
-        # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent out)
+        # every shorter suffix's interval, so it decides p_mem (bounded in bytes, least recent
+        # out); for the estimators other than Witten–Bell's compiled one, which has its own table
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
-        # p_k and the stats of its top level, and the same of the level below, by context k's
-        # intervals (Memory._witten_bell_chain)
-        self._chain: OrderedDict[tuple[int, ...], tuple[Chained, Chained | None]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
         from nextchar.recall import witten_bell  # compiled (numba): imported with the first memory
 
         self._compiled = witten_bell
-        # every index's arrays, for witten_bell.chain: None when their types differ (it indexes
-        # them by number, so they must be of one type), and p_mem is then `levels`' in numpy
+        # every index's arrays, for witten_bell.predict_rows: None when their types differ (it
+        # indexes them by number, so they must be of one type), and p_mem is then `levels`' in numpy
         self._arrays = self._same_typed_arrays()
-        # the chain's start, below every level: uniform (stats (0, 0, 0)), never changed
-        self._uniform: tuple[Chained, Chained | None] = ((np.full(vocab_size, 1.0 / vocab_size), (0, 0, 0)), None)
 
     @property
     def cache_bytes(self) -> int:
@@ -126,17 +125,16 @@ class Memory:
 
     @cache_bytes.setter
     def cache_bytes(self, cache_bytes: int) -> None:
-        # entries of each: an answer is DEPTHS × V float32, a chain entry two p_k of V float64
-        # (the second shared with the entry below, counted anyway), each with its key, its stats
-        # and their objects (PREDICTED_OVERHEAD, keys longer by a part per index); both together
-        # stay in cache_bytes
+        # an answer is DEPTHS × V float32 with its key, its stats and their objects
+        # (PREDICTED_OVERHEAD, keys longer by a part per index). Witten–Bell's compiled p_mem has
+        # a table of its own in the same bound (witten_bell.Remembered), made at its first use: a
+        # memory is asked with one estimator, its mixer's, and only one of the two fills
         self._cache_bytes = cache_bytes
-        overhead = PREDICTED_OVERHEAD + KEY_BYTES_PER_INDEX * len(self.indexes)
-        entry = (4 * DEPTHS + 16) * max(self.vocab_size, 1) + 2 * overhead
+        entry = 4 * DEPTHS * max(self.vocab_size, 1) + PREDICTED_OVERHEAD + KEY_BYTES_PER_INDEX * len(self.indexes)
         self._predicted_limit = max(0, cache_bytes // entry)
-        for cache in (self._predicted, self._chain):
-            while len(cache) > self._predicted_limit:
-                cache.popitem(last=False)
+        while len(self._predicted) > self._predicted_limit:
+            self._predicted.popitem(last=False)
+        self._remembered: Remembered | None = None
 
     def _same_typed_arrays(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
         if not self.indexes or len({(ix.tokens.dtype, ix.suffixes.dtype) for ix in self.indexes}) > 1:
@@ -169,11 +167,12 @@ class Memory:
         (leave-one-out). A context that occurs as often as the longer one before it holds the
         same occurrences, so it is skipped before its followers are read."""
         levels: list[Level] = []
-        for key in _distinct_contexts(context):  # (index, lo, hi, depth) of each index holding it
-            parts = [(key[j], Interval(key[j + 1], key[j + 2], key[j + 3])) for j in range(0, len(key), 4)]
-            symbols, counts = self._followers(parts, own)
+        found, starts = self._compiled.distinct_contexts(self.rows([context])[0])
+        parts = found.tolist()  # (index, lo, hi, depth) of each index holding a context
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+            symbols, counts = self._followers([(i, Interval(a, b, d)) for i, a, b, d in parts[lo:hi]], own)
             if len(symbols):
-                levels.append(Level(key[3], symbols, counts))
+                levels.append(Level(parts[lo][3], symbols, counts))
         return levels
 
     def _followers(self, parts: list[tuple[int, Interval]], own: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -194,57 +193,65 @@ class Memory:
         keep = counts > 0
         return (symbols, counts) if keep.all() else (symbols[keep], counts[keep])
 
+    def rows(self, contexts: Sequence[Context]) -> np.ndarray:
+        """The contexts as one (B, I, K, 3) int64 array: for each of the I indexes, the rows of
+        its match (lo, hi, depth; longest first), padded with depth −1 to K = max_order + 1."""
+        out = np.full((len(contexts), len(self.indexes), self.max_order + 1, 3), -1, dtype=np.int64)
+        for b, context in enumerate(contexts):
+            for i, match in enumerate(context.matches):
+                out[b, i, : len(match.rows)] = match.rows
+        return out
+
+    def context(self, rows: np.ndarray) -> Context:
+        """One context of `rows`' array, (I, K, 3), back into its matches."""
+        return Context(tuple(Match(match[match[:, 2] >= 0].copy()) for match in rows))
+
+    def push_rows(self, rows: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        """`rows` (B, I, K, 3) of B contexts, each one symbol longer (symbols (B,)): `push` for a batch."""
+        if self._arrays is None:
+            return self.rows([self.push(self.context(r), int(s)) for r, s in zip(rows, symbols.tolist(), strict=True)])
+        suffixes, tokens = self._arrays
+        pushed: np.ndarray = self.indexes[0]._search.push_rows(suffixes, tokens, rows, symbols, self.max_order)
+        return pushed
+
     def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, ...]]:
-        """(log p_mem as float32 (DEPTHS, V), match_stats) after `context`, remembered (see
-        __init__): row 0 from every distinct context, row 1 from all but the longest
-        (`distributions`)."""
+        """(log p_mem as float32 (DEPTHS, V), match_stats) after `context`: row 0 from every
+        distinct context, row 1 from all but the longest (`distributions`). Remembered:
+        Witten–Bell's in its table (`predict_rows`), the others' by the longest suffix (__init__)."""
+        if estimator == "wb" and self._arrays is not None:
+            logp, stats = self.predict_rows(self.rows([context]), estimator)
+            return logp[0], tuple(stats[0].tolist())
         key = (estimator, *(tuple(m.rows[0].tolist()) for m in context.matches))
         found = self._predicted.get(key)
         if found is not None:
             self._predicted.move_to_end(key)
             return found
-        if estimator == "wb" and self._arrays is not None:
-            top, below = self._witten_bell_chain(context)
-            p = np.stack([top[0], below[0] if below is not None else top[0]])
-            stats = (*top[1], *(below[1] if below is not None else (0, 0, 0)))
-        else:
-            levels = self.levels(context)
-            p, stats = self.distributions(levels, estimator), match_stats(levels)
-        found = np.log(p).astype(np.float32), stats
+        levels = self.levels(context)
+        found = np.log(self.distributions(levels, estimator)).astype(np.float32), match_stats(levels)
         self._predicted[key] = found
         while len(self._predicted) > self._predicted_limit:
             self._predicted.popitem(last=False)
         return found
 
-    def _witten_bell_chain(self, context: Context) -> tuple[Chained, Chained | None]:
-        """witten_bell over the distinct contexts, from the longest shorter context whose p_k is
-        remembered: (p_K, the top level's stats) and the same for the level below it (None when
-        there is none). p_k is decided by context k's own string (its intervals), so contexts
-        that share a suffix share the interpolation below it, and a new one costs the followers
-        of a context or two, not of all of them."""
-        todo: list[tuple[int, ...]] = []  # the distinct contexts not remembered, longest first
-        entry = self._uniform
-        for key in _distinct_contexts(context):
-            found = self._chain.get(key)
-            if found is not None:
-                entry = found
-                break
-            todo.append(key)
-        if not todo:
-            return entry
-        todo.reverse()  # shortest first
-        rows = np.array([part for key in todo for part in key], dtype=np.int64).reshape(-1, 4)
-        assert self._arrays is not None  # predict's test
-        suffixes, tokens = self._arrays
-        ps, stats = self._compiled.chain(suffixes, tokens, rows, entry[0][0], self.indexes[0].search_width)
-        for key, p, level in zip(todo, ps, stats.tolist(), strict=True):
-            if level[2]:  # (0, 0, 0): nothing follows this context; it keeps the entry below
-                below = None if entry[0][1] == (0, 0, 0) else entry[0]  # (0, 0, 0): the uniform start
-                entry = ((p.copy(), tuple(level)), below)  # a copy: each entry its own bytes, as counted
-            self._chain[key] = entry
-            while len(self._chain) > self._predicted_limit:
-                self._chain.popitem(last=False)
-        return entry
+    def predict_rows(self, rows: np.ndarray, estimator: str = ESTIMATOR) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` for a batch of contexts given as `rows` (B, I, K, 3): log p_mem (B, DEPTHS, V)
+        float32 and match stats (B, STATS) int64. Witten–Bell's is compiled
+        (witten_bell.predict_rows), remembered by distinct context in a table of cache_bytes."""
+        if estimator != "wb" or self._arrays is None:
+            answers = [self.predict(self.context(r), estimator) for r in rows]
+            logp = np.stack([a[0] for a in answers]) if answers else np.zeros((0, DEPTHS, self.vocab_size), np.float32)
+            return logp, np.array([a[1] for a in answers], dtype=np.int64).reshape(len(rows), STATS)
+        if self._remembered is None:
+            self._remembered = self._compiled.Remembered(self.cache_bytes, self.vocab_size, len(self.indexes))
+        table, (suffixes, tokens) = self._remembered, self._arrays
+        answer: tuple[np.ndarray, np.ndarray] = self._compiled.predict_rows(
+            suffixes,
+            tokens,
+            rows,
+            self.indexes[0].search_width,
+            *(table.hashes, table.stamps, table.keys, table.p, table.stats, table.clock),
+        )
+        return answer
 
     def distributions(self, levels: Sequence[Level], estimator: str = ESTIMATOR) -> np.ndarray:
         """(DEPTHS, V): p_mem from every level, and from all but the longest (the same when there
@@ -262,30 +269,6 @@ class Memory:
         if estimator == "interpolated":
             return interpolated(levels, self.vocab_size)
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
-
-
-def _distinct_contexts(context: Context) -> Iterator[tuple[int, ...]]:
-    """The distinct contexts of `context`, longest first (`Memory.levels`): each as the
-    (index, lo, hi, depth) of every index that holds it, flat (a key of Memory._chain too). A
-    context as common as the longer one before it is skipped."""
-    if len(context.matches) == 1:  # the common case, cheaper: the rows are in order already
-        previous = -1
-        for lo, hi, depth in context.matches[0].rows.tolist():
-            if hi - lo != previous:
-                previous = hi - lo
-                yield (0, lo, hi, depth)
-        return
-    by_depth: dict[int, list[int]] = {}
-    for i, match in enumerate(context.matches):
-        for lo, hi, depth in match.rows.tolist():
-            by_depth.setdefault(depth, []).extend((i, lo, hi, depth))
-    previous = -1
-    for depth in sorted(by_depth, reverse=True):
-        parts = by_depth[depth]
-        count = sum(parts[2::4]) - sum(parts[1::4])
-        if count != previous:
-            previous = count
-            yield tuple(parts)
 
 
 def match_stats(levels: Sequence[Level]) -> tuple[int, ...]:

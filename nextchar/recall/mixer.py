@@ -78,22 +78,16 @@ ONLINE_REPLAY = 8000
 def features(stats: np.ndarray, rnn_logp: np.ndarray, memory_logp: np.ndarray) -> np.ndarray:
     """The gate's inputs (N, F), float32, from each position's match `stats` (N, 3·k: for each of
     k levels its depth, count and distinct followers; 0s where the memory holds none) and the
-    log-distributions: the RNN's (N, V) and the memory's (N, M, V). NumPy: a search asks for a
-    few rows at a time, where each torch operation's fixed cost would be most of the work."""
-    stats = np.asarray(stats, dtype=np.float32).reshape(len(rnn_logp), -1)
-    log_v = math.log(rnn_logp.shape[-1])
-    columns: list[np.ndarray] = []
-    for j in range(0, stats.shape[1], 3):
-        depth, count, distinct = stats[:, j], stats[:, j + 1], stats[:, j + 2]
-        columns += [distinct == 1, np.log2(1 + count) / 8, np.log2(1 + depth) / 6, np.log2(1 + distinct) / 6]
-    p_rnn = np.exp(rnn_logp)
-    columns += [-np.where(p_rnn > 0, p_rnn * rnn_logp, 0).sum(-1) / log_v, p_rnn.max(-1)]
-    first = rnn_logp.argmax(-1)
-    for m in range(memory_logp.shape[1]):
-        logp = memory_logp[:, m]
-        p_mem = np.exp(logp)
-        columns += [-(p_mem * logp).sum(-1) / log_v, p_mem.max(-1), first == logp.argmax(-1)]
-    return np.stack(columns, axis=1).astype(np.float32)
+    log-distributions: the RNN's (N, V) and the memory's (N, M, V). Per level: whether one symbol
+    only ever followed, log2(1 + count) / 8, log2(1 + depth) / 6, log2(1 + distinct) / 6; the
+    RNN's entropy (over log V) and top probability; per p_mem, its entropy, top probability and
+    whether its first choice is the RNN's. Compiled (gating.py)."""
+    from nextchar.recall import gating  # numba: imported with the first memory, as estimator.py's
+
+    stats = np.ascontiguousarray(stats, dtype=np.int64).reshape(len(rnn_logp), -1)
+    rnn, mem = np.ascontiguousarray(rnn_logp, dtype=np.float32), np.ascontiguousarray(memory_logp, dtype=np.float32)
+    out: np.ndarray = gating.features(stats, rnn, mem)
+    return out
 
 
 def feature_count(stats: int, inputs: int) -> int:
@@ -118,23 +112,13 @@ def _linears(gate: nn.Sequential) -> tuple[nn.Linear, nn.Linear]:
     return first, last
 
 
-def _mix_numpy(weights: np.ndarray, rnn: np.ndarray, memory: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """log q (N, V) from the gate's weights (N, 1 + M), log p_rnn (N, V), log p_mem (N, M, V);
-    the RNN itself where the memory holds nothing (`held` false)."""
-    z = weights[:, :1] * rnn + np.einsum("nm,nmv->nv", weights[:, 1:], memory)
-    z = z - z.max(-1, keepdims=True)
-    logq = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    out: np.ndarray = np.where(held[:, None], logq, rnn)
-    return out
-
-
 def _clipped(weights: Tensor) -> Tensor:
     """The gate's weights as `Mixer.weights` gives them, in torch: clipped to [0, WEIGHT_MAX]."""
     return weights.clamp(0.0, WEIGHT_MAX)
 
 
 def _mixed(weights: Tensor, rnn_logp: Tensor, memory_logp: Tensor, held: Tensor) -> Tensor:
-    """log q as `_mix_numpy` computes it, in torch, for fitting (gradients through the weights)."""
+    """log q as `Mixer.mix` computes it, in torch, for fitting (gradients through the weights)."""
     z = weights[:, :1] * rnn_logp + torch.einsum("nm,nmv->nv", weights[:, 1:], memory_logp)
     return torch.where(held[:, None], torch.log_softmax(z, dim=-1), rnn_logp)
 
@@ -155,30 +139,31 @@ class Mixer:
         self._freeze()
 
     def _freeze(self) -> None:
-        """The gate's weights as NumPy arrays, for `mix` (after fitting or loading)."""
+        """The gate's weights as NumPy arrays, for `mix` (after fitting or loading): W1ᵀ, b1, W2ᵀ, b2."""
         first, last = _linears(self.gate)
         self._w1, self._b1 = first.weight.detach().numpy().T.copy(), first.bias.detach().numpy().copy()
         self._w2, self._b2 = last.weight.detach().numpy().T.copy(), last.bias.detach().numpy().copy()
-
-    def weights(self, inputs: np.ndarray) -> np.ndarray:
-        """The weights (a, β_1 … β_M) per position (N, 1 + M) from the gate's inputs (`features`)."""
-        out: np.ndarray = np.clip(np.tanh(inputs @ self._w1 + self._b1) @ self._w2 + self._b2, 0.0, WEIGHT_MAX)
-        return out
 
     def mix(self, rnn_logp: Tensor, memory_logp: Tensor, stats: Tensor) -> Tensor:
         """log q (N, V) from log p_rnn (N, V), log p_mem (N, DEPTHS, V) and each position's
         match stats (N, STATS)."""
         rnn, mem = rnn_logp.detach().float().numpy(), memory_logp.detach().float().numpy()
-        stats_np = stats.numpy()
-        w = self.weights(features(stats_np, rnn, mem))
-        return torch.from_numpy(_mix_numpy(w, rnn, mem, stats_np[:, 1] > 0).astype(np.float32))
+        return torch.from_numpy(self.mix_arrays(rnn, mem, stats.numpy()))
+
+    def mix_arrays(self, rnn_logp: np.ndarray, memory_logp: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """`mix` on arrays: log q (N, V) float32 from float32 arrays of log p_rnn (N, V) and log
+        p_mem (N, DEPTHS, V), and the stats (N, STATS)."""
+        from nextchar.recall import gating  # numba: imported with the first memory
+
+        stats = np.ascontiguousarray(stats, dtype=np.int64)
+        rnn, mem = np.ascontiguousarray(rnn_logp, dtype=np.float32), np.ascontiguousarray(memory_logp, dtype=np.float32)
+        out: np.ndarray = gating.mixed(self._w1, self._b1, self._w2, self._b2, WEIGHT_MAX, stats, rnn, mem)
+        return out
 
     def next_logprobs(self, memory: Memory, contexts: Sequence[Context], rnn_logp: Tensor) -> Tensor:
         """log q (N, V) after each of N contexts, given the RNN's log p there (N, V)."""
-        answers = [memory.predict(context, self.estimator) for context in contexts]
-        memory_logp = torch.from_numpy(np.stack([logp for logp, _ in answers]))
-        stats = torch.tensor([found for _, found in answers], dtype=torch.long).reshape(len(contexts), STATS)
-        return self.mix(rnn_logp.float(), memory_logp, stats)
+        memory_logp, stats = memory.predict_rows(memory.rows(contexts), self.estimator)
+        return torch.from_numpy(self.mix_arrays(rnn_logp.detach().float().numpy(), memory_logp, stats))
 
     def to_json(self) -> dict[str, Any]:
         return {

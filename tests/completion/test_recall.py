@@ -54,7 +54,7 @@ def test_the_state_carries_the_memory_context_exactly(tmp_path):
     context = memory.start()
     for symbol in symbols:
         context = memory.push(context, symbol)
-    assert forward.decode(state[-1][0].numpy()) == context
+    assert forward.memory.context(state[-1][0].numpy()) == context
     rnn, _ = ckpt.model(torch.tensor([symbols]))
     expected = mixer.next_logprobs(memory, [context], torch.log_softmax(rnn[0, -1:], dim=-1))
     assert torch.allclose(logits[0, -1], expected[0], atol=1e-5)

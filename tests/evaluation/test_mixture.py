@@ -100,6 +100,30 @@ def test_the_mixture_is_a_distribution_and_an_empty_memory_is_the_rnn(vocab):
     assert mixed.mixture == mixed.rnn  # exactly: where the memory holds nothing, q is p_rnn
 
 
+def test_the_compiled_mixture_is_the_one_the_mixer_is_fitted_through(vocab):
+    """Fitting minimises −log q through torch (mixer._mixed, gradients through the gate);
+    `Mixer.mix`, what every reader of the mixture calls, is compiled (gating.py). With a gate far
+    from its start (weights clipped at both ends), on the positions of a real memory and model,
+    the two give the same log q."""
+    from nextchar.recall.mixer import _clipped, _mixed, features
+
+    model = tiny(vocab)
+    blocks = list(scored_blocks(model, encode_corpus(PROSE, vocab, "text"), memory_of(PROSE[:300], vocab)))
+    rnn, memory, stats = (torch.cat([getattr(b, name) for b in blocks]) for name in ("rnn", "memory", "stats"))
+    mixer = Mixer.rnn_only()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        for parameter in mixer.gate.parameters():
+            parameter.normal_(0.0, 2.0)
+    mixer._freeze()
+    inputs = torch.from_numpy(features(stats.numpy(), rnn.numpy(), memory.numpy()))
+    with torch.no_grad():
+        weights = _clipped(mixer.gate(inputs))
+        fitted = _mixed(weights, rnn, memory, stats[:, 1] > 0)
+    assert (weights == 0).any() and (weights == 3.0).any() and ((weights > 0) & (weights < 3.0)).any()
+    assert torch.allclose(mixer.mix(rnn, memory, stats), fitted, atol=1e-4)
+
+
 def test_leave_one_out_never_counts_the_occurrence_it_predicts():
     """Lines that each occur once: on its own text, a memory that counted a line's own occurrence
     would recall it (about zero bits); leave-one-out must score it like an unseen line."""
@@ -203,26 +227,44 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch, learn_mixer
     assert second < 0.5 * first
 
 
+@pytest.mark.parametrize("table", ["default", "tiny", "none"])
 @pytest.mark.parametrize("pieces", [1, 3])
-def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab, pieces):
-    """Memory.predict interpolates from the longest shorter context it remembers (compiled,
-    summing the counts of every index): the same p_mem and match stats as computing every level
-    again in numpy, for contexts that share suffixes, in a memory of one index or of several
-    (the text cut in pieces, as a corpus indexed in shards is)."""
+def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab, pieces, table):
+    """Memory.predict interpolates from the longest shorter context its table remembers
+    (compiled, summing the counts of every index): the same p_mem and match stats as computing
+    every level again in numpy, for contexts that share suffixes, in a memory of one index or of
+    several (the text cut in pieces, as a corpus indexed in shards is), whether the table holds
+    everything, a few sets it keeps replacing, or nothing. A batch of contexts as rows, pushed and
+    predicted in one call each (what a search does), gives the same as one at a time."""
     from nextchar.recall.estimator import match_stats
+    from nextchar.recall.witten_bell import TABLE_OVERHEAD, WAYS, Remembered
 
     tokens = memory_tokens(encode_corpus(PROSE * 2, vocab, "text"), len(vocab))
     cuts = [len(tokens) * i // pieces for i in range(pieces + 1)]
     indexes = [MemoryIndex.build(tokens[lo:hi].copy()) for lo, hi in itertools.pairwise(cuts)]
-    memory, fresh = Memory(indexes, len(vocab)), Memory(indexes, len(vocab))  # fresh: `levels`, in numpy
+    slot = Remembered.slot_bytes(len(vocab), pieces)
+    cache_bytes = {"default": None, "tiny": 2 * WAYS * slot + TABLE_OVERHEAD, "none": slot + TABLE_OVERHEAD}[table]
+    memory, fresh = Memory(indexes, len(vocab), cache_bytes=cache_bytes), Memory(indexes, len(vocab))
     rng = random.Random(0)
     symbols = encode_corpus(PROSE, vocab, "text").tolist()
+    batch, answers = [], []
     for _ in range(60):
         start = rng.randrange(1, len(symbols) - 40)
         context = memory.start()
         for symbol in [*symbols[start : start + rng.randrange(1, 30)], rng.randrange(len(vocab))]:
-            context = memory.push(context, symbol)
+            before, context = context, memory.push(context, symbol)
             logp, stats = memory.predict(context)
             levels = fresh.levels(context)
             assert np.allclose(logp, np.log(fresh.distributions(levels)), atol=1e-5)
             assert stats == match_stats(levels)
+            batch.append((before, symbol, context))
+            answers.append((logp, stats))
+    assert memory._remembered is not None
+    assert memory._remembered.slots == {"default": memory._remembered.slots, "tiny": 2 * WAYS, "none": 0}[table]
+    assert memory._remembered.nbytes <= memory.cache_bytes  # all it will ever hold, allocated at once
+    assert (memory._remembered.filled() > 0) == (table != "none")
+    rows = memory.push_rows(memory.rows([b for b, _, _ in batch]), np.array([s for _, s, _ in batch]))
+    assert np.array_equal(rows, memory.rows([c for _, _, c in batch]))
+    logp, stats = memory.predict_rows(rows)
+    assert np.array_equal(logp, np.stack([a for a, _ in answers]))
+    assert stats.tolist() == [list(s) for _, s in answers]

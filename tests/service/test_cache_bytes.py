@@ -76,7 +76,7 @@ def cached_bytes(app: object) -> tuple[int, int]:
     completer = engine.completer
     memory = completer.forward.memory
     people = app.state.personal  # type: ignore[attr-defined]
-    caches = [engine.responses, memory._predicted, memory._chain, people()._people, people.identities]
+    caches = [engine.responses, memory._predicted, memory._remembered, people()._people, people.identities]
     caches += [index._followers for index in memory.indexes]
     walker = Reachable()
     shared = [completer, engine.settings]  # fixed and shared (the model, the index, …): never counted below
