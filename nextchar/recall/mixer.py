@@ -113,7 +113,7 @@ def _linears(gate: nn.Sequential) -> tuple[nn.Linear, nn.Linear]:
 
 
 def _clipped(weights: Tensor) -> Tensor:
-    """The gate's weights as `Mixer.weights` gives them, in torch: clipped to [0, WEIGHT_MAX]."""
+    """The gate's weights as `Mixer.mix` uses them (gating.mixed), in torch: clipped to [0, WEIGHT_MAX]."""
     return weights.clamp(0.0, WEIGHT_MAX)
 
 
