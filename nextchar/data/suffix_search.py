@@ -18,6 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# 64-bit FNV-1a, the keys of continuations here and of witten_bell's table of remembered contexts
+FNV_OFFSET, FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)
+
 
 @njit(cache=True, inline="always")
 def _symbol(suffixes: np.ndarray, tokens: np.ndarray, row: int, depth: int) -> int:
@@ -141,13 +144,13 @@ def continuations(
     keys = np.empty(n, np.uint64)
     for r in range(n):
         at = suffixes[rows[r]] + depth
-        key = np.uint64(14695981039346656037)
+        key = FNV_OFFSET
         length = 0
         while at + length < tokens.shape[0] and length < max_len:
             symbol = tokens[at + length]
             if stops[symbol]:
                 break
-            key = (key ^ np.uint64(symbol)) * np.uint64(1099511628211)
+            key = (key ^ np.uint64(symbol)) * FNV_PRIME
             length += 1
         starts[r], lengths[r], keys[r] = at, length, key ^ np.uint64(length)
     return starts, lengths, keys

@@ -111,9 +111,10 @@ class Memory:
         # out); for the estimators other than Witten–Bell's compiled one, which has its own table
         self._predicted: OrderedDict[tuple[object, ...], tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
         self.cache_bytes = PREDICTED_BYTES if cache_bytes is None else cache_bytes
-        from nextchar.recall import witten_bell  # compiled (numba): imported with the first memory
+        from nextchar.data import suffix_search  # compiled (numba): imported with the first memory
+        from nextchar.recall import witten_bell
 
-        self._compiled = witten_bell
+        self._search, self._compiled = suffix_search, witten_bell
         # every index's arrays, for witten_bell.predict_rows: None when their types differ (it
         # indexes them by number, so they must be of one type), and p_mem is then `levels`' in numpy
         self._arrays = self._same_typed_arrays()
@@ -211,7 +212,7 @@ class Memory:
         if self._arrays is None:
             return self.rows([self.push(self.context(r), int(s)) for r, s in zip(rows, symbols.tolist(), strict=True)])
         suffixes, tokens = self._arrays
-        pushed: np.ndarray = self.indexes[0]._search.push_rows(suffixes, tokens, rows, symbols, self.max_order)
+        pushed: np.ndarray = self._search.push_rows(suffixes, tokens, rows, symbols, self.max_order)
         return pushed
 
     def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, ...]]:

@@ -29,11 +29,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from nextchar.data.suffix_search import followers
+from nextchar.data.suffix_search import FNV_OFFSET, FNV_PRIME, followers
 
 WAYS = 4  # slots per set of the Remembered table
 TABLE_OVERHEAD = 1024  # bytes of a Remembered table beyond its slots: its clock, six array objects
-FNV_OFFSET, FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)
 
 
 class Remembered:
