@@ -47,7 +47,6 @@ FORMAT = 1
 TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
 MEMO_WIDTH = 32  # the followers of intervals wider than this are counted once, then remembered
-SEARCH_WIDTH = 8192  # intervals wider than this have their followers found by search, not read whole
 MEMO_BYTES = 64 << 20  # what the remembered followers may cost (then they start again) …
 # … one entry's beyond its arrays' data: its key tuple and ints, the pair, two array headers, the
 # dict slot (sys.getsizeof; tests/service/test_cache_bytes.py counts every byte)
@@ -104,7 +103,6 @@ class MemoryIndex:
         self._followers: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._followers_bytes = 0  # what they cost, as MEMO_ENTRY_OVERHEAD counts it
         self.memo_bytes = MEMO_BYTES
-        self.search_width = SEARCH_WIDTH  # see suffix_search.followers
 
     @classmethod
     def build(cls, tokens: np.ndarray) -> MemoryIndex:
@@ -152,15 +150,15 @@ class MemoryIndex:
     def followers(self, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
         """(symbols, counts): the distinct symbols that follow the interval's string, ascending,
         and how often each does: runs of the interval's rows, sorted already (see the module
-        docstring), read one by one or, past `search_width` rows, found by binary search.
+        docstring), each one's end found by galloping (suffix_search.followers).
         Remembered for intervals wider than MEMO_WIDTH."""
         lo, hi, depth = interval.lo, interval.hi, interval.depth
         if hi - lo <= MEMO_WIDTH:
-            return self._search.followers(self.suffixes, self.tokens, lo, hi, depth, self.search_width)
+            return self._search.followers(self.suffixes, self.tokens, lo, hi, depth)
         key = (lo, hi, depth)
         found = self._followers.get(key)
         if found is None:
-            found = self._search.followers(self.suffixes, self.tokens, lo, hi, depth, self.search_width)
+            found = self._search.followers(self.suffixes, self.tokens, lo, hi, depth)
             cost = MEMO_ENTRY_OVERHEAD + found[0].nbytes + found[1].nbytes
             if self._followers_bytes + cost > self._memo_bytes:
                 self._followers.clear()

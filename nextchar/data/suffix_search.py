@@ -40,11 +40,54 @@ def _first_above(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, dep
     return lo
 
 
+@njit(cache=True, inline="always")
+def _run_end(suffixes: np.ndarray, tokens: np.ndarray, row: int, hi: int, depth: int, symbol: int) -> int:
+    """The end of the run of `symbol` that starts at `row` (< hi), found by galloping: rows row + 1,
+    row + 2, row + 4, … until one differs, then a binary search in the last gap; about 2·log2 of
+    the run's length reads, however wide [row, hi) is."""
+    known, step = row + 1, 1  # rows [row, known) hold `symbol`
+    while row + step < hi and _symbol(suffixes, tokens, row + step, depth) == symbol:
+        known = row + step + 1
+        step *= 2
+    return _first_above(suffixes, tokens, known, min(row + step, hi), depth, symbol)
+
+
 @njit(cache=True, nogil=True)
 def narrow(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, symbol: int) -> tuple[int, int]:
     """[lo′, hi′): the rows of [lo, hi) whose symbol at `depth` is `symbol` (lo′ = hi′ when none)."""
     start = _first_above(suffixes, tokens, lo, hi, depth, symbol - 1)
     return start, _first_above(suffixes, tokens, start, hi, depth, symbol)
+
+
+@njit(cache=True)
+def _narrow_all(suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symbol: int, max_order: int) -> np.ndarray:
+    """`narrow` of every row below max_order, (N, 2): the binary searches run side by side, one
+    step of each in turn. They are independent, so the processor has the reads of all of them in
+    flight at once: in a large corpus each read is a miss (~100 ns), and one search at a time
+    waits for each in turn."""
+    n = rows.shape[0]
+    ends = np.empty((n, 4), np.int64)  # lo and hi of the searches for > symbol − 1 and for > symbol
+    for i in range(n):
+        ends[i, 0] = ends[i, 2] = rows[i, 0]
+        ends[i, 1] = ends[i, 3] = rows[i, 1] if rows[i, 2] < max_order else rows[i, 0]
+    busy = True
+    while busy:
+        busy = False
+        for i in range(n):
+            depth = rows[i, 2]
+            for j in range(0, 4, 2):
+                lo, hi = ends[i, j], ends[i, j + 1]
+                if lo < hi:
+                    mid = (lo + hi) >> 1
+                    if _symbol(suffixes, tokens, mid, depth) <= symbol - 1 + j // 2:
+                        ends[i, j] = mid + 1
+                    else:
+                        ends[i, j + 1] = mid
+                    busy = True
+    out = np.empty((n, 2), np.int64)
+    for i in range(n):
+        out[i, 0], out[i, 1] = ends[i, 0], ends[i, 2]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -66,12 +109,12 @@ def push(
                 if rows[i, 2] < max_order:
                     out[k, 0], out[k, 1], out[k, 2] = rows[i, 0], rows[i, 1], rows[i, 2] + 1
                     k += 1
+    bounds = _narrow_all(suffixes, tokens, rows[once:], symbol, max_order)
     for i in range(once, n):
-        if rows[i, 2] < max_order:
-            lo, hi = narrow(suffixes, tokens, rows[i, 0], rows[i, 1], rows[i, 2], symbol)
-            if hi - lo >= min_count:
-                out[k, 0], out[k, 1], out[k, 2] = lo, hi, rows[i, 2] + 1
-                k += 1
+        lo, hi = bounds[i - once, 0], bounds[i - once, 1]
+        if rows[i, 2] < max_order and hi - lo >= min_count:
+            out[k, 0], out[k, 1], out[k, 2] = lo, hi, rows[i, 2] + 1
+            k += 1
     out[k, 0], out[k, 1], out[k, 2] = 0, tokens.shape[0], 0  # the root, always last
     return out[: k + 1]
 
@@ -99,27 +142,21 @@ def push_rows(
 
 
 @njit(cache=True, nogil=True)
-def followers(
-    suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, search_width: int
-) -> tuple[np.ndarray, np.ndarray]:
+def followers(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, counts): the distinct symbols at `depth` of the rows [lo, hi), ascending, and how
     many rows hold each (ended suffixes left out). The rows are sorted by that symbol, so each is one
-    run: up to `search_width` rows they are read one by one; wider, each run's end is found by binary
-    search (about σ·log2(hi − lo) reads instead of hi − lo: the short contexts of a large corpus
-    have intervals of millions of rows)."""
-    size = min(hi - lo, 64) if hi - lo > search_width else hi - lo
+    run, and each run's end is found by galloping (`_run_end`): about 2·log2 of its length reads.
+    Reading every row costs one read a row, the same for runs of one or two and far more for the
+    short contexts of a large corpus, whose intervals have millions of rows; a binary search over
+    what is left of the interval costs log2 of that for every run, even the short ones."""
+    size = min(hi - lo, 64)
     symbols = np.empty(size, np.int64)
     counts = np.empty(size, np.int64)
     k = 0
     row = lo
     while row < hi:
         symbol = _symbol(suffixes, tokens, row, depth)
-        if hi - lo > search_width:
-            end = _first_above(suffixes, tokens, row + 1, hi, depth, symbol)
-        else:
-            end = row + 1
-            while end < hi and _symbol(suffixes, tokens, end, depth) == symbol:
-                end += 1
+        end = _run_end(suffixes, tokens, row, hi, depth, symbol)
         if symbol >= 0:
             if k == symbols.shape[0]:  # more distinct symbols than room: twice the room
                 symbols = np.concatenate((symbols, np.empty(k, np.int64)))

@@ -249,7 +249,6 @@ class Memory:
             suffixes,
             tokens,
             rows,
-            self.indexes[0].search_width,
             *(table.hashes, table.stamps, table.keys, table.p, table.stats, table.clock),
         )
         return answer

@@ -169,12 +169,12 @@ def _slot_for(hashes, stamps, keys, clock, parts, lo, hi, h):  # type: ignore[no
 
 
 @njit(cache=True, nogil=True)
-def _summed_followers(suffixes, tokens, parts, lo, hi, summed, search_width):  # type: ignore[no-untyped-def]
+def _summed_followers(suffixes, tokens, parts, lo, hi, summed):  # type: ignore[no-untyped-def]
     """(symbols, counts) after one context: its followers in every index that holds it, summed."""
     summed[:] = 0
     for r in range(lo, hi):
         i = parts[r, 0]
-        symbols, counts = followers(suffixes[i], tokens[i], parts[r, 1], parts[r, 2], parts[r, 3], search_width)
+        symbols, counts = followers(suffixes[i], tokens[i], parts[r, 1], parts[r, 2], parts[r, 3])
         for j in range(symbols.shape[0]):
             summed[symbols[j]] += counts[j]
     symbols = np.flatnonzero(summed)
@@ -186,7 +186,6 @@ def predict_rows(
     suffixes: tuple[np.ndarray, ...],
     tokens: tuple[np.ndarray, ...],
     rows: np.ndarray,
-    search_width: int,
     hashes: np.ndarray,
     stamps: np.ndarray,
     keys: np.ndarray,
@@ -224,7 +223,7 @@ def predict_rows(
         else:
             top, below, stats = uniform, uniform, np.zeros(6, np.int64)
         for j in range(g - 1, -1, -1):  # the rest, shortest first
-            symbols, counts = _summed_followers(suffixes, tokens, parts, starts[j], starts[j + 1], summed, search_width)
+            symbols, counts = _summed_followers(suffixes, tokens, parts, starts[j], starts[j + 1], summed)
             if symbols.shape[0]:  # none: every occurrence ends its text, and it keeps the level below
                 p = step(top, symbols, counts)
                 if stats[2]:  # the old top is a level: it becomes the one below

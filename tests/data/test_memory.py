@@ -50,20 +50,24 @@ def test_every_string_has_the_count_and_followers_a_scan_finds(corpus):
             assert following.tolist() == expected.tolist() and symbols.tolist() == sorted(symbols.tolist())
 
 
-def test_followers_found_by_search_equal_those_read_whole(corpus):
-    """Wide intervals have their followers found by binary search over the sorted runs
-    (suffix_search.followers past `search_width` rows): the same symbols and counts as reading
-    every row."""
-    tokens, index = corpus
-    reading, searching = MemoryIndex(index.tokens, index.suffixes), MemoryIndex(index.tokens, index.suffixes)
-    reading.search_width, searching.search_width = len(tokens), 0  # every interval read / by search
-    rng = random.Random(3)
-    for _ in range(200):
-        start, length = rng.randrange(len(tokens)), rng.randrange(0, 6)
-        interval = index.find(tokens[start : start + length])
-        by_reading, by_search = reading.followers(interval), searching.followers(interval)
-        assert by_search[0].tolist() == by_reading[0].tolist() and by_search[1].tolist() == by_reading[1].tolist()
-        assert by_search[1].sum() == interval.count - (int(index.suffixes[interval.lo]) + length == len(tokens))
+def test_followers_of_runs_of_every_length_are_counted_exactly():
+    """Each run of followers is measured by galloping (suffix_search.followers): rows 1, 2, 4, …
+    past its start, then a binary search in the last gap. Runs of every length from 1 to 300,
+    each ending at, just before and just after a power of two, count what a scan counts."""
+    rng = random.Random(4)
+    tokens: list[int] = []
+    for length in [*range(1, 40), 63, 64, 65, 127, 128, 129, 255, 256, 257, 300]:
+        tokens += [3, rng.choice([4, 5, 6])] * length  # after 3: runs of 4, 5 and 6 of many lengths
+        tokens += [rng.randrange(3, V) for _ in range(rng.randrange(0, 4))]
+    index = MemoryIndex.build(np.array(tokens, dtype="<u2"))
+    for w in [[], [3], [4], [3, 4], [4, 3], [3, 5, 3], [6, 3, 6]]:
+        interval = index.find(w)
+        found = occurrences(tokens, w)
+        expected = np.bincount([tokens[i + len(w)] for i in found if i + len(w) < len(tokens)], minlength=V)
+        symbols, counts = index.followers(interval)
+        following = np.zeros(V, dtype=np.int64)
+        following[symbols] = counts
+        assert following.tolist() == expected.tolist(), w
 
 
 def test_a_match_follows_the_longest_suffix_found_and_backspace_is_the_previous_match(corpus):
