@@ -4,18 +4,20 @@ and the cost per keystroke of following a typed context and of p_mem after it.
 The index of a prepared corpus is built in shards of `--shard-symbols` (what `nextchar index
 DIR` and `train` on a prepared directory do: nextchar.training.memory.remember_prepared), each
 with pydivsufsort, saved as raw arrays, and memory-mapped back, as a checkpoint loads it. The
-corpus: `--size-mb` of symbols made from the embedded corpus, Tiny Shakespeare and the names
+corpus: `--size-mb` MB of symbols (2^20 characters a MB) made from the embedded corpus, Tiny Shakespeare and the names
 list (what ../shared/data holds), as windows of `--window` symbols taken at random offsets and
 joined — text with real local statistics, repeated at the large scale far more than a real
 corpus of that size would be (no offline corpus of 1 GB exists here; say so beside the figure).
 `--size-mb 0`: the sources once, as they are; `--source` picks some of them.
 
-    python -m bench.index --size-mb 1024          # ~1 GB in 16 shards of 64 M symbols
+    python -m bench.index --size-mb 1024          # 1 GB of characters: 2^30 symbols, one index
     python -m bench.index --size-mb 0             # the sources alone (~6 MB)
     python -m bench.index --size-mb 0 --source tinyshakespeare.txt
 
-Peak memory is the process's (ru_maxrss), building one shard at a time. Resident: what the
-process gained from mapping the shards and typing the keystrokes (only the pages read). The
+Peak memory is the process's (ru_maxrss), building one shard at a time. Listed: the seconds the
+memory took, once loaded, to list each index's wide contexts (suffix_search.wide_contexts).
+Resident: what the process gained from mapping the shards, listing and typing the keystrokes
+(the pages read). The
 keystrokes: lines of the names list and of Shakespeare (of the one source when there is one),
 typed one symbol at a time from a fresh context per line. The results go to bench/results/ (or --json FILE).
 """
@@ -33,10 +35,9 @@ import numpy as np
 from bench.memory import keystroke_costs, load_compiled
 from bench.record import write_result
 from nextchar.data.batches import encode_corpus
-from nextchar.data.memory import MemoryIndex, memory_tokens
+from nextchar.data.memory import MemoryIndex, default_shard_symbols, memory_tokens
 from nextchar.recall.estimator import Memory
 from nextchar.text import Vocabulary, embedded_corpus
-from nextchar.training.memory import SHARD_SYMBOLS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -72,7 +73,7 @@ def corpus_tokens(vocab: Vocabulary, texts: list[str], size_mb: float, window: i
     encoded = np.concatenate([memory_tokens(encode_corpus(t, vocab, "text"), len(vocab)) for t in texts])
     if size_mb <= 0:
         return encoded
-    n = int(size_mb * 2**20 / encoded.dtype.itemsize)
+    n = int(size_mb * 2**20)  # a MB of corpus is 2^20 characters, each a symbol
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(encoded) - window, size=(n + window - 1) // window)
     return np.concatenate([encoded[s : s + window] for s in starts])[:n]
@@ -86,8 +87,10 @@ def typed_lines(texts: list[str], count: int, seed: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size-mb", type=float, default=1024.0, help="symbols to index, in MB of tokens (default 1024)")
-    p.add_argument("--shard-symbols", type=int, default=SHARD_SYMBOLS, help=f"per shard (default {SHARD_SYMBOLS:,})")
+    p.add_argument(
+        "--size-mb", type=float, default=1024.0, help="MB of corpus to index, 2^20 symbols each (default 1024)"
+    )
+    p.add_argument("--shard-symbols", type=int, help="per shard (default: as `nextchar index DIR`, 2^30 for bytes)")
     p.add_argument("--window", type=int, default=4096, help="symbols per window of the made corpus (default 4096)")
     p.add_argument("--lines", type=int, default=300, help="lines typed for the per-keystroke cost (default 300)")
     p.add_argument("--work", default=None, help="where the shards are written (default: a temporary directory)")
@@ -100,12 +103,13 @@ def main() -> None:
     tokens = corpus_tokens(vocab, texts, args.size_mb, args.window, seed=0)
     n = len(tokens)
     load_compiled(MemoryIndex.build(tokens[:64].copy()))  # numba's import and code: neither build nor resident
-    print(f"{n:,} symbols ({tokens.nbytes / 2**20:,.0f} MB of {tokens.dtype}), shards of {args.shard_symbols:,}")
+    shard_symbols = args.shard_symbols or default_shard_symbols(len(vocab))
+    print(f"{n:,} symbols ({tokens.nbytes / 2**20:,.0f} MB of {tokens.dtype}), shards of {shard_symbols:,}")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         directory = Path(work)
         described, build_s, disk = [], 0.0, 0
-        for lo in range(0, n, args.shard_symbols):
-            shard = np.ascontiguousarray(tokens[lo : lo + args.shard_symbols])
+        for lo in range(0, n, shard_symbols):
+            shard = np.ascontiguousarray(tokens[lo : lo + shard_symbols])
             started = time.perf_counter()
             index = MemoryIndex.build(shard)
             build_s += time.perf_counter() - started
@@ -116,14 +120,18 @@ def main() -> None:
         peak_build = peak_mb()
         before = rss_mb()
         indexes = [MemoryIndex.load(directory, meta, len(vocab)) for meta in described]
-        memory = Memory(indexes, len(vocab))
+        started = time.perf_counter()
+        memory = Memory(indexes, len(vocab))  # which lists each index's wide contexts
+        listed_s = time.perf_counter() - started
         costs = keystroke_costs(memory, [vocab.encode(line) for line in typed_lines(texts, args.lines, seed=1)])
         resident = rss_mb() - before
     results = {
         "symbols": n,
         "shards": len(described),
         "build_s": build_s,
-        "build_mb_per_s": n * 2 / 2**20 / build_s,  # MB of 2-byte symbols a second, as the goal counts a character
+        "wide_contexts_listed_s": listed_s,
+        "wide_contexts": sum(len(index.wide[0]) for index in indexes),
+        "build_mb_per_s": n / 2**20 / build_s,  # MB of corpus (a character a symbol) a second
         "bytes_per_symbol_disk": disk / n,
         "resident_mb_after_typing": resident,
         "resident_bytes_per_symbol": resident * 2**20 / n,
@@ -132,12 +140,12 @@ def main() -> None:
     }
     print(
         f"{'symbols':>14} {'shards':>6} {'build MB/s':>10} {'B/sym disk':>10} {'resident MB':>11} "
-        f"{'peak MB':>8} {'push µs p50/p99':>16} {'p_mem µs p50/p99':>17}"
+        f"{'peak MB':>8} {'listed s':>8} {'push µs p50/p99':>16} {'p_mem µs p50/p99':>17}"
     )
     r = results
     print(
         f"{r['symbols']:>14,} {r['shards']:>6} {r['build_mb_per_s']:>10.1f} {r['bytes_per_symbol_disk']:>10.2f} "
-        f"{r['resident_mb_after_typing']:>11.1f} {r['peak_build_mb']:>8.0f} "
+        f"{r['resident_mb_after_typing']:>11.1f} {r['peak_build_mb']:>8.0f} {r['wide_contexts_listed_s']:>8.1f} "
         f"{r['push_us_median']:>7.1f}/{r['push_us_p99']:<8.1f} "
         f"{r['predict_us_median']:>8.1f}/{r['predict_us_p99']:<8.1f}"
     )

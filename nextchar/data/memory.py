@@ -19,10 +19,13 @@ longest suffix of the context found in the corpus. A match is immutable, so back
 back to the previous one.
 
 The searches are compiled (nextchar.data.suffix_search, numba): a binary search reads one element
-at a time, which costs half a microsecond in Python and nanoseconds compiled.
+at a time, which costs half a microsecond in Python and nanoseconds compiled. The short contexts
+of a large corpus are found millions of times; those found WIDE_COUNT (4,096) times or more are
+listed with their followers when the index is first used (`wide`: in memory, never saved; about
+5 s and 50 MB at 2^30 symbols), and answered from the list.
 
 SA is built by libdivsufsort (pydivsufsort): O(n log n) time, the array itself plus a few
-bytes per symbol of memory. A saved index is two raw little-endian arrays beside a checkpoint.
+bytes per symbol of memory when the symbols fit a byte (then they are stored as bytes). A saved index is two raw little-endian arrays beside a checkpoint.
 `save` returns what describes them (lengths, dtypes, SHA-256), for the checkpoint's config.json.
 `load` checks every field of it, the files' sizes and digests and the values' ranges before it
 maps the arrays read-only. Nothing is unpickled.
@@ -52,14 +55,30 @@ MEMO_BYTES = 64 << 20  # what the remembered followers may cost (then they start
 # dict slot (sys.getsizeof; tests/service/test_cache_bytes.py counts every byte)
 MEMO_ENTRY_OVERHEAD = 600
 _SUFFIX_DTYPES: dict[str, np.dtype[Any]] = {"<i4": np.dtype("<i4"), "<i8": np.dtype("<i8")}
-_TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
+_TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"|u1": np.dtype("u1"), "<u2": np.dtype("<u2"), "<u4": np.dtype("<u4")}
 _MAX_LENGTH = 1 << 40  # symbols: far above any corpus, far below what would overflow a size
+
+
+def token_dtype(vocab_size: int) -> np.dtype[Any]:
+    """What the index stores a symbol in: one byte when the vocabulary fits (most alphabets, with
+    the markers), else two, else four. The index is read at random, so its bytes are its speed."""
+    if vocab_size <= 1 << 8:
+        return np.dtype("u1")
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def default_shard_symbols(vocab_size: int) -> int:
+    """The symbols per shard of a prepared corpus's index, by default: 2^30 when a symbol is a byte
+    (libdivsufsort then needs about 5 bytes a symbol, 5.3 GB), else 2^28 (sorted as integers: about
+    20 bytes a symbol, 5.4 GB). Each shard is followed and counted apart, so one index answers a
+    keystroke several times faster than shards of it: a 1 GB corpus of bytes is one index."""
+    return 1 << 30 if token_dtype(vocab_size).itemsize == 1 else 1 << 28
 
 
 def memory_tokens(encoded: Any, vocab_size: int) -> np.ndarray:
     """The tokens the index remembers, from `data.batches.encode_corpus`'s result: a text stream
-    as it is, a lines corpus as ^ line $ per line. uint16 when the vocabulary fits, else uint32."""
-    dtype = np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+    as it is, a lines corpus as ^ line $ per line, in `token_dtype(vocab_size)`."""
+    dtype = token_dtype(vocab_size)
     if not isinstance(encoded, list):
         return np.asarray(encoded, dtype=dtype)
     parts: list[np.ndarray] = []
@@ -111,11 +130,25 @@ class MemoryIndex:
         tokens = np.ascontiguousarray(tokens)
         if len(tokens) == 0:
             return cls(tokens, np.zeros(0, dtype="<i4"))
-        suffixes = np.asarray(divsufsort(tokens))
+        # the same order from bytes, where libdivsufsort is fastest and needs least (tokens saved
+        # with two bytes a symbol by an older version, or a small vocabulary's prepared corpus)
+        small = tokens.dtype.itemsize > 1 and int(tokens.max()) < 1 << 8
+        suffixes = np.asarray(divsufsort(tokens.astype(np.uint8) if small else tokens))
         return cls(tokens, suffixes.astype(suffixes.dtype.newbyteorder("<"), copy=False))
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def wide(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The contexts found WIDE_COUNT times or more, with their followers
+        (suffix_search.wide_contexts), listed when first asked for: read-only arrays."""
+        listed: tuple[np.ndarray, np.ndarray, np.ndarray] = self._search.wide_contexts(
+            self.suffixes, self.tokens, min(MAX_ORDER, self._search.WIDE_DEPTHS - 1)
+        )
+        for array in listed:
+            array.flags.writeable = False
+        return listed
 
     @property
     def memo_bytes(self) -> int:
@@ -135,7 +168,9 @@ class MemoryIndex:
 
     def narrow(self, interval: Interval, symbol: int) -> Interval:
         """The interval of the interval's string followed by `symbol` (empty: count 0)."""
-        lo, hi = self._search.narrow(self.suffixes, self.tokens, interval.lo, interval.hi, interval.depth, symbol)
+        lo, hi = self._search.narrow(
+            self.suffixes, self.tokens, self.wide, interval.lo, interval.hi, interval.depth, symbol
+        )
         return Interval(lo, hi, interval.depth + 1)
 
     def find(self, symbols: Sequence[int]) -> Interval:
@@ -154,11 +189,11 @@ class MemoryIndex:
         Remembered for intervals wider than MEMO_WIDTH."""
         lo, hi, depth = interval.lo, interval.hi, interval.depth
         if hi - lo <= MEMO_WIDTH:
-            return self._search.followers(self.suffixes, self.tokens, lo, hi, depth)
+            return self._search.followers(self.suffixes, self.tokens, self.wide, lo, hi, depth)
         key = (lo, hi, depth)
         found = self._followers.get(key)
         if found is None:
-            found = self._search.followers(self.suffixes, self.tokens, lo, hi, depth)
+            found = self._search.followers(self.suffixes, self.tokens, self.wide, lo, hi, depth)
             cost = MEMO_ENTRY_OVERHEAD + found[0].nbytes + found[1].nbytes
             if self._followers_bytes + cost > self._memo_bytes:
                 self._followers.clear()
@@ -280,4 +315,6 @@ class Match:
         count). The longest intervals found once each all end where one occurrence does (an
         occurrence of a longer suffix ends in one of the shorter): what follows it decides them
         all, and each stays the one row of SA it was (nextchar.data.suffix_search.push)."""
-        return Match(index._search.push(index.suffixes, index.tokens, self.rows, symbol, max_order, min_count))
+        return Match(
+            index._search.push(index.suffixes, index.tokens, index.wide, self.rows, symbol, max_order, min_count)
+        )

@@ -7,19 +7,33 @@ machine code in __pycache__ (`cache=True`), so a process after the first only lo
 touch no Python object, so they release the GIL (`nogil`): the service's event loop runs
 meanwhile.
 
-The arrays: `suffixes` (SA, int32 or int64) and `tokens` (uint16 or uint32), read-only; `rows`: a
-match's intervals as an (K, 3) int64 array of (lo, hi, depth), longest first, the root last. The
-symbol at offset `depth` of the suffix in SA row i is tokens[SA[i] + depth], or −1 past the end of
-the tokens (an ended suffix sorts first).
+The arrays: `suffixes` (SA, int32 or int64) and `tokens` (uint8, uint16 or uint32), read-only;
+`wide`: the index's list of wide contexts (`wide_contexts`); `rows`: a match's intervals as an
+(K, 3) int64 array of (lo, hi, depth), longest first, the root last. The symbol at offset `depth`
+of the suffix in SA row i is tokens[SA[i] + depth], or −1 past the end of the tokens (an ended
+suffix sorts first).
+
+In a large corpus every read of a search is a cache miss (~100 ns), so what counts is how many
+reads a keystroke makes and whether they wait for each other. Measured at 2^30 symbols
+(docs/results.md), three things took a keystroke from 0.55 ms in 8 shards to 0.03 ms in one index:
+the contexts found WIDE_COUNT times or more are listed once with their followers, so a push or a
+p_mem meets them in a search of the list's keys instead of dozens of reads over the corpus; a
+follower run's end is found by galloping; and a push's binary searches step side by side.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.core.types import UniTuple, int64
+from numba.typed import List
 
 # 64-bit FNV-1a, the keys of continuations here and of witten_bell's table of remembered contexts
 FNV_OFFSET, FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211)
+
+WIDE_COUNT = 4096  # contexts found at least this often are listed with their followers (`wide_contexts`)
+WIDE_DEPTHS = 128  # a listed context's key: lo · WIDE_DEPTHS + depth (so depth < WIDE_DEPTHS)
+_CONTEXT = UniTuple(int64, 3)  # type: ignore[no-untyped-call]  # (lo, hi, depth): wide_contexts' stack
 
 
 @njit(cache=True, inline="always")
@@ -52,24 +66,71 @@ def _run_end(suffixes: np.ndarray, tokens: np.ndarray, row: int, hi: int, depth:
     return _first_above(suffixes, tokens, known, min(row + step, hi), depth, symbol)
 
 
+@njit(cache=True, inline="always")
+def _wide_node(wide: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int, depth: int) -> int:
+    """The number of the context [lo, hi) at `depth` in a `wide_contexts` list, or −1."""
+    if hi - lo < WIDE_COUNT:
+        return -1
+    keys = wide[0]
+    key = lo * WIDE_DEPTHS + depth
+    at = int(np.searchsorted(keys, key))
+    return at if at < keys.shape[0] and keys[at] == key else -1
+
+
+@njit(cache=True, inline="always")
+def _wide_child(wide: tuple[np.ndarray, np.ndarray, np.ndarray], node: int, hi: int, symbol: int) -> tuple[int, int]:
+    """`narrow` of a listed context: its follower `symbol`'s rows, from the list."""
+    first, count = wide[1][node, 0], wide[1][node, 1]
+    children = wide[2]
+    for j in range(first, first + count):
+        if children[j, 0] >= symbol:
+            if children[j, 0] > symbol:
+                return children[j, 1], children[j, 1]
+            return children[j, 1], children[j + 1, 1] if j + 1 < first + count else hi
+    return hi, hi
+
+
 @njit(cache=True, nogil=True)
-def narrow(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int, symbol: int) -> tuple[int, int]:
+def narrow(
+    suffixes: np.ndarray,
+    tokens: np.ndarray,
+    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lo: int,
+    hi: int,
+    depth: int,
+    symbol: int,
+) -> tuple[int, int]:
     """[lo′, hi′): the rows of [lo, hi) whose symbol at `depth` is `symbol` (lo′ = hi′ when none)."""
+    node = _wide_node(wide, lo, hi, depth)
+    if node >= 0:
+        return _wide_child(wide, node, hi, symbol)
     start = _first_above(suffixes, tokens, lo, hi, depth, symbol - 1)
     return start, _first_above(suffixes, tokens, start, hi, depth, symbol)
 
 
 @njit(cache=True)
-def _narrow_all(suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symbol: int, max_order: int) -> np.ndarray:
-    """`narrow` of every row below max_order, (N, 2): the binary searches run side by side, one
-    step of each in turn. They are independent, so the processor has the reads of all of them in
-    flight at once: in a large corpus each read is a miss (~100 ns), and one search at a time
-    waits for each in turn."""
+def _narrow_all(
+    suffixes: np.ndarray,
+    tokens: np.ndarray,
+    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    symbol: int,
+    max_order: int,
+) -> np.ndarray:
+    """`narrow` of every row below max_order, (N, 2): the listed contexts' from the list, the
+    others' binary searches side by side, one step of each in turn. They are independent, so the
+    processor has the reads of all of them in flight at once: in a large corpus each read is a
+    miss (~100 ns), and one search at a time waits for each in turn."""
     n = rows.shape[0]
     ends = np.empty((n, 4), np.int64)  # lo and hi of the searches for > symbol − 1 and for > symbol
     for i in range(n):
         ends[i, 0] = ends[i, 2] = rows[i, 0]
         ends[i, 1] = ends[i, 3] = rows[i, 1] if rows[i, 2] < max_order else rows[i, 0]
+        node = _wide_node(wide, rows[i, 0], rows[i, 1], rows[i, 2]) if rows[i, 2] < max_order else -1
+        if node >= 0:
+            lo, hi = _wide_child(wide, node, rows[i, 1], symbol)
+            ends[i, 0] = ends[i, 1] = lo
+            ends[i, 2] = ends[i, 3] = hi
     busy = True
     while busy:
         busy = False
@@ -92,7 +153,13 @@ def _narrow_all(suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symb
 
 @njit(cache=True, nogil=True)
 def push(
-    suffixes: np.ndarray, tokens: np.ndarray, rows: np.ndarray, symbol: int, max_order: int, min_count: int
+    suffixes: np.ndarray,
+    tokens: np.ndarray,
+    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    symbol: int,
+    max_order: int,
+    min_count: int,
 ) -> np.ndarray:
     """The rows of the context one symbol longer (memory.Match.push, whose docstring says why)."""
     n = rows.shape[0]
@@ -109,7 +176,7 @@ def push(
                 if rows[i, 2] < max_order:
                     out[k, 0], out[k, 1], out[k, 2] = rows[i, 0], rows[i, 1], rows[i, 2] + 1
                     k += 1
-    bounds = _narrow_all(suffixes, tokens, rows[once:], symbol, max_order)
+    bounds = _narrow_all(suffixes, tokens, wide, rows[once:], symbol, max_order)
     for i in range(once, n):
         lo, hi = bounds[i - once, 0], bounds[i - once, 1]
         if rows[i, 2] < max_order and hi - lo >= min_count:
@@ -123,32 +190,103 @@ def push(
 def push_rows(
     suffixes: tuple[np.ndarray, ...],
     tokens: tuple[np.ndarray, ...],
+    wides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...],
     rows: np.ndarray,
     symbols: np.ndarray,
     max_order: int,
 ) -> np.ndarray:
     """`push` for B contexts of I indexes at once: `rows` (B, I, K, 3), each index's match padded
     with depth −1 to K = max_order + 1 rows, each context followed by its symbol of `symbols` (B,).
-    `suffixes`, `tokens`: the I indexes' arrays, all of one type."""
+    `suffixes`, `tokens`, `wides`: the I indexes' arrays and lists, all of one type."""
     out = np.full(rows.shape, -1, np.int64)
     for b in range(rows.shape[0]):
         for i in range(rows.shape[1]):
             n = 0
             while n < rows.shape[2] and rows[b, i, n, 2] >= 0:
                 n += 1
-            pushed = push(suffixes[i], tokens[i], rows[b, i, :n], symbols[b], max_order, 1)
+            pushed = push(suffixes[i], tokens[i], wides[i], rows[b, i, :n], symbols[b], max_order, 1)
             out[b, i, : pushed.shape[0]] = pushed  # at most K: no two rows of one depth, none over max_order
     return out
 
 
 @njit(cache=True, nogil=True)
-def followers(suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def followers(
+    suffixes: np.ndarray,
+    tokens: np.ndarray,
+    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lo: int,
+    hi: int,
+    depth: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, counts): the distinct symbols at `depth` of the rows [lo, hi), ascending, and how
-    many rows hold each (ended suffixes left out). The rows are sorted by that symbol, so each is one
-    run, and each run's end is found by galloping (`_run_end`): about 2·log2 of its length reads.
-    Reading every row costs one read a row, the same for runs of one or two and far more for the
-    short contexts of a large corpus, whose intervals have millions of rows; a binary search over
-    what is left of the interval costs log2 of that for every run, even the short ones."""
+    many rows hold each (ended suffixes left out): a listed context's from `wide`'s list, the
+    others' found in the rows (`_followers_read`)."""
+    node = _wide_node(wide, lo, hi, depth)
+    if node < 0:
+        return _followers_read(suffixes, tokens, lo, hi, depth)
+    first, count = wide[1][node, 0], wide[1][node, 1]
+    children = wide[2][first : first + count]
+    counts = np.empty(count, np.int64)
+    for j in range(count):
+        counts[j] = (children[j + 1, 1] if j + 1 < count else hi) - children[j, 1]
+    return children[:, 0].copy(), counts
+
+
+@njit(cache=True, nogil=True)
+def wide_contexts(
+    suffixes: np.ndarray, tokens: np.ndarray, max_depth: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, spans, children): every context of at most `max_depth` (< WIDE_DEPTHS) symbols found
+    WIDE_COUNT times or more, and its followers. Context g: keys[g] = lo · WIDE_DEPTHS + depth
+    (ascending); its followers are children[spans[g, 0] : spans[g, 0] + spans[g, 1]], each (symbol,
+    its first row), ascending; a follower's rows end where the next one's begin, the last one's at
+    the context's hi. Found top-down from the root, each listed context's followers read once: in a
+    corpus of 512 M symbols some 120,000 contexts and 1 M followers, listed in about two seconds.
+
+    Why: the short contexts of a large corpus are found millions of times, and finding their
+    followers (p_mem) or one of them (a push) costs dozens of reads all over the corpus, each a
+    miss; most of a keystroke's reads were theirs. Listed, each costs a search in the keys."""
+    n = tokens.shape[0]
+    keys, spans_first, spans_count = List.empty_list(int64), List.empty_list(int64), List.empty_list(int64)
+    child_symbols, child_starts = List.empty_list(int64), List.empty_list(int64)
+    stack = List.empty_list(_CONTEXT)  # (lo, hi, depth) of the contexts to list
+    if n >= WIDE_COUNT:
+        stack.append((0, n, 0))
+    while len(stack):
+        lo, hi, depth = stack.pop()
+        symbols, counts = _followers_read(suffixes, tokens, lo, hi, depth)
+        keys.append(lo * WIDE_DEPTHS + depth)
+        spans_first.append(len(child_symbols))
+        spans_count.append(symbols.shape[0])
+        start = hi - counts.sum()  # after the one suffix that may end here (it sorts first)
+        for j in range(symbols.shape[0]):
+            child_symbols.append(symbols[j])
+            child_starts.append(start)
+            if counts[j] >= WIDE_COUNT and depth < max_depth:
+                stack.append((start, start + counts[j], depth + 1))
+            start += counts[j]
+    unsorted = np.empty(len(keys), np.int64)
+    for g in range(len(keys)):
+        unsorted[g] = keys[g]
+    order = np.argsort(unsorted)
+    spans = np.empty((order.shape[0], 2), np.int64)
+    for g in range(order.shape[0]):
+        spans[g, 0], spans[g, 1] = spans_first[order[g]], spans_count[order[g]]
+    children = np.empty((len(child_symbols), 2), np.int64)
+    for j in range(len(child_symbols)):
+        children[j, 0], children[j, 1] = child_symbols[j], child_starts[j]
+    return unsorted[order], spans, children
+
+
+@njit(cache=True, nogil=True)
+def _followers_read(
+    suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`followers` from the rows. They are sorted by that symbol, so each is one run, and each run's
+    end is found by galloping (`_run_end`): about 2·log2 of its length reads. Reading every row
+    costs one read a row, the same for runs of one or two and far more for the short contexts of a
+    large corpus, whose intervals have millions of rows; a binary search over what is left of the
+    interval costs log2 of that for every run, even the short ones."""
     size = min(hi - lo, 64)
     symbols = np.empty(size, np.int64)
     counts = np.empty(size, np.int64)

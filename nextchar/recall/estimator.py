@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -137,10 +137,15 @@ class Memory:
             self._predicted.popitem(last=False)
         self._remembered: Remembered | None = None
 
-    def _same_typed_arrays(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None:
+    def _same_typed_arrays(self) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]] | None:
         if not self.indexes or len({(ix.tokens.dtype, ix.suffixes.dtype) for ix in self.indexes}) > 1:
             return None
-        return tuple(ix.suffixes for ix in self.indexes), tuple(ix.tokens for ix in self.indexes)
+        indexes = self.indexes
+        return (
+            tuple(ix.suffixes for ix in indexes),
+            tuple(ix.tokens for ix in indexes),
+            tuple(ix.wide for ix in indexes),
+        )
 
     def __len__(self) -> int:
         """Symbols remembered, over every index."""
@@ -211,8 +216,8 @@ class Memory:
         """`rows` (B, I, K, 3) of B contexts, each one symbol longer (symbols (B,)): `push` for a batch."""
         if self._arrays is None:
             return self.rows([self.push(self.context(r), int(s)) for r, s in zip(rows, symbols.tolist(), strict=True)])
-        suffixes, tokens = self._arrays
-        pushed: np.ndarray = self._search.push_rows(suffixes, tokens, rows, symbols, self.max_order)
+        suffixes, tokens, wides = self._arrays
+        pushed: np.ndarray = self._search.push_rows(suffixes, tokens, wides, rows, symbols, self.max_order)
         return pushed
 
     def predict(self, context: Context, estimator: str = ESTIMATOR) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -244,10 +249,11 @@ class Memory:
             return logp, np.array([a[1] for a in answers], dtype=np.int64).reshape(len(rows), STATS)
         if self._remembered is None:
             self._remembered = self._compiled.Remembered(self.cache_bytes, self.vocab_size, len(self.indexes))
-        table, (suffixes, tokens) = self._remembered, self._arrays
+        table, (suffixes, tokens, wides) = self._remembered, self._arrays
         answer: tuple[np.ndarray, np.ndarray] = self._compiled.predict_rows(
             suffixes,
             tokens,
+            wides,
             rows,
             *(table.hashes, table.stamps, table.keys, table.p, table.stats, table.clock),
         )

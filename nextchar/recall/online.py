@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nextchar.data.memory import Match, MemoryIndex
+from nextchar.data.memory import Match, MemoryIndex, token_dtype
 from nextchar.recall.estimator import Context, Memory
 from nextchar.text import START
 
@@ -41,9 +41,11 @@ class OnlineMemory:
         self.limit = limit
         self.cache_bytes = cache_bytes
         self.memo_bytes = memo_bytes
-        self._typecode = "H" if memory.vocab_size <= 1 << 16 else "I"  # 2 or 4 bytes a symbol
+        # the static indexes' symbol type (the compiled searches take indexes of one type together)
+        self._dtype = memory.indexes[0].tokens.dtype if memory.indexes else token_dtype(memory.vocab_size)
+        self._typecode = {1: "B", 2: "H", 4: "I"}[self._dtype.itemsize]
         self.pieces: list[array[int]] = []
-        self.memory = self._memory(MemoryIndex.build(np.zeros(0, dtype="<u2")))
+        self.memory = self._memory(MemoryIndex.build(np.zeros(0, dtype=self._dtype)))
 
     def _memory(self, online: MemoryIndex) -> Memory:
         if self.memo_bytes is not None:
@@ -84,8 +86,7 @@ class OnlineMemory:
                 if piece[0] != START:
                     tokens.append(START)
                 tokens.extend(piece)
-        dtype = "<u2" if self._typecode == "H" else "<u4"
-        self.memory = self._memory(MemoryIndex.build(np.frombuffer(tokens, dtype=dtype).copy()))
+        self.memory = self._memory(MemoryIndex.build(np.frombuffer(tokens, dtype=self._dtype).copy()))
 
     def forget(self) -> None:
         """Empty the online part: the memory is the static one again."""
@@ -93,7 +94,7 @@ class OnlineMemory:
         self.rebuild()
 
     def owned_bytes(self) -> int:
-        """Bytes of the online part: its pieces (2 or 4 bytes a symbol) and its index."""
+        """Bytes of the online part: its pieces (1, 2 or 4 bytes a symbol) and its index."""
         index = self.memory.indexes[-1]
         pieces = sum(piece.itemsize * len(piece) for piece in self.pieces)
         return pieces + index.tokens.nbytes + index.suffixes.nbytes

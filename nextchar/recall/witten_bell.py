@@ -169,12 +169,12 @@ def _slot_for(hashes, stamps, keys, clock, parts, lo, hi, h):  # type: ignore[no
 
 
 @njit(cache=True, nogil=True)
-def _summed_followers(suffixes, tokens, parts, lo, hi, summed):  # type: ignore[no-untyped-def]
+def _summed_followers(suffixes, tokens, wides, parts, lo, hi, summed):  # type: ignore[no-untyped-def]
     """(symbols, counts) after one context: its followers in every index that holds it, summed."""
     summed[:] = 0
     for r in range(lo, hi):
         i = parts[r, 0]
-        symbols, counts = followers(suffixes[i], tokens[i], parts[r, 1], parts[r, 2], parts[r, 3])
+        symbols, counts = followers(suffixes[i], tokens[i], wides[i], parts[r, 1], parts[r, 2], parts[r, 3])
         for j in range(symbols.shape[0]):
             summed[symbols[j]] += counts[j]
     symbols = np.flatnonzero(summed)
@@ -185,6 +185,7 @@ def _summed_followers(suffixes, tokens, parts, lo, hi, summed):  # type: ignore[
 def predict_rows(
     suffixes: tuple[np.ndarray, ...],
     tokens: tuple[np.ndarray, ...],
+    wides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...],
     rows: np.ndarray,
     hashes: np.ndarray,
     stamps: np.ndarray,
@@ -196,8 +197,9 @@ def predict_rows(
     """(log p (B, 2, V) float32, stats (B, 6)) after each of B contexts, `rows` (B, I, K, 3): row
     0 p_mem from every distinct context, row 1 from all but the longest (the same when there is
     one); stats the top level's (depth, count, distinct followers), then the one's below it (0s
-    where there is none). The indexes' arrays are `suffixes` and `tokens`, all of one type (numba
-    compiles once for each number of indexes); the rest is a Remembered table's arrays."""
+    where there is none). The indexes' arrays are `suffixes`, `tokens` and `wides` (their lists of
+    wide contexts), all of one type (numba compiles once for each number of indexes); the rest is
+    a Remembered table's arrays."""
     n_rows, vocab_size = rows.shape[0], remembered_p.shape[2]
     logp = np.empty((n_rows, 2, vocab_size), np.float32)
     out_stats = np.empty((n_rows, 6), np.int64)
@@ -223,7 +225,7 @@ def predict_rows(
         else:
             top, below, stats = uniform, uniform, np.zeros(6, np.int64)
         for j in range(g - 1, -1, -1):  # the rest, shortest first
-            symbols, counts = _summed_followers(suffixes, tokens, parts, starts[j], starts[j + 1], summed)
+            symbols, counts = _summed_followers(suffixes, tokens, wides, parts, starts[j], starts[j + 1], summed)
             if symbols.shape[0]:  # none: every occurrence ends its text, and it keeps the level below
                 p = step(top, symbols, counts)
                 if stats[2]:  # the old top is a level: it becomes the one below

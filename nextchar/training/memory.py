@@ -7,10 +7,10 @@ does not hold (the validation split) or, without one, on the training text with 
 counts; both go into the checkpoint (nextchar.checkpoint.write_memory).
 
 `remember_prepared` does the same for a corpus made by `nextchar prepare`, larger than memory:
-its training split is indexed in shards of at most `shard_symbols` symbols, each built, written
-and memory-mapped before the next is read, so that what building needs is bounded by one
-shard, whatever the corpus's size. Measured, `nextchar index` of a 102 MB prepared corpus in 2
-shards of 2^26 symbols peaked at 2.4 GB resident, the mapped files included (docs/memory.md).
+its training split is indexed in shards of at most `shard_symbols` symbols (by default
+data.memory.default_shard_symbols: 2^30 one-byte symbols), each built, written and memory-mapped
+before the next is read, so that what building needs is bounded by one shard, whatever the
+corpus's size (docs/memory.md has the figures).
 A `lines` corpus is cut between lines, so every line's contexts stay whole; a `text` stream is
 cut where a shard is full (a context that runs across a cut is counted in neither).
 The memory's counts are the shards' summed (nextchar.recall.estimator).
@@ -26,7 +26,7 @@ import numpy as np
 
 from nextchar.checkpoint import load_checkpoint, write_memory
 from nextchar.data.batches import count_targets, encode_corpus
-from nextchar.data.memory import MemoryIndex, memory_tokens
+from nextchar.data.memory import MemoryIndex, default_shard_symbols, memory_tokens, token_dtype
 from nextchar.data.prepared import PreparedSplit
 from nextchar.errors import UserError
 from nextchar.evaluation.mixture import fit_mixer
@@ -50,12 +50,10 @@ class Remembered:
         return sum(index.tokens.nbytes + index.suffixes.nbytes for index in self.indexes)
 
 
-SHARD_SYMBOLS = 1 << 26  # a prepared corpus's index: symbols per shard
-
-
-def remember_prepared(directory: str | Path, split: PreparedSplit, shard_symbols: int = SHARD_SYMBOLS) -> Remembered:
-    """Index a prepared corpus's training split in shards and fit the mixer on its validation
-    data (the module docstring); saved in `directory`, the checkpoint trained on it."""
+def remember_prepared(directory: str | Path, split: PreparedSplit, shard_symbols: int | None = None) -> Remembered:
+    """Index a prepared corpus's training split in shards (of `default_shard_symbols` when None)
+    and fit the mixer on its validation data (the module docstring); saved in `directory`, the
+    checkpoint trained on it."""
     directory = Path(directory)
     ckpt = load_checkpoint(directory)
     if split.corpus.vocab.to_json() != ckpt.vocab.to_json():
@@ -65,7 +63,7 @@ def remember_prepared(directory: str | Path, split: PreparedSplit, shard_symbols
         )
     vocab_size = len(ckpt.vocab)
     indexes = []
-    for tokens in _shards(split, shard_symbols, vocab_size):
+    for tokens in _shards(split, shard_symbols or default_shard_symbols(vocab_size), vocab_size):
         described = MemoryIndex.build(tokens).save(directory)  # written, then read back mapped
         indexes.append(MemoryIndex.load(directory, described, vocab_size))
     memory = Memory(indexes, vocab_size)
@@ -77,7 +75,7 @@ def remember_prepared(directory: str | Path, split: PreparedSplit, shard_symbols
 
 def _shards(split: PreparedSplit, shard_symbols: int, vocab_size: int) -> Iterator[np.ndarray]:
     """The training split's symbols as the memory holds them (memory_tokens), shard by shard."""
-    corpus, dtype = split.corpus, np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+    corpus, dtype = split.corpus, token_dtype(vocab_size)
     if corpus.format == "text":
         for lo in range(0, split.train_end, shard_symbols):
             yield np.asarray(corpus.tokens[lo : min(lo + shard_symbols, split.train_end)]).astype(dtype)

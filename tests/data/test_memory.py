@@ -4,28 +4,50 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import pytest
 
 from nextchar.data.batches import encode_corpus
 from nextchar.data.memory import Match, MemoryIndex, memory_tokens
+from nextchar.data.suffix_search import WIDE_COUNT
 from nextchar.errors import UserError
 from nextchar.text import END, START, Vocabulary
 
 V = 7
 
 
-def occurrences(tokens: list[int], w: list[int]) -> list[int]:
+class Tokens(list[int]):
+    """A corpus's tokens, and the same as an array (made once: `occurrences` scans it often)."""
+
+    @cached_property
+    def array(self) -> np.ndarray:
+        return np.array(self)
+
+
+def occurrences(tokens: Sequence[int], w: Sequence[int]) -> list[int]:
     """Start positions of w in tokens (overlapping), by scanning: of every suffix for the empty string."""
-    return [i for i in range(min(len(tokens), len(tokens) - len(w) + 1)) if tokens[i : i + len(w)] == w]
+    if not w:
+        return list(range(len(tokens)))
+    if len(w) > len(tokens):
+        return []
+    array = tokens.array if isinstance(tokens, Tokens) else np.asarray(tokens)
+    windows = np.lib.stride_tricks.sliding_window_view(array, len(w))
+    return np.flatnonzero((windows == np.asarray(w)).all(axis=1)).tolist()
 
 
-@pytest.fixture(scope="module")
-def corpus() -> tuple[list[int], MemoryIndex]:
+@pytest.fixture(scope="module", params=[600, 60_000], ids=["small", "wide"])
+def corpus(request) -> tuple[Tokens, MemoryIndex]:
+    """Skewed, so that long repeats occur. The larger has contexts found WIDE_COUNT times or more,
+    whose followers the index lists (suffix_search.wide_contexts), and it ends in one of them, so
+    that one listed context holds the suffix that ends there."""
     rng = random.Random(0)
-    tokens = [rng.choice([3, 4, 4, 5, 5, 5, 6]) for _ in range(600)]  # skewed: long repeats occur
-    return tokens, MemoryIndex.build(np.array(tokens, dtype="<u2"))
+    tokens = [rng.choice([3, 4, 4, 5, 5, 5, 6]) for _ in range(request.param - 2)] + [5, 5]
+    index = MemoryIndex.build(np.array(tokens, dtype="<u2"))
+    assert (len(index.wide[0]) >= 5) == (request.param > WIDE_COUNT)
+    return Tokens(tokens), index
 
 
 def test_every_string_has_the_count_and_followers_a_scan_finds(corpus):
@@ -70,12 +92,26 @@ def test_followers_of_runs_of_every_length_are_counted_exactly():
         assert following.tolist() == expected.tolist(), w
 
 
+@pytest.mark.parametrize(
+    ("dtype", "values"),
+    [("u1", [3, 4, 5, 255]), ("<u2", [3, 4, 5, 255]), ("<u4", [3, 4, 5, 255]), ("<u2", [300, 70, 5, 256, 299])],
+)
+def test_the_suffix_array_is_the_suffixes_in_order_whatever_the_symbols_type(dtype, values):
+    """Tokens that fit a byte are sorted as bytes (libdivsufsort's fastest path), whatever type
+    holds them; wider symbols as they are. Either way, SA lists the suffixes in order."""
+    rng = random.Random(5)
+    tokens = [rng.choice(values) for _ in range(500)]
+    index = MemoryIndex.build(np.array(tokens, dtype=dtype))
+    assert index.suffixes.tolist() == sorted(range(len(tokens)), key=lambda i: tokens[i:])
+    assert index.tokens.dtype == np.dtype(dtype)
+
+
 def test_a_match_follows_the_longest_suffix_found_and_backspace_is_the_previous_match(corpus):
     tokens, index = corpus
     rng = random.Random(2)
     context: list[int] = []
     history = [Match.start(index)]
-    for _ in range(200):
+    for _ in range(200 if len(tokens) < 1000 else 60):  # the wide corpus's scans cost more
         if context and rng.random() < 0.2:  # backspace
             context.pop()
             history.pop()
@@ -105,7 +141,8 @@ def test_lines_are_framed_with_their_start_and_end():
     a, b, c = vocab.encode("abc")
     assert tokens.tolist() == [START, a, b, END, START, c, END]
     stream = memory_tokens(encode_corpus("ab\nc", Vocabulary.from_text("ab\nc"), "text"), 7)
-    assert stream[0] == START and stream.dtype == np.dtype("<u2")
+    assert stream[0] == START and stream.dtype == np.dtype("u1")
+    assert memory_tokens([], 256).dtype == np.dtype("u1") and memory_tokens([], 257).dtype == np.dtype("<u2")
     assert memory_tokens([], 70_000).dtype == np.dtype("<u4")
 
 
@@ -126,7 +163,7 @@ def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
 
 
 def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
-    _, index = corpus
+    tokens, index = corpus
     meta = index.save(tmp_path)
     path = tmp_path / meta["suffixes"]["file"]
     data = bytearray(path.read_bytes())
@@ -135,7 +172,7 @@ def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
     with pytest.raises(UserError, match="SHA-256 is not the one recorded"):
         MemoryIndex.load(tmp_path, meta, V)
     path.write_bytes(bytes(data[:-4]))
-    with pytest.raises(UserError, match=r"2,396 bytes where 600 × 4 were written"):
+    with pytest.raises(UserError, match=f"{4 * len(tokens) - 4:,} bytes where {len(tokens):,} × 4 were written"):
         MemoryIndex.load(tmp_path, meta, V)
 
 

@@ -227,6 +227,25 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch, learn_mixer
     assert second < 0.5 * first
 
 
+def test_the_online_index_holds_its_symbols_as_the_static_one_does(vocab, tmp_path):
+    """The compiled searches take a memory's indexes together only when they are of one type: an
+    index saved with two bytes a symbol (as older versions saved every index) gets an online index
+    of two bytes a symbol, a new one of one byte; either way the memory predicts through them."""
+    from nextchar.recall.online import OnlineMemory
+
+    tokens = memory_tokens(encode_corpus(PROSE, vocab, "text"), len(vocab))
+    assert tokens.dtype == np.dtype("u1")
+    for dtype in ("u1", "<u2"):
+        static = Memory([MemoryIndex.build(tokens.astype(dtype))], len(vocab))
+        online = OnlineMemory(static)
+        online.extend(online.piece(), vocab.encode("the cat sat on the mat"))
+        online.rebuild()
+        assert [ix.tokens.dtype for ix in online.memory.indexes] == [np.dtype(dtype)] * 2
+        assert online.memory._same_typed_arrays() is not None
+        logp, _ = online.memory.predict(read(online.memory, vocab, "the cat sat"))
+        assert np.isclose(np.exp(logp[0]).sum(), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("table", ["default", "tiny", "none"])
 @pytest.mark.parametrize("pieces", [1, 3])
 def test_predict_from_remembered_contexts_equals_the_estimator_from_scratch(vocab, pieces, table):
