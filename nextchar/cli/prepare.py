@@ -113,8 +113,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    from nextchar.data.memory import token_dtype
     from nextchar.data.prepare import check_arguments, prepare
-    from nextchar.data.prepared import token_dtype
 
     # The arguments first, then --vocab-from: the first problem named is the one prepare names.
     check_arguments(args.corpus, args.out, args.format, args.alphabet, args.encoding_errors)

@@ -21,11 +21,13 @@ back to the previous one.
 The searches are compiled (nextchar.data.suffix_search, numba): a binary search reads one element
 at a time, which costs half a microsecond in Python and nanoseconds compiled. The short contexts
 of a large corpus are found millions of times; those found WIDE_COUNT (4,096) times or more are
-listed with their followers when the index is first used (`wide`: in memory, never saved; about
-5 s and 50 MB at 2^30 symbols), and answered from the list.
+listed with their followers when the index is first used (`wide`: in memory, never saved; 3.3 s
+and 39 MB at 2^30 symbols), and answered from the list.
 
-SA is built by libdivsufsort (pydivsufsort): O(n log n) time, the array itself plus a few
-bytes per symbol of memory when the symbols fit a byte (then they are stored as bytes). A saved index is two raw little-endian arrays beside a checkpoint.
+SA is built by libdivsufsort (pydivsufsort): O(n log n) time, the array itself plus a byte per
+symbol of memory when the symbols fit a byte (they are stored as bytes then), about 20 bytes a
+symbol when they are sorted as integers. A saved index is two raw little-endian arrays beside a
+checkpoint.
 `save` returns what describes them (lengths, dtypes, SHA-256), for the checkpoint's config.json.
 `load` checks every field of it, the files' sizes and digests and the values' ranges before it
 maps the arrays read-only. Nothing is unpickled.
@@ -60,8 +62,9 @@ _MAX_LENGTH = 1 << 40  # symbols: far above any corpus, far below what would ove
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:
-    """What the index stores a symbol in: one byte when the vocabulary fits (most alphabets, with
-    the markers), else two, else four. The index is read at random, so its bytes are its speed."""
+    """The smallest unsigned integer type that holds every index of the vocabulary: what a prepared
+    corpus and the index store a symbol in. One byte for most alphabets, with the markers; the
+    index is read at random, so its bytes are its speed."""
     if vocab_size <= 1 << 8:
         return np.dtype("u1")
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn, Protocol
 
 import numpy as np
 
-from nextchar.data.prepared import LINES_NAME, PREPARED_NAME, TOKENS_NAME, prepared_meta, token_dtype
+from nextchar.data.memory import token_dtype
+from nextchar.data.prepared import LINES_NAME, PREPARED_NAME, TOKENS_NAME, prepared_meta
 from nextchar.errors import UserError
 from nextchar.files import WRITE_ERRNOS, atomic_write_json, write_error
 from nextchar.text import (

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from nextchar import __version__
 from nextchar.data.batches import Batch, StreamBatches, encode_corpus, frame_lines
+from nextchar.data.memory import token_dtype
 from nextchar.errors import UserError
 from nextchar.text import FORMATS, START, Vocabulary
 
@@ -39,15 +40,6 @@ LINES_NAME = "lines.bin"
 # beyond it, the permutation (8 bytes a line) would itself outgrow memory: see _affine_order.
 FULL_SHUFFLE_LINES = 1 << 22
 VERIFY_CHUNK = 1 << 24  # elements checked at a time when a directory is opened or verified
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned integer type that holds every index of the vocabulary."""
-    if vocab_size <= 1 << 8:
-        return np.dtype("<u1")
-    if vocab_size <= 1 << 16:
-        return np.dtype("<u2")
-    return np.dtype("<u4")
 
 
 def prepared_meta(

@@ -24,13 +24,13 @@ from nextchar.cli.main import main
 from nextchar.cli.prepare import given_vocabulary
 from nextchar.data import prepare as prepare_module
 from nextchar.data.batches import encode_corpus
+from nextchar.data.memory import token_dtype
 from nextchar.data.prepare import prepare
 from nextchar.data.prepared import (
     LINES_NAME,
     PREPARED_NAME,
     TOKENS_NAME,
     PreparedCorpus,
-    token_dtype,
 )
 from nextchar.text import UNK, Vocabulary, choose_format, read_corpus
 from tests.data.helpers import LINES_UNICODE, UNICODE, one_line_error
