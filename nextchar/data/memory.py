@@ -40,13 +40,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nextchar.errors import UserError
 from nextchar.files import atomic_write_bytes
 from nextchar.text import END, START
+
+if TYPE_CHECKING:
+    from nextchar.data.suffix_search import Wide  # the module itself is imported with the first index
 
 FORMAT = 1
 TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
@@ -143,10 +146,10 @@ class MemoryIndex:
         return len(self.tokens)
 
     @cached_property
-    def wide(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def wide(self) -> Wide:
         """The contexts found WIDE_COUNT times or more, with their followers
         (suffix_search.wide_contexts), listed when first asked for: read-only arrays."""
-        listed: tuple[np.ndarray, np.ndarray, np.ndarray] = self._search.wide_contexts(
+        listed: Wide = self._search.wide_contexts(
             self.suffixes, self.tokens, min(MAX_ORDER, self._search.WIDE_DEPTHS - 1)
         )
         for array in listed:

@@ -35,6 +35,7 @@ FNV_OFFSET, FNV_PRIME = np.uint64(14695981039346656037), np.uint64(1099511628211
 WIDE_COUNT = 4096  # contexts found at least this often are listed with their followers (`wide_contexts`)
 WIDE_DEPTHS = 128  # a listed context's key: lo · WIDE_DEPTHS + depth (so depth < WIDE_DEPTHS)
 _CONTEXT = UniTuple(int64, 3)  # type: ignore[no-untyped-call]  # (lo, hi, depth): wide_contexts' stack
+Wide = tuple[np.ndarray, np.ndarray, np.ndarray]  # an index's list of wide contexts: keys, spans, children
 
 
 @njit(cache=True, inline="always")
@@ -68,7 +69,7 @@ def _run_end(suffixes: np.ndarray, tokens: np.ndarray, row: int, hi: int, depth:
 
 
 @njit(cache=True, inline="always")
-def _wide_node(wide: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int, depth: int) -> int:
+def _wide_node(wide: Wide, lo: int, hi: int, depth: int) -> int:
     """The number of the context [lo, hi) at `depth` in a `wide_contexts` list, or −1."""
     if hi - lo < WIDE_COUNT:
         return -1
@@ -79,7 +80,7 @@ def _wide_node(wide: tuple[np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int
 
 
 @njit(cache=True, inline="always")
-def _wide_child(wide: tuple[np.ndarray, np.ndarray, np.ndarray], node: int, hi: int, symbol: int) -> tuple[int, int]:
+def _wide_child(wide: Wide, node: int, hi: int, symbol: int) -> tuple[int, int]:
     """`narrow` of a listed context: its follower `symbol`'s rows, from the list."""
     first, count = wide[1][node, 0], wide[1][node, 1]
     children = wide[2]
@@ -93,13 +94,7 @@ def _wide_child(wide: tuple[np.ndarray, np.ndarray, np.ndarray], node: int, hi: 
 
 @njit(cache=True, nogil=True)
 def narrow(
-    suffixes: np.ndarray,
-    tokens: np.ndarray,
-    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
-    lo: int,
-    hi: int,
-    depth: int,
-    symbol: int,
+    suffixes: np.ndarray, tokens: np.ndarray, wide: Wide, lo: int, hi: int, depth: int, symbol: int
 ) -> tuple[int, int]:
     """[lo′, hi′): the rows of [lo, hi) whose symbol at `depth` is `symbol` (lo′ = hi′ when none)."""
     node = _wide_node(wide, lo, hi, depth)
@@ -111,12 +106,7 @@ def narrow(
 
 @njit(cache=True)
 def _narrow_all(
-    suffixes: np.ndarray,
-    tokens: np.ndarray,
-    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
-    rows: np.ndarray,
-    symbol: int,
-    max_order: int,
+    suffixes: np.ndarray, tokens: np.ndarray, wide: Wide, rows: np.ndarray, symbol: int, max_order: int
 ) -> np.ndarray:
     """`narrow` of every row below max_order, (N, 2): the listed contexts' from the list, the
     others' binary searches side by side, one step of each in turn. They are independent, so the
@@ -154,13 +144,7 @@ def _narrow_all(
 
 @njit(cache=True, nogil=True)
 def push(
-    suffixes: np.ndarray,
-    tokens: np.ndarray,
-    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
-    rows: np.ndarray,
-    symbol: int,
-    max_order: int,
-    min_count: int,
+    suffixes: np.ndarray, tokens: np.ndarray, wide: Wide, rows: np.ndarray, symbol: int, max_order: int, min_count: int
 ) -> np.ndarray:
     """The rows of the context one symbol longer (memory.Match.push, whose docstring says why)."""
     n = rows.shape[0]
@@ -191,7 +175,7 @@ def push(
 def push_rows(
     suffixes: tuple[np.ndarray, ...],
     tokens: tuple[np.ndarray, ...],
-    wides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...],
+    wides: tuple[Wide, ...],
     rows: np.ndarray,
     symbols: np.ndarray,
     max_order: int,
@@ -212,12 +196,7 @@ def push_rows(
 
 @njit(cache=True, nogil=True)
 def followers(
-    suffixes: np.ndarray,
-    tokens: np.ndarray,
-    wide: tuple[np.ndarray, np.ndarray, np.ndarray],
-    lo: int,
-    hi: int,
-    depth: int,
+    suffixes: np.ndarray, tokens: np.ndarray, wide: Wide, lo: int, hi: int, depth: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, counts): the distinct symbols at `depth` of the rows [lo, hi), ascending, and how
     many rows hold each (ended suffixes left out): a listed context's from `wide`'s list, the
@@ -234,9 +213,7 @@ def followers(
 
 
 @njit(cache=True, nogil=True)
-def wide_contexts(
-    suffixes: np.ndarray, tokens: np.ndarray, max_depth: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def wide_contexts(suffixes: np.ndarray, tokens: np.ndarray, max_depth: int) -> Wide:
     """(keys, spans, children): every context of at most `max_depth` (< WIDE_DEPTHS) symbols found
     WIDE_COUNT times or more, and its followers. Context g: keys[g] = lo · WIDE_DEPTHS + depth
     (ascending); its followers are children[spans[g, 0] : spans[g, 0] + spans[g, 1]], each (symbol,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from nextchar.data.suffix_search import FNV_OFFSET, FNV_PRIME, followers
+from nextchar.data.suffix_search import FNV_OFFSET, FNV_PRIME, Wide, followers
 
 WAYS = 4  # slots per set of the Remembered table
 TABLE_OVERHEAD = 1024  # bytes of a Remembered table beyond its slots: its clock, six array objects
@@ -185,7 +185,7 @@ def _summed_followers(suffixes, tokens, wides, parts, lo, hi, summed):  # type: 
 def predict_rows(
     suffixes: tuple[np.ndarray, ...],
     tokens: tuple[np.ndarray, ...],
-    wides: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...],
+    wides: tuple[Wide, ...],
     rows: np.ndarray,
     hashes: np.ndarray,
     stamps: np.ndarray,
