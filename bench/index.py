@@ -4,10 +4,11 @@ and the cost per keystroke of following a typed context and of p_mem after it.
 The index of a prepared corpus is built in shards of `--shard-symbols` (what `nextchar index
 DIR` and `train` on a prepared directory do: nextchar.training.memory.remember_prepared), each
 with pydivsufsort, saved as raw arrays, and memory-mapped back, as a checkpoint loads it. The
-corpus: `--size-mb` MB of symbols (2^20 characters a MB) made from the embedded corpus, Tiny Shakespeare and the names
-list (what ../shared/data holds), as windows of `--window` symbols taken at random offsets and
-joined — text with real local statistics, repeated at the large scale far more than a real
-corpus of that size would be (no offline corpus of 1 GB exists here; say so beside the figure).
+corpus: `--size-mb` MB of symbols (2^20 characters a MB) made from the embedded corpus, Tiny
+Shakespeare and the names list (what ../shared/data holds), as windows of `--window` symbols
+taken at random offsets and joined — text with real local statistics, repeated at the large
+scale far more than a real corpus of that size would be (no offline corpus of 1 GB exists here;
+say so beside the figure).
 `--size-mb 0`: the sources once, as they are; `--source` picks some of them.
 
     python -m bench.index --size-mb 1024          # 1 GB of characters: 2^30 symbols, one index
@@ -17,9 +18,9 @@ corpus of that size would be (no offline corpus of 1 GB exists here; say so besi
 Peak memory is the process's (ru_maxrss), building one shard at a time. Listed: the seconds the
 memory took, once loaded, to list each index's wide contexts (suffix_search.wide_contexts).
 Resident: what the process gained from mapping the shards, listing and typing the keystrokes
-(the pages read). The
-keystrokes: lines of the names list and of Shakespeare (of the one source when there is one),
-typed one symbol at a time from a fresh context per line. The results go to bench/results/ (or --json FILE).
+(the pages read). The keystrokes: lines of the names list and of Shakespeare (of the one source
+when there is one), typed one symbol at a time from a fresh context per line. The results go to
+bench/results/ (or --json FILE).
 """
 
 from __future__ import annotations
