@@ -45,7 +45,7 @@ def corpus(request) -> tuple[Tokens, MemoryIndex]:
     that one listed context holds the suffix that ends there."""
     rng = random.Random(0)
     tokens = [rng.choice([3, 4, 4, 5, 5, 5, 6]) for _ in range(request.param - 2)] + [5, 5]
-    index = MemoryIndex.build(np.array(tokens, dtype="<u2"))
+    index = MemoryIndex.build(np.array(tokens, dtype="u1"))
     assert (len(index.wide[0]) >= 5) == (request.param > WIDE_COUNT)
     return Tokens(tokens), index
 
@@ -81,7 +81,7 @@ def test_followers_of_runs_of_every_length_are_counted_exactly():
     for length in [*range(1, 40), 63, 64, 65, 127, 128, 129, 255, 256, 257, 300]:
         tokens += [3, rng.choice([4, 5, 6])] * length  # after 3: runs of 4, 5 and 6 of many lengths
         tokens += [rng.randrange(3, V) for _ in range(rng.randrange(0, 4))]
-    index = MemoryIndex.build(np.array(tokens, dtype="<u2"))
+    index = MemoryIndex.build(np.array(tokens, dtype="u1"))
     for w in [[], [3], [4], [3, 4], [4, 3], [3, 5, 3], [6, 3, 6]]:
         interval = index.find(w)
         found = occurrences(tokens, w)
@@ -157,7 +157,7 @@ def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
     assert loaded.find(tokens[10:15]) == index.find(tokens[10:15])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["tokens"]["file"], meta["suffixes"]["file"]])
     assert meta["tokens"]["file"] == f"memory-tokens-{meta['tokens']['sha256'][:16]}.bin"  # no .tmp left
-    other = MemoryIndex.build(np.array(tokens[:300], dtype="<u2")).save(tmp_path)  # a new index beside it
+    other = MemoryIndex.build(np.array(tokens[:300], dtype="u1")).save(tmp_path)  # a new index beside it
     assert MemoryIndex.load(tmp_path, meta, V).tokens.tolist() == tokens  # leaves the old one whole
     assert len(MemoryIndex.load(tmp_path, other, V)) == 300
 

@@ -54,7 +54,7 @@ def tiny(vocab: Vocabulary, seed: int = 0):
 
 def test_witten_bell_by_hand():
     """Corpus "abab", V = 3 (a, b, c): after "a" the contexts are "a" (b twice) and "" (a, b twice each)."""
-    index = MemoryIndex.build(np.array([0, 1, 0, 1], dtype="<u2"))
+    index = MemoryIndex.build(np.array([0, 1, 0, 1], dtype="u1"))
     memory = Memory([index], 3)
     context = memory.push(memory.start(), 0)
     levels = memory.levels(context)
@@ -95,7 +95,7 @@ def test_the_mixture_is_a_distribution_and_an_empty_memory_is_the_rnn(vocab):
     for block in scored_blocks(model, encoded, full):
         logq = mixer.mix(block.rnn, block.memory, block.stats)
         assert torch.allclose(logq.exp().sum(-1), torch.ones(len(logq)), atol=1e-5) and (logq > -math.inf).all()
-    empty = Memory([MemoryIndex.build(np.zeros(0, dtype="<u2"))], len(vocab))
+    empty = Memory([MemoryIndex.build(np.zeros(0, dtype="u1"))], len(vocab))
     mixed = evaluate_mixture(model, encoded, empty, mixer)
     assert mixed.mixture == mixed.rnn  # exactly: where the memory holds nothing, q is p_rnn
 
@@ -230,7 +230,8 @@ def test_online_memory_learns_only_after_scoring(vocab, monkeypatch, learn_mixer
 def test_the_online_index_holds_its_symbols_as_the_static_one_does(vocab, tmp_path):
     """The compiled searches take a memory's indexes together only when they are of one type: an
     index saved with two bytes a symbol (as older versions saved every index) gets an online index
-    of two bytes a symbol, a new one of one byte; either way the memory predicts through them."""
+    of two bytes a symbol, a new one of one byte; either way the memory takes them together (the
+    compiled searches themselves are the same code for every type)."""
     from nextchar.recall.online import OnlineMemory
 
     tokens = memory_tokens(encode_corpus(PROSE, vocab, "text"), len(vocab))
@@ -242,8 +243,8 @@ def test_the_online_index_holds_its_symbols_as_the_static_one_does(vocab, tmp_pa
         online.rebuild()
         assert [ix.tokens.dtype for ix in online.memory.indexes] == [np.dtype(dtype)] * 2
         assert online.memory._same_typed_arrays() is not None
-        logp, _ = online.memory.predict(read(online.memory, vocab, "the cat sat"))
-        assert np.isclose(np.exp(logp[0]).sum(), 1.0, atol=1e-5)
+    logp, _ = online.memory.predict(read(online.memory, vocab, "the cat sat"))  # the last: two-byte symbols
+    assert np.isclose(np.exp(logp[0]).sum(), 1.0, atol=1e-5) and online.memory._remembered is not None
 
 
 @pytest.mark.parametrize("table", ["default", "tiny", "none"])
