@@ -84,10 +84,20 @@ def features(stats: np.ndarray, rnn_logp: np.ndarray, memory_logp: np.ndarray) -
     whether its first choice is the RNN's. Compiled (gating.py)."""
     from nextchar.recall import gating  # numba: imported with the first memory, as estimator.py's
 
-    stats = np.ascontiguousarray(stats, dtype=np.int64).reshape(len(rnn_logp), -1)
-    rnn, mem = np.ascontiguousarray(rnn_logp, dtype=np.float32), np.ascontiguousarray(memory_logp, dtype=np.float32)
-    out: np.ndarray = gating.features(stats, rnn, mem)
+    out: np.ndarray = gating.features(*_compiled_inputs(stats, rnn_logp, memory_logp))
     return out
+
+
+def _compiled_inputs(
+    stats: np.ndarray, rnn_logp: np.ndarray, memory_logp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays as gating.py's functions take them (numba compiles for one type of each):
+    stats (N, STATS) int64, log p_rnn and log p_mem float32, contiguous."""
+    return (
+        np.ascontiguousarray(stats, dtype=np.int64).reshape(len(rnn_logp), -1),
+        np.ascontiguousarray(rnn_logp, dtype=np.float32),
+        np.ascontiguousarray(memory_logp, dtype=np.float32),
+    )
 
 
 def feature_count(stats: int, inputs: int) -> int:
@@ -155,9 +165,8 @@ class Mixer:
         p_mem (N, DEPTHS, V), and the stats (N, STATS)."""
         from nextchar.recall import gating  # numba: imported with the first memory
 
-        stats = np.ascontiguousarray(stats, dtype=np.int64)
-        rnn, mem = np.ascontiguousarray(rnn_logp, dtype=np.float32), np.ascontiguousarray(memory_logp, dtype=np.float32)
-        out: np.ndarray = gating.mixed(self._w1, self._b1, self._w2, self._b2, WEIGHT_MAX, stats, rnn, mem)
+        inputs = _compiled_inputs(stats, rnn_logp, memory_logp)
+        out: np.ndarray = gating.mixed(self._w1, self._b1, self._w2, self._b2, WEIGHT_MAX, *inputs)
         return out
 
     def next_logprobs(self, memory: Memory, contexts: Sequence[Context], rnn_logp: Tensor) -> Tensor:
