@@ -15,8 +15,11 @@ say so beside the figure).
     python -m bench.index --size-mb 0             # the sources alone (~6 MB)
     python -m bench.index --size-mb 0 --source tinyshakespeare.txt
 
-Peak memory is the process's (ru_maxrss), building one shard at a time. Listed: the seconds the
-memory took, once loaded, to list each index's wide contexts (suffix_search.wide_contexts).
+Peak memory is the process's (ru_maxrss), building one shard at a time. The build includes
+listing each index's wide contexts (suffix_search.wide_contexts; "listed s": those seconds),
+which are saved with it. "load s": the seconds from the saved files to a memory that answers
+(mapped, every file's digest checked, the saved list read), the median of two; "listing": the
+same when the list was not saved and is made at load (the median of two, run alternately).
 Resident: what the process gained from mapping the shards, listing and typing the keystrokes
 (the pages read). The keystrokes: lines of the names list and of Shakespeare (of the one source
 when there is one), typed one symbol at a time from a fresh context per line. The results go to
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -108,22 +112,30 @@ def main() -> None:
     print(f"{n:,} symbols ({tokens.nbytes / 2**20:,.0f} MB of {tokens.dtype}), shards of {shard_symbols:,}")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         directory = Path(work)
-        described, build_s, disk = [], 0.0, 0
+        described, build_s, listed_s = [], 0.0, 0.0
         for lo in range(0, n, shard_symbols):
             shard = np.ascontiguousarray(tokens[lo : lo + shard_symbols])
             started = time.perf_counter()
             index = MemoryIndex.build(shard)
+            built = time.perf_counter()
+            _ = index.wide  # the list of wide contexts, part of the build: saved with the index
+            listed_s += time.perf_counter() - built
             build_s += time.perf_counter() - started
             described.append(index.save(directory))
-            disk += index.tokens.nbytes + index.suffixes.nbytes
             del index
         del tokens
+        disk = sum(path.stat().st_size for path in directory.glob("memory-*.bin"))
         peak_build = peak_mb()
+        load_s = {"saved": [], "listed": []}  # ready to answer: mapped, digests checked, the list read or made
+        for _ in range(2):  # alternately, each way twice: the files are in the page cache for both
+            for way, keep in (("listed", False), ("saved", True)):
+                metas = [meta if keep else {k: v for k, v in meta.items() if k != "wide"} for meta in described]
+                started = time.perf_counter()
+                Memory([MemoryIndex.load(directory, meta, len(vocab)) for meta in metas], len(vocab))
+                load_s[way].append(time.perf_counter() - started)
         before = rss_mb()
         indexes = [MemoryIndex.load(directory, meta, len(vocab)) for meta in described]
-        started = time.perf_counter()
-        memory = Memory(indexes, len(vocab))  # which lists each index's wide contexts
-        listed_s = time.perf_counter() - started
+        memory = Memory(indexes, len(vocab))
         costs = keystroke_costs(memory, [vocab.encode(line) for line in typed_lines(texts, args.lines, seed=1)])
         resident = rss_mb() - before
     results = {
@@ -132,6 +144,8 @@ def main() -> None:
         "build_s": build_s,
         "wide_contexts_listed_s": listed_s,
         "wide_contexts": sum(len(index.wide[0]) for index in indexes),
+        "load_s_saved_list": statistics.median(load_s["saved"]),
+        "load_s_listing_it": statistics.median(load_s["listed"]),
         "build_mb_per_s": n / 2**20 / build_s,  # MB of corpus (a character a symbol) a second
         "bytes_per_symbol_disk": disk / n,
         "resident_mb_after_typing": resident,
@@ -141,12 +155,13 @@ def main() -> None:
     }
     print(
         f"{'symbols':>14} {'shards':>6} {'build MB/s':>10} {'B/sym disk':>10} {'resident MB':>11} "
-        f"{'peak MB':>8} {'listed s':>8} {'push µs p50/p99':>16} {'p_mem µs p50/p99':>17}"
+        f"{'peak MB':>8} {'listed s':>8} {'load s':>6} {'listing':>7} {'push µs p50/p99':>16} {'p_mem µs p50/p99':>17}"
     )
     r = results
     print(
         f"{r['symbols']:>14,} {r['shards']:>6} {r['build_mb_per_s']:>10.1f} {r['bytes_per_symbol_disk']:>10.2f} "
         f"{r['resident_mb_after_typing']:>11.1f} {r['peak_build_mb']:>8.0f} {r['wide_contexts_listed_s']:>8.1f} "
+        f"{r['load_s_saved_list']:>6.2f} {r['load_s_listing_it']:>7.2f} "
         f"{r['push_us_median']:>7.1f}/{r['push_us_p99']:<8.1f} "
         f"{r['predict_us_median']:>8.1f}/{r['predict_us_p99']:<8.1f}"
     )

@@ -21,16 +21,19 @@ back to the previous one.
 The searches are compiled (nextchar.data.suffix_search, numba): a binary search reads one element
 at a time, which costs half a microsecond in Python and nanoseconds compiled. The short contexts
 of a large corpus are found millions of times; those found WIDE_COUNT (4,096) times or more are
-listed with their followers when the index is first used (`wide`: in memory, never saved; 3.3 s
-and 39 MB at 2^30 symbols), and answered from the list.
+listed with their followers (`wide`: 3.3 s and 39 MB at 2^30 symbols), and answered from the
+list. The list is made once, when the index is built, and saved beside it.
 
 SA is built by libdivsufsort (pydivsufsort): O(n log n) time, the array itself plus a byte per
 symbol of memory when the symbols fit a byte (they are stored as bytes then), about 20 bytes a
-symbol when they are sorted as integers. A saved index is two raw little-endian arrays beside a
-checkpoint.
-`save` returns what describes them (lengths, dtypes, SHA-256), for the checkpoint's config.json.
-`load` checks every field of it, the files' sizes and digests and the values' ranges before it
-maps the arrays read-only. Nothing is unpickled.
+symbol when they are sorted as integers. A saved index is three raw little-endian arrays beside a
+checkpoint: the tokens, SA and the list of wide contexts (its keys, spans and children end to end,
+int64). `save` returns what describes them (lengths, dtypes, SHA-256), for the checkpoint's
+config.json. `load` checks every field of it, the files' sizes and digests and the values' ranges
+(every row and symbol the list names is inside the index and the vocabulary: the compiled
+searches trust them) before it maps the arrays read-only. Nothing is unpickled. An index saved
+without its list (by an older version), or with a list made by other settings, lists its wide
+contexts when first used, as before.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from nextchar.data.suffix_search import Wide  # the module itself is imported with the first index
 
 FORMAT = 1
-TOKENS_STEM, SUFFIXES_STEM = "memory-tokens", "memory-suffixes"  # files <stem>-<sha256[:16]>.bin
+TOKENS_STEM, SUFFIXES_STEM, WIDE_STEM = "memory-tokens", "memory-suffixes", "memory-wide"  # <stem>-<sha256[:16]>.bin
 MAX_ORDER = 64  # longest context suffix a Match follows: its cost per symbol grows with it
 MEMO_WIDTH = 32  # the followers of intervals wider than this are counted once, then remembered
 MEMO_BYTES = 64 << 20  # what the remembered followers may cost (then they start again) …
@@ -109,7 +112,8 @@ class Interval:
 class MemoryIndex:
     """A corpus's tokens and their suffix array (see the module docstring)."""
 
-    def __init__(self, tokens: np.ndarray, suffixes: np.ndarray):
+    def __init__(self, tokens: np.ndarray, suffixes: np.ndarray, wide: Wide | None = None):
+        """`wide`: the list of wide contexts, if it was saved (else made when first asked for)."""
         if tokens.ndim != 1 or suffixes.shape != tokens.shape:
             raise ValueError("tokens and suffixes must be 1-D arrays of one length")
         # The compiled searches (numba), imported with the first index: a model without a memory
@@ -117,6 +121,8 @@ class MemoryIndex:
         from nextchar.data import suffix_search
 
         self._search = suffix_search
+        if wide is not None:
+            self.__dict__["wide"] = _read_only(wide)  # what the cached property would have made
         # Read-only plain ndarray views, whether the arrays were just built or memory-mapped: one
         # type for the compiled searches (each type of array is compiled apart), and an index
         # never changes.
@@ -148,13 +154,10 @@ class MemoryIndex:
     @cached_property
     def wide(self) -> Wide:
         """The contexts found WIDE_COUNT times or more, with their followers
-        (suffix_search.wide_contexts), listed when first asked for: read-only arrays."""
-        listed: Wide = self._search.wide_contexts(
-            self.suffixes, self.tokens, min(MAX_ORDER, self._search.WIDE_DEPTHS - 1)
-        )
-        for array in listed:
-            array.flags.writeable = False
-        return listed
+        (suffix_search.wide_contexts): read-only arrays, as saved with the index, else listed
+        when first asked for."""
+        listed: Wide = self._search.wide_contexts(self.suffixes, self.tokens, _wide_settings()["max_depth"])
+        return _read_only(listed)
 
     @property
     def memo_bytes(self) -> int:
@@ -222,20 +225,25 @@ class MemoryIndex:
     # ---------------------------------------------------------------------------- files
 
     def save(self, directory: Path) -> dict[str, Any]:
-        """Write the two arrays into `directory` (atomically); returns their description for
-        config.json (`load` reads it back). The file names hold the content's digest, as the
-        checkpoint's weights do: a new index never overwrites the files that a config.json still
-        names, and removing those once it names the new ones is the caller's."""
-        meta: dict[str, Any] = {"format": FORMAT, "length": len(self.tokens)}
-        for key, stem, array in (("tokens", TOKENS_STEM, self.tokens), ("suffixes", SUFFIXES_STEM, self.suffixes)):
-            data = np.ascontiguousarray(array)
-            raw = data.data.cast("B")  # the array's own bytes, not a copy
-            digest = hashlib.sha256(raw).hexdigest()
-            name = f"{stem}-{digest[:16]}.bin"
-            if not (Path(directory) / name).is_file():
-                atomic_write_bytes(Path(directory) / name, raw)
-            meta[key] = {"file": name, "dtype": data.dtype.str, "sha256": digest}
-        return meta
+        """Write the three arrays into `directory` (atomically; the list of wide contexts made
+        first, if it was not yet); returns their description for config.json (`load` reads it
+        back). The file names hold the content's digest, as the checkpoint's weights do: a new
+        index never overwrites the files that a config.json still names, and removing those once
+        it names the new ones is the caller's."""
+        keys, spans, children = self.wide
+        flat = np.concatenate((keys, spans.ravel(), children.ravel())).astype("<i8", copy=False)
+        return {
+            "format": FORMAT,
+            "length": len(self.tokens),
+            "tokens": _write_array(directory, TOKENS_STEM, self.tokens),
+            "suffixes": _write_array(directory, SUFFIXES_STEM, self.suffixes),
+            "wide": {
+                **_write_array(directory, WIDE_STEM, flat),
+                "contexts": len(keys),
+                "followers": len(children),
+                **_wide_settings(),
+            },
+        }
 
     @classmethod
     def load(cls, directory: Path, meta: Any, vocab_size: int) -> MemoryIndex:
@@ -253,11 +261,65 @@ class MemoryIndex:
             raise UserError(f"{directory}: the memory index holds symbols beyond the vocabulary of {vocab_size}")
         if length and (int(suffixes.min()) < 0 or int(suffixes.max()) >= length):
             raise UserError(f"{directory}: the memory index's suffix array points outside its {length:,} symbols")
-        return cls(tokens, suffixes)
+        return cls(tokens, suffixes, _saved_wide(directory, meta.get("wide"), length, vocab_size))
+
+
+def _wide_settings() -> dict[str, int]:
+    """What a list of wide contexts is made with: a saved list made otherwise is made again."""
+    from nextchar.data import suffix_search
+
+    return {
+        "min_count": suffix_search.WIDE_COUNT,
+        "depth_key": suffix_search.WIDE_DEPTHS,
+        "max_depth": min(MAX_ORDER, suffix_search.WIDE_DEPTHS - 1),
+    }
+
+
+def _read_only(wide: Wide) -> Wide:
+    for array in wide:
+        array.flags.writeable = False
+    return wide
+
+
+def _write_array(directory: Path, stem: str, array: np.ndarray) -> dict[str, Any]:
+    """Write one array as <stem>-<its SHA-256's first 16 hex digits>.bin, unless that file is there."""
+    data = np.ascontiguousarray(array)
+    raw = data.data.cast("B")  # the array's own bytes, not a copy
+    digest = hashlib.sha256(raw).hexdigest()
+    name = f"{stem}-{digest[:16]}.bin"
+    if not (Path(directory) / name).is_file():
+        atomic_write_bytes(Path(directory) / name, raw)
+    return {"file": name, "dtype": data.dtype.str, "sha256": digest}
+
+
+def _saved_wide(directory: Path, entry: Any, length: int, vocab_size: int) -> Wide | None:
+    """The saved list of wide contexts, mapped and checked; None when there is none, or it was
+    made with other settings (it is made again when first used)."""
+    if entry is None or (isinstance(entry, dict) and any(entry.get(k) != v for k, v in _wide_settings().items())):
+        return None
+    contexts, followers = (entry.get(key) if isinstance(entry, dict) else None for key in ("contexts", "followers"))
+    if not isinstance(contexts, int) or not isinstance(followers, int) or isinstance(contexts, bool):
+        raise UserError(f"{directory}: the memory index's wide entry is not one `save` writes")
+    if isinstance(followers, bool) or not 0 <= min(contexts, followers) <= max(contexts, followers) <= _MAX_LENGTH:
+        raise UserError(f"{directory}: the memory index's wide entry is not one `save` writes")
+    flat = _mapped(directory, entry, {"<i8": np.dtype("<i8")}, 3 * contexts + 2 * followers, "wide")
+    flat = flat.view(np.ndarray)
+    wide = (
+        flat[:contexts],
+        flat[contexts : 3 * contexts].reshape(contexts, 2),
+        flat[3 * contexts :].reshape(followers, 2),
+    )
+    from nextchar.data import suffix_search
+
+    problem = suffix_search.wide_problem(wide, length, vocab_size, _wide_settings()["max_depth"])
+    if problem:
+        raise UserError(f"{directory}: the memory index's list of wide contexts {problem}; rebuild the index")
+    return wide
 
 
 def _mapped(directory: Path, entry: Any, dtypes: dict[str, np.dtype[Any]], length: int, what: str) -> np.ndarray:
-    """One array of a saved index, checked (name, dtype, size, SHA-256) and then memory-mapped."""
+    """One array of a saved index (of `length` elements), checked (name, dtype, size, SHA-256) and
+    then memory-mapped."""
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or entry.get("dtype") not in dtypes:
         raise UserError(f"{directory}: the memory index's {what} entry is not one `save` writes")
     name = entry["file"]

@@ -256,6 +256,47 @@ def wide_contexts(suffixes: np.ndarray, tokens: np.ndarray, max_depth: int) -> W
     return unsorted[order], spans, children
 
 
+_WIDE_PROBLEMS = (
+    "",
+    "has keys out of order or beyond the index",
+    "names followers outside the list",
+    "names a follower beyond the vocabulary or out of order",
+    "names rows outside its contexts",
+)
+
+
+def wide_problem(wide: Wide, length: int, vocab_size: int, max_depth: int) -> str:
+    """What is wrong with a saved list of wide contexts for an index of `length` symbols ("" if
+    nothing): every key, span, symbol and row it names is checked (`_wide_check`), since the
+    searches read where it points unchecked."""
+    return _WIDE_PROBLEMS[_wide_check(wide[0], wide[1], wide[2], length, vocab_size, max_depth)]
+
+
+@njit(cache=True, nogil=True)
+def _wide_check(
+    keys: np.ndarray, spans: np.ndarray, children: np.ndarray, length: int, vocab_size: int, max_depth: int
+) -> int:
+    """0, or the number of the first kind of fault found in _WIDE_PROBLEMS: keys ascending, each a
+    row of the index and a depth up to max_depth; each span inside `children`; each context's
+    followers' symbols ascending in the vocabulary, their first rows ascending from its lo, in
+    the index."""
+    for g in range(keys.shape[0]):
+        lo, depth = keys[g] // WIDE_DEPTHS, keys[g] % WIDE_DEPTHS
+        if keys[g] < 0 or lo >= length or depth > max_depth or (g and keys[g] <= keys[g - 1]):
+            return 1
+        first, count = spans[g, 0], spans[g, 1]
+        if first < 0 or count < 0 or first + count > children.shape[0]:
+            return 2
+        for j in range(first, first + count):
+            symbol = children[j, 0]
+            if symbol < 0 or symbol >= vocab_size or (j > first and symbol <= children[j - 1, 0]):
+                return 3
+            previous = lo if j == first else children[j - 1, 1]
+            if children[j, 1] < previous or children[j, 1] > length:
+                return 4
+    return 0
+
+
 @njit(cache=True, nogil=True)
 def _followers_read(
     suffixes: np.ndarray, tokens: np.ndarray, lo: int, hi: int, depth: int

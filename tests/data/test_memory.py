@@ -38,6 +38,15 @@ def occurrences(tokens: Sequence[int], w: Sequence[int]) -> list[int]:
     return np.flatnonzero((windows == np.asarray(w)).all(axis=1)).tolist()
 
 
+def mapped(array: np.ndarray) -> bool:
+    """Whether the array is a view of a memory-mapped file."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base
+    return False
+
+
 @pytest.fixture(scope="module", params=[600, 60_000], ids=["small", "wide"])
 def corpus(request) -> tuple[Tokens, MemoryIndex]:
     """Skewed, so that long repeats occur. The larger has contexts found WIDE_COUNT times or more,
@@ -155,7 +164,11 @@ def test_a_saved_index_loads_memory_mapped_and_equal(tmp_path, corpus):
     assert loaded.tokens.tolist() == tokens
     assert np.array_equal(loaded.suffixes, index.suffixes)
     assert loaded.find(tokens[10:15]) == index.find(tokens[10:15])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([meta["tokens"]["file"], meta["suffixes"]["file"]])
+    assert "wide" in loaded.__dict__  # the saved list, not listed again …
+    assert all(mapped(part) or part.size == 0 for part in loaded.wide)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.wide, index.wide, strict=True))  # … and the same
+    files = [meta[key]["file"] for key in ("tokens", "suffixes", "wide")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
     assert meta["tokens"]["file"] == f"memory-tokens-{meta['tokens']['sha256'][:16]}.bin"  # no .tmp left
     other = MemoryIndex.build(np.array(tokens[:300], dtype="u1")).save(tmp_path)  # a new index beside it
     assert MemoryIndex.load(tmp_path, meta, V).tokens.tolist() == tokens  # leaves the old one whole
@@ -186,6 +199,9 @@ def test_a_changed_or_cut_file_is_refused_in_one_line(tmp_path, corpus):
         (lambda m: m["tokens"].update(file="../" + m["tokens"]["file"]), "must be a plain file name"),
         (lambda m: m["tokens"].update(dtype="|O"), "tokens entry is not one `save` writes"),
         (lambda m: m.update(suffixes=None), "suffixes entry is not one `save` writes"),
+        (lambda m: m.update(wide="x"), "wide entry is not one `save` writes"),
+        (lambda m: m["wide"].update(contexts=-1), "wide entry is not one `save` writes"),
+        (lambda m: m["wide"].update(followers=m["wide"]["followers"] + 1), r"bytes where [\d,]+ × 8 were written"),
     ],
 )
 def test_a_description_that_save_never_writes_is_refused_before_anything_is_read(tmp_path, corpus, change, message):
@@ -202,3 +218,46 @@ def test_values_out_of_range_are_refused(tmp_path):
     with pytest.raises(UserError, match="symbols beyond the vocabulary of 8"):
         MemoryIndex.load(tmp_path, meta, 8)
     assert MemoryIndex.load(tmp_path, meta, 10).find([5, 9]).count == 1
+
+
+def test_an_index_saved_without_its_list_or_with_other_settings_lists_it_when_first_used(tmp_path, corpus):
+    tokens, index = corpus
+    meta = index.save(tmp_path)
+    for change in (lambda m: m.pop("wide"), lambda m: m["wide"].update(min_count=WIDE_COUNT * 2)):
+        described = json.loads(json.dumps(meta))
+        change(described)
+        loaded = MemoryIndex.load(tmp_path, described, V)
+        assert "wide" not in loaded.__dict__
+        assert all(np.array_equal(a, b) for a, b in zip(loaded.wide, index.wide, strict=True))
+        assert loaded.find(tokens[-6:]) == index.find(tokens[-6:])
+
+
+def _rewritten_wide(directory, meta, part: int, row: int, column: int, value: int) -> None:
+    """Write the index's list of wide contexts with one value changed, recorded as saved (digest
+    and all): a list that only a hand could have made."""
+    from nextchar.data.memory import _write_array
+
+    keys, spans, children = (np.array(a) for a in MemoryIndex.load(directory, meta, V).wide)
+    parts = [keys.reshape(-1, 1), spans, children]
+    parts[part][row, column] = value
+    flat = np.concatenate([a.ravel() for a in parts]).astype("<i8")
+    meta["wide"].update(_write_array(directory, "memory-wide", flat))
+
+
+@pytest.mark.parametrize(
+    ("part", "row", "column", "value", "message"),
+    [
+        (0, 1, 0, -1, "keys out of order or beyond the index"),
+        (0, -1, 0, 10**9 * 128, "keys out of order or beyond the index"),
+        (1, 0, 1, 10**6, "followers outside the list"),
+        (2, 0, 0, V, "follower beyond the vocabulary"),
+        (2, 1, 1, 10**9, "rows outside its contexts"),
+    ],
+)
+def test_a_list_of_wide_contexts_pointing_outside_the_index_is_refused(tmp_path, part, row, column, value, message):
+    rng = random.Random(0)
+    index = MemoryIndex.build(np.array([rng.choice([3, 4, 4, 5, 5, 5, 6]) for _ in range(20_000)], dtype="u1"))
+    meta = index.save(tmp_path)
+    _rewritten_wide(tmp_path, meta, part, row, column, value)
+    with pytest.raises(UserError, match=f"list of wide contexts .*{message}.*; rebuild the index"):
+        MemoryIndex.load(tmp_path, meta, V)
